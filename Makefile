@@ -1,0 +1,25 @@
+# The one entry point. `make help` lists every target. Ports: stack.env.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ROOT := $(abspath .)
+include stack.env
+export
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+CACHE := $(ROOT)/.cache
+SETUP_STAMP := $(VENV)/.setup-done
+
+##@ Set-up
+.PHONY: help
+help: ## List every target with one line each
+	@awk 'BEGIN{FS=":.*## "} /^##@/{printf "\n%s\n", substr($$0,5)} /^[a-zA-Z0-9_.-]+:.*## /{printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: setup
+setup: $(SETUP_STAMP) ## Create .venv with every pinned Python dependency (idempotent)
+$(SETUP_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -e .
+	touch $@
+
+include $(sort $(wildcard mk/*.mk))

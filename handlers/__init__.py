@@ -1,0 +1,1 @@
+"""Serving core: model registry, image decoding, request envelopes and the TorchServe handler."""

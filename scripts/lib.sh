@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Shared process control for the local stack: one pidfile and one log per service under .run/.
+# Sourced by scripts/<service>.sh; every service binds to loopback only (see stack.env).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN_DIR="${RUN_DIR:-$ROOT/.run}"
+LOG_DIR="$RUN_DIR/logs"
+mkdir -p "$RUN_DIR" "$LOG_DIR"
+set -a
+# shellcheck disable=SC1091
+source "$ROOT/stack.env"
+set +a
+PY="${PY:-$ROOT/.venv/bin/python}"
+
+pidfile() { echo "$RUN_DIR/$1.pid"; }
+
+is_running() {  # is_running NAME
+  local f; f="$(pidfile "$1")"
+  [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+start_bg() {  # start_bg NAME CMD...   (own process group so stop kills children too)
+  local name="$1"; shift
+  if is_running "$name"; then echo "$name already running (pid $(cat "$(pidfile "$name")"))"; return 0; fi
+  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$(pidfile "$name")"
+  echo "$name started (pid $!, log $LOG_DIR/$name.log)"
+}
+
+stop_bg() {  # stop_bg NAME [SIGNAL] [TIMEOUT_S]
+  local name="$1" sig="${2:-TERM}" timeout="${3:-30}" f pid
+  f="$(pidfile "$name")"
+  if ! is_running "$name"; then rm -f "$f"; echo "$name not running"; return 0; fi
+  pid="$(cat "$f")"
+  kill -"$sig" -- "-$pid" 2>/dev/null || kill -"$sig" "$pid" 2>/dev/null || true
+  for _ in $(seq 1 $((timeout * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+  rm -f "$f"; echo "$name stopped"
+}
+
+wait_http() {  # wait_http URL TIMEOUT_S NAME : poll until URL answers 2xx
+  local url="$1" timeout="$2" name="$3"
+  for _ in $(seq 1 $((timeout * 4))); do
+    if curl -fsS -o /dev/null --max-time 2 "$url"; then return 0; fi
+    if ! is_running "$name"; then echo "$name died; last log lines:" >&2; tail -n 40 "$LOG_DIR/$name.log" >&2; return 1; fi
+    sleep 0.25
+  done
+  echo "$name not ready after ${timeout}s ($url); last log lines:" >&2; tail -n 40 "$LOG_DIR/$name.log" >&2; return 1
+}
+
+status_line() {  # status_line NAME URL
+  if is_running "$1"; then
+    if curl -fsS -o /dev/null --max-time 2 "$2"; then echo "$1: running, ready ($2)"; else echo "$1: running, NOT ready ($2)"; fi
+  else echo "$1: stopped"; fi
+}
