@@ -84,17 +84,20 @@ def load_checkpoint(model: nn.Module, path: str, map_location: str = "cpu") -> d
     return dict(blob.get("meta", {})) if isinstance(blob, dict) else {}
 
 
+def input_transform() -> T.Compose:
+    """RGB PIL image -> uint8 3x224x224 tensor (PIL antialiased bilinear resize, whole image kept).
+
+    Serving stacks these uint8 tensors and normalises the whole batch at once; training and
+    evaluation use the same steps through `eval_transform`, so both see identical pixels.
+    """
+    return T.Compose([T.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True), T.PILToTensor()])
+
+
 def normalize() -> T.Compose:
-    """uint8 CHW tensor at IMAGE_SIZE -> float, ImageNet-normalised (shared by serving and training)."""
+    """uint8 CHW (or NCHW) tensor -> float, ImageNet-normalised."""
     return T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def eval_transform() -> T.Compose:
-    """RGB PIL image -> normalised 3x224x224 tensor, the reference system's preprocessing."""
-    return T.Compose(
-        [
-            T.PILToTensor(),
-            T.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True),
-            normalize(),
-        ]
-    )
+    """RGB PIL image -> normalised 3x224x224 float tensor: the reference system's preprocessing."""
+    return T.Compose([input_transform(), normalize()])
