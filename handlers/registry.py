@@ -79,7 +79,7 @@ def build_model(name: str) -> nn.Module:
 def load_checkpoint(model: nn.Module, path: str, map_location: str = "cpu") -> dict:
     """Load a checkpoint written by training (`{"state_dict", "meta"}`, fp16 allowed); return its meta."""
     blob = torch.load(path, map_location=map_location, weights_only=True)
-    state = blob["state_dict"] if "state_dict" in blob else blob
+    state = blob.get("state_dict", blob)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return dict(blob.get("meta", {})) if isinstance(blob, dict) else {}
 

@@ -1,0 +1,193 @@
+"""Request/response envelopes: raw image bytes, KServe v1 JSON and Open Inference Protocol v2 JSON.
+
+The handler owns the envelope for every request of a server-side batch (TorchServe's stock
+kserve/kservev2 envelopes only read the first row). Clients of the service (bridge, load tests,
+benchmarks) build requests with `v1_request`/`v2_request` and read answers with `predictions_from`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from handlers.errors import ModerationError
+
+Protocol = Literal["raw", "v1", "v2"]
+V2_INPUT_NAME = "image"
+V2_OUTPUTS = ("label", "harmful_score", "threshold")
+MAX_IMAGES_PER_REQUEST = int(os.environ.get("MODERATION_MAX_IMAGES_PER_REQUEST", "64"))
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    protocol: Protocol
+    images: list[bytes]
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    harmful_score: float
+    threshold: float
+    model: str
+    model_version: str
+
+
+def _b64(value: Any, index: int) -> bytes:
+    if not isinstance(value, str):
+        raise ModerationError("malformed_request", f"image {index}: expected a base64 string", index)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ModerationError("bad_base64", f"image {index}: invalid base64", index) from None
+
+
+def _check_count(n: int) -> None:
+    if n == 0:
+        raise ModerationError("malformed_request", "request contains no images")
+    if n > MAX_IMAGES_PER_REQUEST:
+        raise ModerationError(
+            "malformed_request", f"{n} images in one request, over the cap of {MAX_IMAGES_PER_REQUEST}"
+        )
+
+
+def _parse_v1(body: dict[str, Any]) -> ParsedRequest:
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise ModerationError("malformed_request", '"instances" must be a list')
+    _check_count(len(instances))
+    images = []
+    for i, inst in enumerate(instances):
+        if isinstance(inst, dict):
+            value = inst.get("b64", inst.get("data"))
+            if value is None:
+                raise ModerationError("malformed_request", f'instance {i} has neither "b64" nor "data"', i)
+        else:
+            value = inst
+        images.append(_b64(value, i))
+    return ParsedRequest("v1", images)
+
+
+def _parse_v2(body: dict[str, Any]) -> ParsedRequest:
+    inputs = body["inputs"]
+    if not isinstance(inputs, list) or not inputs:
+        raise ModerationError("malformed_request", '"inputs" must be a non-empty list of tensors')
+    tensor = next((t for t in inputs if isinstance(t, dict) and t.get("datatype") == "BYTES"), None)
+    if tensor is None:
+        raise ModerationError("malformed_request", 'no input tensor with "datatype": "BYTES" (base64 images)')
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise ModerationError("malformed_request", f'input "{tensor.get("name")}" has no "data" list')
+    if data and isinstance(data[0], list):  # [[...]] row-major nesting is legal v2
+        data = [x for row in data for x in row]
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not shape or int(_prod(shape)) != len(data):
+        raise ModerationError("malformed_request", f'"shape" {shape} does not match {len(data)} data elements')
+    _check_count(len(data))
+    request_id = body.get("id")
+    return ParsedRequest("v2", [_b64(v, i) for i, v in enumerate(data)], str(request_id) if request_id else None)
+
+
+def _prod(shape: list[Any]) -> int:
+    n = 1
+    for dim in shape:
+        if not isinstance(dim, int) or dim < 0:
+            raise ModerationError("malformed_request", f'invalid "shape" {shape}')
+        n *= dim
+    return n
+
+
+def parse_request(body: Any, content_type: str | None) -> ParsedRequest:
+    """One TorchServe request body -> the images it carries, whatever the protocol."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if isinstance(body, str):
+        body = body.encode()
+    if isinstance(body, bytearray):
+        body = bytes(body)
+    if isinstance(body, bytes):
+        looks_json = ctype == "application/json" or (not ctype and body[:1] == b"{")
+        if not looks_json:
+            if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+                raise ModerationError(
+                    "unsupported_content_type",
+                    f"content type {ctype!r} not supported; send image/*, application/octet-stream or JSON",
+                )
+            return ParsedRequest("raw", [body])
+        try:
+            body = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModerationError("malformed_request", f"invalid JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise ModerationError("malformed_request", "JSON body must be an object")
+    try:
+        if "instances" in body:
+            return _parse_v1(body)
+        if "inputs" in body:
+            return _parse_v2(body)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ModerationError):
+            raise
+        raise ModerationError("malformed_request", f"malformed request body: {exc}") from None
+    raise ModerationError("malformed_request", 'JSON body needs "instances" (KServe v1) or "inputs" (v2)')
+
+
+def render_response(request: ParsedRequest, preds: list[Prediction], model: str, version: str) -> dict[str, Any]:
+    """Predictions for one request in the protocol it arrived in."""
+    if request.protocol == "raw":
+        return asdict(preds[0])
+    if request.protocol == "v1":
+        return {"predictions": [asdict(p) for p in preds]}
+    n = len(preds)
+    response: dict[str, Any] = {
+        "model_name": model,
+        "model_version": version,
+        "outputs": [
+            {"name": "label", "datatype": "BYTES", "shape": [n], "data": [p.label for p in preds]},
+            {"name": "harmful_score", "datatype": "FP32", "shape": [n], "data": [p.harmful_score for p in preds]},
+            {"name": "threshold", "datatype": "FP32", "shape": [n], "data": [p.threshold for p in preds]},
+        ],
+    }
+    if request.request_id is not None:
+        response["id"] = request.request_id
+    return response
+
+
+# ---- client side of the same contract (bridge, load tests, demo, benchmarks) -------------------
+
+
+def v1_request(images: list[bytes]) -> dict[str, Any]:
+    return {"instances": [{"b64": base64.b64encode(img).decode()} for img in images]}
+
+
+def v2_request(images: list[bytes], request_id: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "inputs": [
+            {
+                "name": V2_INPUT_NAME,
+                "datatype": "BYTES",
+                "shape": [len(images)],
+                "data": [base64.b64encode(img).decode() for img in images],
+            }
+        ]
+    }
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def predictions_from(response: dict[str, Any]) -> list[Prediction]:
+    """Predictions from a raw, v1 or v2 response body."""
+    if "outputs" in response:
+        cols = {o["name"]: o["data"] for o in response["outputs"]}
+        return [
+            Prediction(label, float(score), float(thr), response["model_name"], str(response.get("model_version")))
+            for label, score, thr in zip(cols["label"], cols["harmful_score"], cols["threshold"], strict=True)
+        ]
+    if "predictions" in response:
+        return [Prediction(**p) for p in response["predictions"]]
+    return [Prediction(**response)]
