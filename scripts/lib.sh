@@ -41,7 +41,7 @@ stop_bg() {  # stop_bg NAME [SIGNAL] [TIMEOUT_S]
 wait_http() {  # wait_http URL TIMEOUT_S NAME : poll until URL answers 2xx
   local url="$1" timeout="$2" name="$3"
   for _ in $(seq 1 $((timeout * 4))); do
-    if curl -fsS -o /dev/null --max-time 2 "$url"; then return 0; fi
+    if curl -fs -o /dev/null --max-time 2 "$url"; then return 0; fi
     if ! is_running "$name"; then echo "$name died; last log lines:" >&2; tail -n 40 "$LOG_DIR/$name.log" >&2; return 1; fi
     sleep 0.25
   done

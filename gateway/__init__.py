@@ -1,0 +1,1 @@
+"""Local KServe-protocol gateway in front of TorchServe."""

@@ -1,0 +1,161 @@
+"""TorchServe handler for both moderation models (MobileNetV2, ResNet50).
+
+Life cycle as in TorchServe's BaseHandler: initialize once per worker, then per server-side batch
+preprocess -> inference -> postprocess. Unlike the stock kserve envelopes, every row of the batch is
+parsed on its own (raw bytes, KServe v1 or v2), all images of all rows go through ONE forward pass,
+and a bad row gets its own 4xx while the other rows still get predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from handlers.envelopes import ParsedRequest, Prediction, parse_request, render_response
+from handlers.errors import ModerationError
+from handlers.imaging import decode_image
+from handlers.registry import HARMFUL_INDEX, LABELS, build_model, input_transform, load_checkpoint, normalize
+from handlers.settings import HandlerSettings
+from handlers.telemetry import ModerationMetrics
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_FILE = "model.pt"
+
+
+def _body_and_content_type(row: dict[str, Any], context: Any, idx: int) -> tuple[Any, str | None]:
+    """TorchServe puts the HTTP body under "body" (or "data") and its content type in per-parameter headers."""
+    for name in ("body", "data"):
+        if name in row:
+            header = context.get_request_header(idx, name) if context is not None else None
+            ctype = header.get("content-type") if isinstance(header, dict) else None
+            return row[name], ctype
+    raise ModerationError("malformed_request", "request has no body")
+
+
+class ImageModerationHandler(BaseHandler):
+    """Harmful/benign image classifier; model, threshold and speed switches come from the model config."""
+
+    @dataclass
+    class Batch:
+        """One server-side batch after preprocessing: per-row outcome plus the pixels of good rows.
+
+        Nested so the module exposes exactly one class, which TorchServe takes as the entry point.
+        """
+
+        rows: list[ParsedRequest | ModerationError | Exception] = field(default_factory=list)
+        spans: list[tuple[int, int]] = field(default_factory=list)  # row -> [start, end) in pixels
+        pixels: list[torch.Tensor] = field(default_factory=list)
+
+    def initialize(self, context: Any) -> None:
+        manifest = context.manifest["model"]
+        self.model_name: str = manifest["modelName"]
+        self.model_version: str = str(manifest.get("modelVersion", "1.0"))
+        config = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        self.settings = HandlerSettings.load(self.model_name, config)
+        self.limits = self.settings.decode_limits()
+        if self.settings.torch_threads > 0:
+            torch.set_num_threads(self.settings.torch_threads)
+        architecture = str(config.get("architecture", self.model_name))
+        model = build_model(architecture)
+        meta = load_checkpoint(model, os.path.join(context.system_properties["model_dir"], CHECKPOINT_FILE))
+        model.eval()
+        if self.settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self._to_pixels = input_transform()
+        self._normalize = normalize()
+        self.metrics = ModerationMetrics(context.metrics, self.model_name)
+        self.context = context
+        self.initialized = True
+        logger.info(
+            "loaded %s (%s, version %s, threshold %.4f, threads %d, weights: %s)",
+            self.model_name, architecture, self.model_version, self.settings.threshold,
+            torch.get_num_threads(), meta.get("weights", "unknown"),
+        )
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        self.context = context
+        batch = self.preprocess(data)
+        scores = self.inference(batch.pixels)
+        return self.postprocess(batch, scores)
+
+    def preprocess(self, data: list[dict[str, Any]]) -> ImageModerationHandler.Batch:
+        batch = self.Batch()
+        for idx, row in enumerate(data):
+            start = len(batch.pixels)
+            try:
+                body, ctype = _body_and_content_type(row, self.context, idx)
+                request = parse_request(body, ctype)
+                batch.pixels.extend(self._pixels(request))
+                batch.rows.append(request)
+            except ModerationError as err:
+                del batch.pixels[start:]
+                self.metrics.rejected(err.reason)
+                batch.rows.append(err)
+            except Exception as exc:  # noqa: BLE001 - a bug on one row must not fail its neighbours
+                logger.exception("unexpected error preprocessing request %d", idx)
+                del batch.pixels[start:]
+                batch.rows.append(exc)
+            batch.spans.append((start, len(batch.pixels)))
+        return batch
+
+    def _pixels(self, request: ParsedRequest) -> list[torch.Tensor]:
+        """Decode + resize every image of one request; the first bad image fails the request, naming its index."""
+        out = []
+        for i, raw in enumerate(request.images):
+            t0 = time.perf_counter()
+            try:
+                image = decode_image(raw, self.limits)
+            except ModerationError as err:
+                raise err.at(i) if len(request.images) > 1 else err from None
+            t1 = time.perf_counter()
+            out.append(self._to_pixels(image))
+            self.metrics.stage("decode", t1 - t0)
+            self.metrics.stage("preprocess", time.perf_counter() - t1)
+        return out
+
+    def inference(self, pixels: list[torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """P(harmful) for every image of the batch, in one forward pass."""
+        if not pixels:
+            return torch.empty(0)
+        t0 = time.perf_counter()
+        x = self._normalize(torch.stack(pixels))
+        if self.settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            scores = torch.softmax(self.model(x).float(), dim=1)[:, HARMFUL_INDEX]
+        self.metrics.stage("inference", time.perf_counter() - t0)
+        self.metrics.batch_images(len(pixels))
+        return scores
+
+    def postprocess(self, batch: ImageModerationHandler.Batch, scores: torch.Tensor) -> list[str]:
+        threshold = self.settings.threshold
+        responses: list[Any] = []
+        for idx, (row, (start, end)) in enumerate(zip(batch.rows, batch.spans, strict=True)):
+            self.context.set_response_content_type(idx, "application/json")
+            if isinstance(row, ModerationError):
+                self.context.set_response_status(row.status, row.message, idx)
+                responses.append(json.dumps(row.to_dict()))
+                continue
+            if isinstance(row, Exception):
+                self.context.set_response_status(500, "internal error", idx)
+                responses.append(json.dumps({"error": f"internal error: {type(row).__name__}", "reason": "internal"}))
+                continue
+            preds = []
+            for score in scores[start:end].tolist():
+                label = LABELS[HARMFUL_INDEX] if score >= threshold else LABELS[1 - HARMFUL_INDEX]
+                self.metrics.predicted(label)
+                preds.append(Prediction(label, round(score, 6), threshold, self.model_name, self.model_version))
+            if row.protocol == "v2" and row.request_id is None:
+                row = ParsedRequest(row.protocol, row.images, self.context.get_request_id(idx))
+            responses.append(json.dumps(render_response(row, preds, self.model_name, self.model_version)))
+        return responses  # compact JSON strings: TorchServe would pretty-print dicts

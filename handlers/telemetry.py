@@ -1,0 +1,56 @@
+"""Handler-side Prometheus metrics, emitted through TorchServe's metrics API.
+
+TorchServe's own latency metrics are cumulative counters (no percentiles), so the handler adds
+histograms per stage. They only reach `/metrics` in Prometheus mode when declared under
+`model_metrics` in the metrics config (model-archive/config/metrics.yaml); names are defined here once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STAGE_HISTOGRAMS: dict[str, str] = {
+    "decode": "moderation_decode_seconds",
+    "preprocess": "moderation_preprocess_seconds",
+    "inference": "moderation_inference_seconds",
+}
+REJECTED_COUNTER = "moderation_rejected_total"
+PREDICTIONS_COUNTER = "moderation_predictions_total"
+BATCH_SIZE_HISTOGRAM = "moderation_batch_images"
+
+
+class ModerationMetrics:
+    """Thin wrapper so the handler states *what* happened; unknown metrics degrade to a logged no-op."""
+
+    def __init__(self, cache: Any, model_name: str) -> None:
+        from ts.metrics.metric_type_enum import MetricTypes  # TorchServe-only import
+
+        self._model = model_name
+        self._metrics: dict[str, Any] = {}
+        wanted = {name: MetricTypes.HISTOGRAM for name in (*STAGE_HISTOGRAMS.values(), BATCH_SIZE_HISTOGRAM)}
+        wanted |= {REJECTED_COUNTER: MetricTypes.COUNTER, PREDICTIONS_COUNTER: MetricTypes.COUNTER}
+        for name, kind in wanted.items():
+            try:
+                self._metrics[name] = cache.get_metric(name, kind)
+            except Exception:  # noqa: BLE001 - a missing declaration must not stop the model from serving
+                logger.warning("metric %s is not declared in the metrics config; it will not be exported", name)
+
+    def _emit(self, name: str, value: float, *dims: str) -> None:
+        metric = self._metrics.get(name)
+        if metric is not None:
+            metric.add_or_update(value, [self._model, *dims])
+
+    def stage(self, stage: str, seconds: float) -> None:
+        self._emit(STAGE_HISTOGRAMS[stage], seconds)
+
+    def batch_images(self, n: int) -> None:
+        self._emit(BATCH_SIZE_HISTOGRAM, n)
+
+    def rejected(self, reason: str) -> None:
+        self._emit(REJECTED_COUNTER, 1, reason)
+
+    def predicted(self, label: str, count: int = 1) -> None:
+        self._emit(PREDICTIONS_COUNTER, count, label)

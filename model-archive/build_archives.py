@@ -1,0 +1,138 @@
+"""Build the KServe/TorchServe storage layout: build/config/{config.properties,metrics.yaml} + build/model-store/*.mar.
+
+Each .mar packs the checkpoint (models/<model>/model.pt from `make train`), our handler with the `handlers`
+package it imports, and the version-controlled model config (batching, workers, threshold). The same
+config template is rendered for the cluster (KServe mounts the layout at /mnt/models) and, with
+loopback addresses, for the local stack (`render-config`, used by scripts/serving.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from string import Template
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from handlers.registry import MODEL_NAMES, build_model, load_checkpoint  # noqa: E402
+
+ARCHIVE_DIR = ROOT / "model-archive"
+CONFIG_DIR = ARCHIVE_DIR / "config"
+BUILD_DIR = ARCHIVE_DIR / "build"
+HANDLER = ROOT / "handlers" / "image_moderation_handler.py"
+BOOTSTRAP_DIR = ROOT / ".cache" / "bootstrap"
+# Local-stack modules the model worker never imports.
+SERVER_SIDE_ONLY = {"stack.py"}
+log = logging.getLogger("build_archives")
+
+# KServe's storage initializer puts the storageUri contents at /mnt/models.
+CLUSTER = {
+    "INFERENCE_BIND": "0.0.0.0:8080",
+    "MANAGEMENT_BIND": "127.0.0.1:8081",
+    "METRICS_BIND": "0.0.0.0:8082",
+    "CONFIG_DIR": "/mnt/models/config",
+    "MODEL_STORE": "/mnt/models/model-store",
+    "JOB_QUEUE_SIZE": "200",
+    "WORKERS": "1",
+}
+
+
+def render_config(out: Path, values: dict[str, str]) -> None:
+    text = Template((CONFIG_DIR / "config.properties.in").read_text()).substitute(values)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    shutil.copy2(CONFIG_DIR / "metrics.yaml", out.parent / "metrics.yaml")
+
+
+def checkpoint_for(model: str) -> Path:
+    """The trained checkpoint, or an explicitly labelled untrained placeholder when none is committed yet."""
+    trained = ROOT / "models" / model / "model.pt"
+    if trained.exists():
+        return trained
+    import torch
+
+    placeholder = BOOTSTRAP_DIR / model / "model.pt"
+    if not placeholder.exists():
+        torch.manual_seed(0)
+        meta = {"model": model, "version": "0.0.0-untrained", "weights": "random-init placeholder (UNTRAINED)"}
+        placeholder.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": build_model(model).state_dict(), "meta": meta}, placeholder)
+    log.warning("%s: no trained checkpoint at %s; packing an UNTRAINED placeholder (run `make train`)", model, trained)
+    return placeholder
+
+
+def stage_handler_package(model: str) -> Path:
+    """Copy the `handlers` package into a staging folder; the archiver copies the folder's contents into the .mar."""
+    stage = BUILD_DIR / "staging" / model
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "handlers").mkdir(parents=True)
+    for src in sorted((ROOT / "handlers").glob("*.py")):
+        if src.name not in SERVER_SIDE_ONLY:
+            shutil.copy2(src, stage / "handlers" / src.name)
+    return stage
+
+
+def build_archive(model: str, store: Path) -> Path:
+    ckpt = checkpoint_for(model)
+    version = str(load_checkpoint(build_model(model), str(ckpt)).get("version", "1.0"))
+    stage = stage_handler_package(model)
+    cmd = [
+        str(Path(sys.executable).parent / "torch-model-archiver"),
+        "--model-name", model,
+        "--version", version,
+        "--serialized-file", str(ckpt),
+        "--handler", str(HANDLER),
+        "--extra-files", str(stage),
+        "--config-file", str(CONFIG_DIR / f"{model}.yaml"),
+        "--export-path", str(store),
+        "--archive-format", "default",
+        "--force",
+    ]
+    subprocess.run(cmd, check=True)
+    shutil.rmtree(stage)
+    mar = store / f"{model}.mar"
+    log.info("built %s (version %s, checkpoint %s, %.1f MB)", mar, version, ckpt, mar.stat().st_size / 1e6)
+    return mar
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build every .mar and the cluster config")
+    build.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    local = sub.add_parser("render-config", help="render config.properties for the local stack")
+    local.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if args.command == "build":
+        store = BUILD_DIR / "model-store"
+        store.mkdir(parents=True, exist_ok=True)
+        for model in args.models:
+            build_archive(model, store)
+        render_config(BUILD_DIR / "config" / "config.properties", CLUSTER)
+        log.info("KServe storage layout ready in %s (upload it to the InferenceService storageUri)", BUILD_DIR)
+    else:
+        env = os.environ
+        host = env.get("STACK_HOST", "127.0.0.1")
+        render_config(
+            args.out,
+            {
+                "INFERENCE_BIND": f"{host}:{env['TORCHSERVE_INFERENCE_PORT']}",
+                "MANAGEMENT_BIND": f"{host}:{env['TORCHSERVE_MANAGEMENT_PORT']}",
+                "METRICS_BIND": f"{host}:{env['TORCHSERVE_METRICS_PORT']}",
+                "CONFIG_DIR": str(args.out.parent),
+                "MODEL_STORE": str(BUILD_DIR / "model-store"),
+                "JOB_QUEUE_SIZE": env.get("TORCHSERVE_JOB_QUEUE_SIZE", "1000"),
+                "WORKERS": env.get("TORCHSERVE_WORKERS", "1"),
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
