@@ -22,4 +22,10 @@ $(SETUP_STAMP): pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $@
 
+##@ Main job
+.PHONY: demo
+demo: setup models up ## Set up, build the archives, start the stack, classify sample photos (or IMAGES=DIR)
+	$(PY) -m demo.classify $(if $(IMAGES),--images "$(IMAGES)")
+	$(DEMO_STREAM)
+
 include $(sort $(wildcard mk/*.mk))

@@ -1,0 +1,1 @@
+"""The main job: classify sample photos through the local stack and print what came back."""

@@ -1,0 +1,109 @@
+"""Request envelopes: raw, KServe v1 and v2 parse to images; malformed bodies are typed 4xx errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from handlers.envelopes import (
+    ParsedRequest,
+    Prediction,
+    parse_request,
+    predictions_from,
+    render_response,
+    v1_request,
+    v2_request,
+)
+from handlers.errors import ModerationError
+
+IMG_A, IMG_B = b"\xff\xd8image-a", b"\x89PNGimage-b"
+
+
+def reason_of(body: object, ctype: str | None) -> str:
+    with pytest.raises(ModerationError) as info:
+        parse_request(body, ctype)
+    return info.value.reason
+
+
+def test_raw_bytes_with_image_or_octet_stream_type() -> None:
+    for ctype in ("image/jpeg", "application/octet-stream", "image/png; charset=binary", None):
+        assert parse_request(IMG_A, ctype) == ParsedRequest("raw", [IMG_A])
+
+
+def test_v1_b64_and_data_instances_as_bytes_dict_or_text() -> None:
+    body = {"instances": [{"b64": base64.b64encode(IMG_A).decode()}, {"data": base64.b64encode(IMG_B).decode()}]}
+    for form in (body, json.dumps(body), json.dumps(body).encode()):
+        parsed = parse_request(form, "application/json")
+        assert parsed.protocol == "v1" and parsed.images == [IMG_A, IMG_B]
+    assert parse_request(v1_request([IMG_B]), "application/json").images == [IMG_B]
+
+
+def test_v2_several_images_and_id() -> None:
+    parsed = parse_request(json.dumps(v2_request([IMG_A, IMG_B], "req-7")).encode(), "application/json")
+    assert parsed == ParsedRequest("v2", [IMG_A, IMG_B], "req-7")
+
+
+def test_v2_nested_data_with_2d_shape() -> None:
+    body = v2_request([IMG_A, IMG_B])
+    body["inputs"][0]["data"] = [[x] for x in body["inputs"][0]["data"]]
+    body["inputs"][0]["shape"] = [2, 1]
+    assert parse_request(body, "application/json").images == [IMG_A, IMG_B]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "malformed_request"),
+        (b"[1, 2]", "malformed_request"),
+        ({"foo": 1}, "malformed_request"),
+        ({"instances": "x"}, "malformed_request"),
+        ({"instances": []}, "malformed_request"),
+        ({"instances": [{"other": 1}]}, "malformed_request"),
+        ({"instances": [{"b64": "@@not base64@@"}]}, "bad_base64"),
+        ({"inputs": []}, "malformed_request"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, "malformed_request"),
+        ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [3], "data": ["aGk="]}]}, "malformed_request"),
+        ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [-1], "data": ["aGk="]}]}, "malformed_request"),
+        ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": [7]}]}, "malformed_request"),
+        ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}, "bad_base64"),
+    ],
+)
+def test_malformed_bodies_are_client_errors(body: object, reason: str) -> None:
+    assert reason_of(body, "application/json") == reason
+
+
+def test_unsupported_content_type_is_415() -> None:
+    with pytest.raises(ModerationError) as info:
+        parse_request(b"hello", "text/plain")
+    assert (info.value.reason, info.value.status) == ("unsupported_content_type", 415)
+
+
+def test_too_many_images_in_one_request() -> None:
+    from handlers.envelopes import MAX_IMAGES_PER_REQUEST
+
+    assert reason_of(v2_request([IMG_A] * (MAX_IMAGES_PER_REQUEST + 1)), "application/json") == "malformed_request"
+
+
+def test_bad_base64_names_its_index() -> None:
+    body = v2_request([IMG_A])
+    body["inputs"][0]["data"].append("***")
+    body["inputs"][0]["shape"] = [2]
+    with pytest.raises(ModerationError) as info:
+        parse_request(body, "application/json")
+    assert info.value.index == 1 and info.value.to_dict()["index"] == 1
+
+
+def test_responses_round_trip_through_the_client_helper() -> None:
+    preds = [
+        Prediction("harmful", 0.9, 0.4, "mobilenet_v2", "1.0"),
+        Prediction("benign", 0.1, 0.4, "mobilenet_v2", "1.0"),
+    ]
+    v2 = render_response(ParsedRequest("v2", [IMG_A, IMG_B], "id-1"), preds, "mobilenet_v2", "1.0")
+    assert v2["id"] == "id-1" and v2["model_name"] == "mobilenet_v2" and v2["model_version"] == "1.0"
+    assert {o["name"]: (o["datatype"], o["shape"]) for o in v2["outputs"]} == {
+        "label": ("BYTES", [2]), "harmful_score": ("FP32", [2]), "threshold": ("FP32", [2])}
+    assert predictions_from(v2) == preds
+    assert predictions_from(render_response(ParsedRequest("v1", [IMG_A, IMG_B]), preds, "m", "1")) == preds
+    assert predictions_from(render_response(ParsedRequest("raw", [IMG_A]), preds[:1], "m", "1")) == preds[:1]

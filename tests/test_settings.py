@@ -1,0 +1,26 @@
+"""Per-model settings: model-config values, overridden by per-model then global environment variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from handlers.settings import HandlerSettings
+
+
+def test_defaults_then_config_then_env() -> None:
+    assert HandlerSettings.load("resnet50", None, env={}).threshold == 0.5
+    assert HandlerSettings.load("resnet50", {"threshold": 0.31}, env={}).threshold == 0.31
+    env = {"MODERATION_THRESHOLD": "0.2", "MODERATION_THRESHOLD_RESNET50": "0.27"}
+    assert HandlerSettings.load("resnet50", {"threshold": 0.31}, env=env).threshold == 0.27
+    assert HandlerSettings.load("mobilenet_v2", {"threshold": 0.31}, env=env).threshold == 0.2
+
+
+def test_types_are_parsed() -> None:
+    env = {"MODERATION_CHANNELS_LAST_MOBILENET_V2": "false", "MODERATION_TORCH_THREADS": "2"}
+    s = HandlerSettings.load("mobilenet_v2", {"fast_jpeg": "no"}, env=env)
+    assert (s.channels_last, s.torch_threads, s.fast_jpeg) == (False, 2, False)
+
+
+def test_threshold_outside_unit_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        HandlerSettings.load("mobilenet_v2", {"threshold": 1.5}, env={})
