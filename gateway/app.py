@@ -75,7 +75,10 @@ async def forward(request: web.Request) -> web.Response:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
     try:
         async with request.app[SESSION].post(
-            f"{request.app[INFERENCE]}{request.path}", data=body, headers=headers
+            f"{request.app[INFERENCE]}{request.path}",
+            data=body,
+            headers=headers,
+            skip_auto_headers=() if "Content-Type" in request.headers else ("Content-Type",),
         ) as resp:
             payload = await resp.read()
             ctype = resp.headers.get("Content-Type", "application/json")

@@ -110,7 +110,9 @@ def parse_request(body: Any, content_type: str | None) -> ParsedRequest:
     if isinstance(body, bytearray):
         body = bytes(body)
     if isinstance(body, bytes):
-        looks_json = ctype == "application/json" or (not ctype and body[:1] == b"{")
+        # No image format starts with "{": clients that omit the type (tritonclient) still mean JSON.
+        untyped = ctype in ("", "application/octet-stream")
+        looks_json = ctype == "application/json" or (untyped and body.lstrip()[:1] == b"{")
         if not looks_json:
             if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
                 raise ModerationError(

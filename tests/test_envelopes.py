@@ -107,3 +107,9 @@ def test_responses_round_trip_through_the_client_helper() -> None:
     assert predictions_from(v2) == preds
     assert predictions_from(render_response(ParsedRequest("v1", [IMG_A, IMG_B]), preds, "m", "1")) == preds
     assert predictions_from(render_response(ParsedRequest("raw", [IMG_A]), preds[:1], "m", "1")) == preds[:1]
+
+
+def test_untyped_json_body_is_parsed_as_json() -> None:
+    body = json.dumps(v2_request([IMG_A])).encode()
+    for ctype in (None, "", "application/octet-stream"):
+        assert parse_request(body, ctype).protocol == "v2"

@@ -1,0 +1,242 @@
+"""The real serving stack (TorchServe 0.12 Java frontend + Python workers behind the KServe gateway).
+
+Covers both models over raw, KServe v1 and v2 requests, multi-image requests, server-side batches that
+mix good and bad requests, every bad-input kind, concurrency, probes/metadata and a third-party v2 client.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from handlers.envelopes import predictions_from, v1_request, v2_request
+from handlers.registry import LABELS, MODEL_NAMES
+from handlers.stack import stack, url
+from tests.image_factory import accepted_variants, jpeg, refused_variants
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = list(MODEL_NAMES)
+
+
+def configured_threshold(model: str) -> float:
+    config = yaml.safe_load((ROOT / "model-archive" / "config" / f"{model}.yaml").read_text())
+    return float(config["handler"]["threshold"])
+
+
+def metrics_text() -> str:
+    return httpx.get(f"{url('TORCHSERVE_METRICS_PORT')}/metrics", timeout=10).text
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[line.index("{"):line.rindex("}")]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def score_of(client: httpx.Client, model: str, image: bytes) -> float:
+    response = client.post(f"/v2/models/{model}/infer", json=v2_request([image]))
+    assert response.status_code == 200, response.text
+    return predictions_from(response.json())[0].harmful_score
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_raw_v1_v2_agree_and_carry_every_field(client: httpx.Client, model: str) -> None:
+    image = jpeg(640, 480, seed=3)
+    version = client.get(f"/v2/models/{model}").json()["versions"][0]
+    raw = client.post(f"/v1/models/{model}:predict", content=image, headers={"Content-Type": "image/jpeg"})
+    octet = client.post(
+        f"/v2/models/{model}/infer", content=image, headers={"Content-Type": "application/octet-stream"}
+    )
+    v1 = client.post(f"/v1/models/{model}:predict", json=v1_request([image]))
+    v2 = client.post(f"/v2/models/{model}/infer", json=v2_request([image], "req-42"))
+    for response in (raw, octet, v1, v2):
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/json")
+    body = v2.json()
+    assert body["id"] == "req-42" and body["model_name"] == model and body["model_version"] == version
+    for output in body["outputs"]:
+        assert set(output) == {"name", "datatype", "shape", "data"} and output["shape"] == [1]
+    preds = [predictions_from(r.json())[0] for r in (raw, octet, v1, v2)]
+    for p in preds:
+        assert p.label in LABELS and 0.0 <= p.harmful_score <= 1.0
+        assert p.threshold == pytest.approx(configured_threshold(model))
+        assert p.label == ("harmful" if p.harmful_score >= p.threshold else "benign")
+        assert (p.model, p.model_version) == (model, version)
+    assert len({round(p.harmful_score, 5) for p in preds}) == 1, preds
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_several_images_per_request_keep_their_order(client: httpx.Client, model: str) -> None:
+    images = [jpeg(320 + 40 * i, 240, seed=10 + i) for i in range(5)]
+    solo = [score_of(client, model, img) for img in images]
+    v2 = client.post(f"/v2/models/{model}/infer", json=v2_request(images))
+    v1 = client.post(f"/v1/models/{model}:predict", json=v1_request(images[:3]))
+    assert v2.status_code == 200 and v1.status_code == 200
+    assert [p.harmful_score for p in predictions_from(v2.json())] == pytest.approx(solo, abs=1e-4)
+    assert [p.harmful_score for p in predictions_from(v1.json())] == pytest.approx(solo[:3], abs=1e-4)
+
+
+def test_every_accepted_format(client: httpx.Client) -> None:
+    variants = accepted_variants()
+    response = client.post("/v2/models/mobilenet_v2/infer", json=v2_request(list(variants.values())))
+    assert response.status_code == 200, response.text
+    assert len(predictions_from(response.json())) == len(variants)
+
+
+@pytest.mark.parametrize("kind", sorted(refused_variants()))
+def test_bad_inputs_are_client_errors_naming_the_problem(client: httpx.Client, kind: str) -> None:
+    payload, reason = refused_variants()[kind]
+    raw = client.post("/v2/models/mobilenet_v2/infer", content=payload, headers={"Content-Type": "image/png"})
+    assert raw.status_code in (400, 413), raw.text
+    assert raw.json()["reason"] == reason and raw.json()["error"]
+    if payload:
+        in_v2 = client.post("/v2/models/resnet50/infer", json=v2_request([jpeg(), payload]))
+        assert in_v2.status_code == raw.status_code
+        assert in_v2.json()["reason"] == reason and in_v2.json()["index"] == 1
+
+
+def test_over_size_image_is_413_and_server_survives(client: httpx.Client) -> None:
+    limit = 20 * 1024 * 1024
+    payload = jpeg() + b"\0" * (limit + 1)
+    response = client.post("/v1/models/mobilenet_v2:predict", content=payload, headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 413 and response.json()["reason"] == "too_large"
+    assert score_of(client, "mobilenet_v2", jpeg()) >= 0
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"instances": [{"b64": "!!notbase64!!"}]}', "bad_base64"),
+        (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["aGk="]}]}', "malformed_request"),
+        (b'{"inputs": "nope"}', "malformed_request"),
+        (b'{"instances": [', "malformed_request"),
+        (b"{}", "malformed_request"),
+    ],
+)
+def test_malformed_bodies_are_400(client: httpx.Client, body: bytes, reason: str) -> None:
+    response = client.post("/v2/models/mobilenet_v2/infer", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["reason"] == reason
+
+
+def _workers(model: str) -> list[tuple[int, str]]:
+    described = httpx.get(f"{url('TORCHSERVE_MANAGEMENT_PORT')}/models/{model}", timeout=10).json()
+    return sorted((w["pid"], w["status"]) for version in described for w in version["workers"])
+
+
+def test_server_side_batch_mixing_good_and_bad_requests(serving: str) -> None:
+    """Concurrent requests land in the same TorchServe batch; bad rows fail alone, good rows get answers."""
+    model = "mobilenet_v2"
+    bad = list(refused_variants().values())
+    good = [jpeg(400, 300, seed=100 + i) for i in range(12)]
+    with httpx.Client(base_url=serving, timeout=120) as c:
+        solo = [score_of(c, model, img) for img in good]
+    workers_before = _workers(model)
+    before = metrics_text()
+    jobs = []
+    for i, img in enumerate(good):
+        jobs.append(("good", i, img, None))
+        payload, reason = bad[i % len(bad)]
+        jobs.append(("bad", i, payload, reason))
+
+    def send(job: tuple[str, int, bytes, str | None]) -> tuple[tuple[str, int, bytes, str | None], httpx.Response]:
+        with httpx.Client(base_url=serving, timeout=120) as c:
+            return job, c.post(f"/v2/models/{model}/infer", content=job[2], headers={"Content-Type": "image/jpeg"})
+
+    for _ in range(3):  # three waves so at least one batch holds several rows
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            for (kind, i, _payload, reason), response in pool.map(send, jobs):
+                if kind == "good":
+                    assert response.status_code == 200, response.text
+                    assert response.json()["harmful_score"] == pytest.approx(solo[i], abs=1e-4)
+                else:
+                    assert response.status_code in (400, 413) and response.json()["reason"] == reason
+    after = metrics_text()
+    batches = metric_value(after, "moderation_batch_images_count", ModelName=model) - metric_value(
+        before, "moderation_batch_images_count", ModelName=model)
+    singles = metric_value(after, "moderation_batch_images_bucket", ModelName=model, le="1.0") - metric_value(
+        before, "moderation_batch_images_bucket", ModelName=model, le="1.0")
+    assert batches > singles, "no forward pass held more than one image: server-side batching did not happen"
+    assert _workers(model) == workers_before, "a worker died or restarted"
+
+
+def test_fifty_concurrent_requests_all_answered(serving: str) -> None:
+    images = [jpeg(640, 480, seed=i) for i in range(50)]
+
+    def send(i: int) -> int:
+        with httpx.Client(base_url=serving, timeout=300) as c:
+            model = MODELS[i % len(MODELS)]
+            return c.post(f"/v2/models/{model}/infer", json=v2_request([images[i]], f"c{i}")).status_code
+
+    with ThreadPoolExecutor(50) as pool:
+        assert list(pool.map(send, range(50))) == [200] * 50
+
+
+def test_probes_and_metadata_as_kserve_expects(client: httpx.Client) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get("/v2").json()["name"]
+    for model in MODELS:
+        assert client.get(f"/v2/models/{model}/ready").json() == {"name": model, "ready": True}
+        meta = client.get(f"/v2/models/{model}").json()
+        assert meta["name"] == model and meta["platform"] and meta["versions"]
+        assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+        assert {o["name"] for o in meta["outputs"]} == {"label", "harmful_score", "threshold"}
+        assert client.get(f"/v1/models/{model}").json() == {"name": model, "ready": True}
+    assert sorted(client.get("/v1/models").json()["models"]) == sorted(MODELS)
+    assert client.get("/v2/models/no_such_model/ready").status_code == 404
+    assert client.get("/v2/models/no_such_model").status_code == 404
+
+
+def test_tritonclient_gets_correct_answers(client: httpx.Client) -> None:
+    import tritonclient.http as triton
+
+    image = jpeg(500, 375, seed=77)
+    expected = score_of(client, "resnet50", image)
+    tc = triton.InferenceServerClient(url=f"{stack()['STACK_HOST']}:{stack()['INFERENCE_PORT']}")
+    assert tc.is_server_live() and tc.is_server_ready() and tc.is_model_ready("resnet50")
+    assert tc.get_model_metadata("resnet50")["name"] == "resnet50"
+    tensor = triton.InferInput("image", [2], "BYTES")
+    encoded = base64.b64encode(image).decode()
+    tensor.set_data_from_numpy(np.array([encoded, encoded], dtype=object), binary_data=False)
+    outputs = [triton.InferRequestedOutput(n, binary_data=False) for n in ("label", "harmful_score", "threshold")]
+    result = tc.infer("resnet50", [tensor], outputs=outputs, request_id="triton-1")
+    assert result.get_response()["id"] == "triton-1"
+    assert result.as_numpy("harmful_score").tolist() == pytest.approx([expected, expected], abs=1e-4)
+    assert set(result.as_numpy("label").tolist()) <= {b"harmful", b"benign", "harmful", "benign"}
+
+
+def test_custom_metrics_reach_prometheus_endpoint(client: httpx.Client) -> None:
+    for model in MODELS:
+        score_of(client, model, jpeg())
+    client.post("/v2/models/mobilenet_v2/infer", content=b"not an image", headers={"Content-Type": "image/jpeg"})
+    text = metrics_text()
+    for model in MODELS:
+        for stage in ("decode", "preprocess", "inference"):
+            assert metric_value(text, f"moderation_{stage}_seconds_count", ModelName=model) > 0, (stage, model)
+            assert metric_value(text, f"moderation_{stage}_seconds_bucket", ModelName=model, le="+Inf") > 0
+        assert metric_value(text, "moderation_predictions_total", ModelName=model) > 0
+    assert metric_value(text, "moderation_rejected_total", ModelName="mobilenet_v2", reason="not_an_image") >= 1
+    assert "# TYPE moderation_inference_seconds histogram" in text
+
+
+def test_secure_defaults_of_the_local_stack() -> None:
+    s = stack()
+    register = httpx.post(f"{url('TORCHSERVE_MANAGEMENT_PORT')}/models?url=http://example.com/x.mar", timeout=10)
+    assert register.status_code >= 400, "model registration API must be off"
+    config = (ROOT / ".run" / "torchserve" / "config.properties").read_text()
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert re.search(rf"^{key}=http://{re.escape(s['STACK_HOST'])}:\d+$", config, re.M), key
+    assert "enable_model_api=false" in config and "allowed_urls=file://" in config
