@@ -240,3 +240,35 @@ def test_secure_defaults_of_the_local_stack() -> None:
     for key in ("inference_address", "management_address", "metrics_address"):
         assert re.search(rf"^{key}=http://{re.escape(s['STACK_HOST'])}:\d+$", config, re.M), key
     assert "enable_model_api=false" in config and "allowed_urls=file://" in config
+
+
+def test_kserve_rest_client_gets_correct_answers(client: httpx.Client) -> None:
+    """kserve's own v2 REST client (the data models KServe users already have) interoperates."""
+    import asyncio
+
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    image = jpeg(480, 360, seed=5)
+    expected = score_of(client, "mobilenet_v2", image)
+
+    async def run() -> tuple[bool, bool, object]:
+        kc = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
+        encoded = base64.b64encode(image).decode()
+        tensor = InferInput(name="image", shape=[2], datatype="BYTES", data=[encoded, encoded])
+        request = InferRequest(model_name="mobilenet_v2", infer_inputs=[tensor], request_id="kserve-1")
+        try:
+            base = str(client.base_url).rstrip("/")
+            return (
+                await kc.is_server_ready(base),
+                await kc.is_model_ready(base, "mobilenet_v2"),
+                await kc.infer(base, request, model_name="mobilenet_v2"),
+            )
+        finally:
+            await kc.close()
+
+    server_ready, model_ready, response = asyncio.run(run())
+    assert server_ready and model_ready
+    assert response.id == "kserve-1" and response.model_name == "mobilenet_v2"
+    outputs = {o.name: o.data for o in response.outputs}
+    assert outputs["harmful_score"] == pytest.approx([expected, expected], abs=1e-4)
+    assert outputs["label"][0] in LABELS
