@@ -1,0 +1,172 @@
+"""Bridge configuration from environment variables (12-factor); the Helm chart mirrors these names.
+
+Every variable has a documented default that works against the local stack (`stack.env`). Secrets may
+come from files: `KAFKA_SASL_PASSWORD_FILE` etc. win over the plain variable (Kubernetes secret mounts).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from handlers.stack import stack
+
+# name -> (default, description). The README table and Helm values are generated from / checked against it.
+DEFAULTS: dict[str, tuple[str, str]] = {
+    "KAFKA_BOOTSTRAP_SERVERS": ("", "Kafka bootstrap servers (default: 127.0.0.1:$KAFKA_PORT from stack.env)"),
+    "KAFKA_INPUT_TOPIC": ("image_data", "topic of images to classify"),
+    "KAFKA_OUTPUT_TOPIC": ("image_predictions", "topic the predictions are written to"),
+    "KAFKA_DLQ_TOPIC": ("image_data.dlq", "dead-letter topic: original record + why it failed"),
+    "KAFKA_GROUP_ID": ("image-moderation-bridge", "consumer group (scale out = more replicas, same group)"),
+    "KAFKA_SECURITY_PROTOCOL": ("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    "KAFKA_SASL_MECHANISM": ("", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER"),
+    "KAFKA_SASL_USERNAME": ("", "SASL user (or KAFKA_SASL_USERNAME_FILE)"),
+    "KAFKA_SASL_PASSWORD": ("", "SASL password (or KAFKA_SASL_PASSWORD_FILE)"),
+    "KAFKA_SSL_CAFILE": ("", "CA bundle (PEM) to verify the brokers"),
+    "KAFKA_SSL_CERTFILE": ("", "client certificate (PEM) for mutual TLS"),
+    "KAFKA_SSL_KEYFILE": ("", "client key (PEM) for mutual TLS"),
+    "KAFKA_MAX_MESSAGE_BYTES": ("16777216", "largest record (bytes); the broker's message.max.bytes must match"),
+    "INFERENCE_URL": ("", "inference endpoint base URL (default: http://127.0.0.1:$INFERENCE_PORT)"),
+    "INFERENCE_MODEL": ("mobilenet_v2", "model name on the endpoint (mobilenet_v2 or resnet50)"),
+    "INFERENCE_PROTOCOL": ("v2", "v2 (Open Inference Protocol) or v1 (KServe v1)"),
+    "INFERENCE_TIMEOUT_S": ("30", "timeout of one inference request (seconds)"),
+    "BRIDGE_MAX_IN_FLIGHT": ("64", "records consumed but not yet committed (bounds memory)"),
+    "BRIDGE_MAX_CONCURRENCY": ("4", "inference requests in flight at once"),
+    "BRIDGE_MAX_BATCH": ("8", "images per inference request when the endpoint is busy (1 = no batching)"),
+    "BRIDGE_MAX_BATCH_BYTES": ("8388608", "raw image bytes per inference request (one larger image goes alone)"),
+    "BRIDGE_RETRY_MAX_ATTEMPTS": ("10", "transient failures of one record before it goes to the DLQ"),
+    "BRIDGE_RETRY_BACKOFF_S": ("0.5", "first retry delay (seconds); doubles per attempt, full jitter"),
+    "BRIDGE_RETRY_BACKOFF_MAX_S": ("30", "cap of the retry delay (seconds)"),
+    "BRIDGE_COMMIT_INTERVAL_S": ("1", "how often finished offsets are committed (seconds)"),
+    "BRIDGE_SHUTDOWN_TIMEOUT_S": ("20", "on SIGTERM, how long in-flight work may finish before it is handed back"),
+    "BRIDGE_PORT": ("", "port of /livez /readyz /metrics (default: $BRIDGE_PORT from stack.env)"),
+    "BRIDGE_HOST": ("", "address to bind (default: $STACK_HOST; 0.0.0.0 in a container)"),
+    "LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR (JSON lines on stderr)"),
+}
+
+
+def env(name: str, environ: dict[str, str] | None = None) -> str:
+    """Value of `name`: `<name>_FILE` contents, else the variable, else the documented default."""
+    environ = os.environ if environ is None else environ
+    path = environ.get(f"{name}_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    value = environ.get(name)
+    if value is not None and value != "":
+        return value
+    return DEFAULTS[name][0]
+
+
+@dataclass(frozen=True)
+class Config:
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    dlq_topic: str
+    group_id: str
+    security: dict[str, str]
+    max_message_bytes: int
+    inference_url: str
+    model: str
+    protocol: str
+    timeout_s: float
+    max_in_flight: int
+    max_concurrency: int
+    max_batch: int
+    max_batch_bytes: int
+    retry_max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+    commit_interval_s: float
+    shutdown_timeout_s: float
+    host: str
+    port: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Config:
+        e = lambda name: env(name, environ)  # noqa: E731
+        s = stack()
+        protocol = e("INFERENCE_PROTOCOL").lower()
+        if protocol not in ("v1", "v2"):
+            raise ValueError(f"INFERENCE_PROTOCOL must be v1 or v2, not {protocol!r}")
+        return cls(
+            bootstrap_servers=e("KAFKA_BOOTSTRAP_SERVERS") or f"{s['STACK_HOST']}:{s['KAFKA_PORT']}",
+            input_topic=e("KAFKA_INPUT_TOPIC"),
+            output_topic=e("KAFKA_OUTPUT_TOPIC"),
+            dlq_topic=e("KAFKA_DLQ_TOPIC"),
+            group_id=e("KAFKA_GROUP_ID"),
+            security=security_settings(environ),
+            max_message_bytes=int(e("KAFKA_MAX_MESSAGE_BYTES")),
+            inference_url=(e("INFERENCE_URL") or f"http://{s['STACK_HOST']}:{s['INFERENCE_PORT']}").rstrip("/"),
+            model=e("INFERENCE_MODEL"),
+            protocol=protocol,
+            timeout_s=float(e("INFERENCE_TIMEOUT_S")),
+            max_in_flight=max(1, int(e("BRIDGE_MAX_IN_FLIGHT"))),
+            max_concurrency=max(1, int(e("BRIDGE_MAX_CONCURRENCY"))),
+            max_batch=max(1, int(e("BRIDGE_MAX_BATCH"))),
+            max_batch_bytes=max(1, int(e("BRIDGE_MAX_BATCH_BYTES"))),
+            retry_max_attempts=max(1, int(e("BRIDGE_RETRY_MAX_ATTEMPTS"))),
+            backoff_s=float(e("BRIDGE_RETRY_BACKOFF_S")),
+            backoff_max_s=float(e("BRIDGE_RETRY_BACKOFF_MAX_S")),
+            commit_interval_s=float(e("BRIDGE_COMMIT_INTERVAL_S")),
+            shutdown_timeout_s=float(e("BRIDGE_SHUTDOWN_TIMEOUT_S")),
+            host=e("BRIDGE_HOST") or s["STACK_HOST"],
+            port=int(e("BRIDGE_PORT") or s["BRIDGE_PORT"]),
+            log_level=e("LOG_LEVEL").upper(),
+        )
+
+    def client_settings(self) -> dict[str, Any]:
+        """librdkafka settings shared by consumer, producer and admin (bootstrap + security)."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.security}
+
+    def consumer_settings(self) -> dict[str, Any]:
+        """At-least-once: no auto commit, no auto offset store; we commit what is finished ourselves."""
+        return {
+            **self.client_settings(),
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "max.partition.fetch.bytes": self.max_message_bytes,
+            "fetch.max.bytes": self.max_message_bytes * 2,
+            "receive.message.max.bytes": self.max_message_bytes * 2 + 1024 * 1024,
+            # Bounded prefetch: librdkafka's local queue, in KiB (the bridge's own bound is max_in_flight).
+            "queued.max.messages.kbytes": max(1024, self.max_message_bytes // 1024 * 2),
+            "session.timeout.ms": 30000,
+            "max.poll.interval.ms": 300000,
+        }
+
+    def producer_settings(self) -> dict[str, Any]:
+        """Idempotent producer, acks from every in-sync replica: no duplicates or gaps from producer retries."""
+        return {
+            **self.client_settings(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.max.bytes": self.max_message_bytes,
+            "receive.message.max.bytes": self.max_message_bytes * 2 + 1024 * 1024,
+            "delivery.timeout.ms": 300000,
+            "compression.type": "none",
+        }
+
+
+def security_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """KAFKA_SECURITY_PROTOCOL / SASL / SSL variables -> librdkafka settings (only those that are set)."""
+    e = lambda name: env(name, environ)  # noqa: E731
+    out: dict[str, str] = {"security.protocol": e("KAFKA_SECURITY_PROTOCOL").upper()}
+    mapping = {
+        "KAFKA_SASL_MECHANISM": "sasl.mechanism",
+        "KAFKA_SASL_USERNAME": "sasl.username",
+        "KAFKA_SASL_PASSWORD": "sasl.password",
+        "KAFKA_SSL_CAFILE": "ssl.ca.location",
+        "KAFKA_SSL_CERTFILE": "ssl.certificate.location",
+        "KAFKA_SSL_KEYFILE": "ssl.key.location",
+    }
+    for name, key in mapping.items():
+        value = e(name)
+        if value:
+            out[key] = value
+    return out

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Kafka bridge (python -m bridge) as a background service of the local stack.
+#   scripts/bridge.sh start|stop|restart|status
+# Configuration: the environment variables in bridge/README.md (defaults fit the local stack).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+HEALTH="http://$STACK_HOST:${BRIDGE_PORT}"
+
+start() {
+  start_bg bridge "$PY" -m bridge
+  # Live = HTTP server up; ready = consumer joined and the endpoint answers (may take longer, not awaited).
+  wait_http "$HEALTH/livez" 30 bridge
+  for _ in $(seq 1 $(( ${BRIDGE_START_TIMEOUT_S:-60} * 4 ))); do
+    curl -fs -o /dev/null --max-time 2 "$HEALTH/readyz" && { echo "bridge ready: $HEALTH/metrics"; return 0; }
+    is_running bridge || { echo "bridge died; last log lines:" >&2; tail -n 40 "$LOG_DIR/bridge.log" >&2; exit 1; }
+    sleep 0.25
+  done
+  echo "bridge running but not ready yet ($HEALTH/readyz); see $LOG_DIR/bridge.log" >&2
+}
+
+stop() { stop_bg bridge TERM "${BRIDGE_STOP_TIMEOUT_S:-40}"; }
+
+status() { status_line bridge "$HEALTH/readyz"; }
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|restart|status" >&2; exit 2 ;;
+esac
