@@ -4,6 +4,10 @@ Life cycle as in TorchServe's BaseHandler: initialize once per worker, then per 
 preprocess -> inference -> postprocess. Unlike the stock kserve envelopes, every row of the batch is
 parsed on its own (raw bytes, KServe v1 or v2), all images of all rows go through ONE forward pass,
 and a bad row gets its own 4xx while the other rows still get predictions.
+
+Two interchangeable backends, picked by `handler.backend` in the model config: eager PyTorch on
+model.pt, or ONNX Runtime on model.onnx (exported by `make models`; normalisation folded into the
+graph, so the worker only resizes to uint8 pixels and never imports torchvision).
 """
 
 from __future__ import annotations
@@ -15,14 +19,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.envelopes import ParsedRequest, Prediction, parse_request, render_response
 from handlers.errors import ModerationError
 from handlers.imaging import decode_image
-from handlers.registry import HARMFUL_INDEX, LABELS, build_model, input_transform, load_checkpoint, normalize
-from handlers.settings import HandlerSettings
+from handlers.registry import (
+    HARMFUL_INDEX,
+    LABELS,
+    build_model,
+    input_array,
+    input_transform,
+    load_checkpoint,
+    normalize,
+)
+from handlers.settings import ONNX_FILE, HandlerSettings
 from handlers.telemetry import ModerationMetrics
 
 logger = logging.getLogger(__name__)
@@ -51,7 +64,7 @@ class ImageModerationHandler(BaseHandler):
 
         rows: list[ParsedRequest | ModerationError | Exception] = field(default_factory=list)
         spans: list[tuple[int, int]] = field(default_factory=list)  # row -> [start, end) in pixels
-        pixels: list[torch.Tensor] = field(default_factory=list)
+        pixels: list[torch.Tensor | np.ndarray] = field(default_factory=list)
 
     def initialize(self, context: Any) -> None:
         manifest = context.manifest["model"]
@@ -63,22 +76,40 @@ class ImageModerationHandler(BaseHandler):
         if self.settings.torch_threads > 0:
             torch.set_num_threads(self.settings.torch_threads)
         architecture = str(config.get("architecture", self.model_name))
-        model = build_model(architecture)
-        meta = load_checkpoint(model, os.path.join(context.system_properties["model_dir"], CHECKPOINT_FILE))
-        model.eval()
-        if self.settings.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self._to_pixels = input_transform()
-        self._normalize = normalize()
+        model_dir = context.system_properties["model_dir"]
+        if self.settings.backend == "onnx":
+            self.model = self._onnx_session(os.path.join(model_dir, ONNX_FILE))
+            self._to_pixels = input_array
+            weights = ONNX_FILE
+        else:
+            model = build_model(architecture)
+            meta = load_checkpoint(model, os.path.join(model_dir, CHECKPOINT_FILE))
+            model.eval()
+            if self.settings.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            self.model = model
+            self._to_pixels = input_transform()
+            self._normalize = normalize()
+            weights = meta.get("weights", "unknown")
         self.metrics = ModerationMetrics(context.metrics, self.model_name)
         self.context = context
         self.initialized = True
         logger.info(
-            "loaded %s (%s, version %s, threshold %.4f, threads %d, weights: %s)",
-            self.model_name, architecture, self.model_version, self.settings.threshold,
-            torch.get_num_threads(), meta.get("weights", "unknown"),
+            "loaded %s (%s, version %s, backend %s, threshold %.4f, threads %d, weights: %s)",
+            self.model_name, architecture, self.model_version, self.settings.backend, self.settings.threshold,
+            torch.get_num_threads(), weights,
         )
+
+    def _onnx_session(self, path: str) -> Any:
+        """ONNX Runtime session; intra-op threads follow `torch_threads` so workers x threads still fits the CPU."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = max(self.settings.torch_threads, 0)
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -108,7 +139,7 @@ class ImageModerationHandler(BaseHandler):
             batch.spans.append((start, len(batch.pixels)))
         return batch
 
-    def _pixels(self, request: ParsedRequest) -> list[torch.Tensor]:
+    def _pixels(self, request: ParsedRequest) -> list[torch.Tensor | np.ndarray]:
         """Decode + resize every image of one request; the first bad image fails the request, naming its index."""
         out = []
         for i, raw in enumerate(request.images):
@@ -123,16 +154,20 @@ class ImageModerationHandler(BaseHandler):
             self.metrics.stage("preprocess", time.perf_counter() - t1)
         return out
 
-    def inference(self, pixels: list[torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def inference(self, pixels: list[torch.Tensor | np.ndarray], *args: Any, **kwargs: Any) -> torch.Tensor:
         """P(harmful) for every image of the batch, in one forward pass."""
         if not pixels:
             return torch.empty(0)
         t0 = time.perf_counter()
-        x = self._normalize(torch.stack(pixels))
-        if self.settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            scores = torch.softmax(self.model(x).float(), dim=1)[:, HARMFUL_INDEX]
+        if self.settings.backend == "onnx":
+            logits = self.model.run(None, {"pixels": np.stack(pixels)})[0]
+            scores = torch.softmax(torch.from_numpy(logits).float(), dim=1)[:, HARMFUL_INDEX]
+        else:
+            x = self._normalize(torch.stack(pixels))
+            if self.settings.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                scores = torch.softmax(self.model(x).float(), dim=1)[:, HARMFUL_INDEX]
         self.metrics.stage("inference", time.perf_counter() - t0)
         self.metrics.batch_images(len(pixels))
         return scores

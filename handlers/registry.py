@@ -2,17 +2,23 @@
 
 The TorchServe handler, training, evaluation and the benchmark all import from here, so a
 checkpoint trained by `make train` always loads into exactly the module the server builds.
+torchvision is imported lazily: an ONNX Runtime worker never needs it, and importing it costs ~160 MB RSS
+(it pulls in torch._dynamo and triton).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
-from torchvision import models
-from torchvision.transforms import v2 as T
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2 as T
 
 LABELS: tuple[str, str] = ("benign", "harmful")
 HARMFUL_INDEX = LABELS.index("harmful")
@@ -32,10 +38,14 @@ class ModelSpec:
 
 
 def _mobilenet_v2() -> nn.Module:
+    from torchvision import models
+
     return models.mobilenet_v2(weights=None)
 
 
 def _resnet50() -> nn.Module:
+    from torchvision import models
+
     return models.resnet50(weights=None)
 
 
@@ -90,14 +100,44 @@ def input_transform() -> T.Compose:
     Serving stacks these uint8 tensors and normalises the whole batch at once; training and
     evaluation use the same steps through `eval_transform`, so both see identical pixels.
     """
+    from torchvision.transforms import v2 as T
+
     return T.Compose([T.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True), T.PILToTensor()])
 
 
 def normalize() -> T.Compose:
     """uint8 CHW (or NCHW) tensor -> float, ImageNet-normalised."""
+    from torchvision.transforms import v2 as T
+
     return T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def eval_transform() -> T.Compose:
     """RGB PIL image -> normalised 3x224x224 float tensor: the reference system's preprocessing."""
+    from torchvision.transforms import v2 as T
+
     return T.Compose([input_transform(), normalize()])
+
+
+def input_array(image: Image.Image) -> np.ndarray:
+    """RGB PIL image -> uint8 224x224x3 array: the very pixels of `input_transform` (same PIL bilinear
+    resize) without torch/torchvision, for the ONNX Runtime path, whose graph normalises (`PixelGraph`)."""
+    return np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
+
+
+class PixelGraph(nn.Module):
+    """uint8 NHWC batch -> logits, with `normalize` folded in: the graph exported to ONNX.
+
+    Normalising and transposing inside the graph lets ONNX Runtime fuse them into the first
+    convolution instead of the worker doing it in numpy.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()
+        return self.model((x - self.mean) / self.std)

@@ -20,7 +20,8 @@ from string import Template
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from handlers.registry import MODEL_NAMES, build_model, load_checkpoint  # noqa: E402
+from handlers.registry import MODEL_NAMES, PixelGraph, build_model, load_checkpoint  # noqa: E402
+from handlers.settings import ONNX_FILE  # noqa: E402
 
 ARCHIVE_DIR = ROOT / "model-archive"
 CONFIG_DIR = ARCHIVE_DIR / "config"
@@ -78,10 +79,40 @@ def stage_handler_package(model: str) -> Path:
     return stage
 
 
+def handler_config(model: str) -> dict:
+    import yaml
+
+    return (yaml.safe_load((CONFIG_DIR / f"{model}.yaml").read_text()) or {}).get("handler") or {}
+
+
+def export_onnx(model: str, ckpt: Path, out: Path) -> Path:
+    """Checkpoint -> ONNX graph taking uint8 NHWC pixels (normalisation folded in), dynamic batch.
+
+    Used for `backend: onnx` archives and by the benchmark's in-process ceiling; the scores match
+    eager PyTorch within 1e-3 (tests/test_perf_onnx.py).
+    """
+    import torch
+
+    net = build_model(model)
+    load_checkpoint(net, str(ckpt))
+    graph = PixelGraph(net).eval()
+    example = torch.zeros(1, 224, 224, 3, dtype=torch.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        graph, (example,), str(out), dynamo=False, opset_version=17,
+        input_names=["pixels"], output_names=["logits"],
+        dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return out
+
+
 def build_archive(model: str, store: Path) -> Path:
     ckpt = checkpoint_for(model)
     version = str(load_checkpoint(build_model(model), str(ckpt)).get("version", "1.0"))
     stage = stage_handler_package(model)
+    if str(handler_config(model).get("backend", "eager")).lower() == "onnx":
+        # TorchServe copies --extra-files folder contents to the model dir: model.onnx lands beside model.pt.
+        export_onnx(model, ckpt, stage / ONNX_FILE)
     cmd = [
         str(Path(sys.executable).parent / "torch-model-archiver"),
         "--model-name", model,
