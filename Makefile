@@ -29,3 +29,9 @@ demo: setup models up ## Set up, build the archives, start the stack, classify s
 	$(DEMO_STREAM)
 
 include $(sort $(wildcard mk/*.mk))
+
+# After the includes, so every mk file's TEST_PREREQS (tool and jar fetches) is known here.
+##@ Quality
+.PHONY: test
+test: $(SETUP_STAMP) models $(TEST_PREREQS) ## Install what the tests need, then run every test (starts and stops real services)
+	$(PY) -m pytest $(PYTEST_ARGS)
