@@ -1,0 +1,514 @@
+"""The bridge: consume `image_data`, classify over HTTP, produce to `image_predictions` or the DLQ.
+
+Flow and guarantees (details in bridge/README.md):
+- fetch: consume while fewer than BRIDGE_MAX_IN_FLIGHT records are unfinished and the endpoint is ready;
+  otherwise the assigned partitions are paused (backpressure: memory stays bounded, the group stays joined).
+- dispatch: up to BRIDGE_MAX_CONCURRENCY requests in flight; a free slot takes every queued record up to
+  BRIDGE_MAX_BATCH into one request, so batches grow exactly when the endpoint is busy.
+- outcome: a prediction, or a DLQ record for permanent failures (the handler's 4xx, contract violations,
+  retries exhausted). Transient failures retry with exponential backoff + full jitter; "endpoint down"
+  failures also stop fetching until the model's readiness endpoint answers again.
+- commit: a record is finished when the broker acknowledged its outcome (idempotent producer, acks=all);
+  each partition is committed up to its first unfinished record (`offsets.OffsetTracker`).
+- SIGTERM: stop fetching, let in-flight work finish for BRIDGE_SHUTDOWN_TIMEOUT_S, flush, commit, leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from bridge import metrics as m
+from bridge.config import Config
+from bridge.contract import ContractError, ImageRecord, dlq_headers, parse_record, prediction_value
+from bridge.health import HealthServer
+from bridge.inference import InferenceClient, InferenceError
+from bridge.offsets import OffsetTracker
+from handlers.envelopes import Prediction
+
+log = logging.getLogger("bridge")
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Item:
+    """One consumed record on its way to an outcome."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    timestamp_ms: int | None
+    epoch: int
+    received_at: float
+    record: ImageRecord | None = None
+    attempts: int = 0
+    solo: bool = False  # send alone (after a multi-image 4xx without an index)
+
+    @property
+    def tp(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
+
+    @property
+    def source(self) -> tuple[str, int, int]:
+        return (self.topic, self.partition, self.offset)
+
+    @property
+    def id(self) -> str:
+        if self.record is not None:
+            return self.record.id
+        return self.key.decode("utf-8", "replace") if self.key else f"{self.topic}-{self.partition}-{self.offset}"
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"image_id": self.id, "topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+def backoff(attempt: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(max, base * 2**(attempt-1)))."""
+    return random.uniform(0, min(max_s, base_s * 2 ** max(0, attempt - 1)))
+
+
+class Bridge:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.tracker = OffsetTracker()
+        self.client = InferenceClient(cfg.inference_url, cfg.model, cfg.protocol, cfg.timeout_s, cfg.max_concurrency)
+        self.queue: deque[Item] = deque()
+        self.in_flight = 0
+        self.stopping = False
+        self.exit_code = 0
+        self.kafka_ok = False
+        self.heartbeat = time.monotonic()
+        self._paused = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retry_handles: set[asyncio.TimerHandle] = set()
+        self._consumer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queued = asyncio.Event()
+        self._endpoint_ok = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._probing = False
+        self._producer_stop = threading.Event()
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+
+    # ---- readiness -----------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.kafka_ok and self._endpoint_ok.is_set() and not self.stopping
+
+    @property
+    def live(self) -> bool:
+        return self.exit_code == 0 and time.monotonic() - self.heartbeat < 60
+
+    def _update_ready(self) -> None:
+        m.READY.set(1 if self.ready else 0)
+
+    # ---- consumer thread -----------------------------------------------------------------------
+    async def _consumer_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Every consumer call runs on one thread: librdkafka consumers are not for concurrent use."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._consumer_pool, lambda: fn(*args, **kwargs))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.tracker.assign([(p.topic, p.partition) for p in partitions])
+        self._paused = False
+        log.info("partitions assigned", extra={"partitions": [f"{p.topic}-{p.partition}" for p in partitions]})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Commit what is finished before the partitions move to another member, then forget them."""
+        tps = [(p.topic, p.partition) for p in partitions]
+        offsets = self.tracker.committable(tps)
+        if offsets:
+            try:
+                consumer.commit(offsets=[TopicPartition(t, p, o) for t, p, o in offsets], asynchronous=False)
+                self.tracker.mark_committed(offsets)
+            except KafkaException as exc:
+                log.warning("commit on revoke failed", extra={"error": str(exc)})
+        self.tracker.revoke(tps)
+        for t, p in tps:
+            with contextlib.suppress(KeyError):
+                m.CONSUMER_LAG.remove(t, str(p))
+        log.info("partitions revoked", extra={"partitions": [f"{t}-{p}" for t, p in tps]})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.tracker.revoke([(p.topic, p.partition) for p in partitions])
+        log.warning("partitions lost", extra={"partitions": [f"{p.topic}-{p.partition}" for p in partitions]})
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.kafka_ok = False
+            self._update_ready()
+        level = logging.ERROR if err.fatal() else logging.WARNING
+        log.log(level, "kafka client error", extra={"error": str(err)})
+
+    # ---- producer thread -----------------------------------------------------------------------
+    def _poll_producer(self) -> None:
+        """Delivery reports are served here and handed to the event loop."""
+        assert self.producer is not None
+        while not self._producer_stop.is_set():
+            self.producer.poll(0.1)
+
+    def _produce(self, item: Item, topic: str, key: bytes | None, value: bytes | None,
+                 headers: list[tuple[str, bytes]], on_ack: Callable[[], None]) -> None:
+        assert self.producer is not None and self._loop is not None
+        loop = self._loop
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            loop.call_soon_threadsafe(self._delivered, item, err, topic, key, value, headers, on_ack)
+
+        try:
+            self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+        except BufferError:
+            self._later(0.1, lambda: self._produce(item, topic, key, value, headers, on_ack))
+        except KafkaException as exc:
+            self._delivered(item, exc.args[0], topic, key, value, headers, on_ack)
+
+    def _delivered(self, item: Item, err: KafkaError | None, topic: str, key: bytes | None, value: bytes | None,
+                   headers: list[tuple[str, bytes]], on_ack: Callable[[], None]) -> None:
+        if err is None:
+            on_ack()
+            self._finish(item)
+            return
+        if err.fatal():
+            log.error("fatal producer error: exiting so a restart resumes from the last commit",
+                      extra={**item.log_fields(), "error": str(err)})
+            self.exit_code = 1
+            self._stop.set()
+            return
+        m.RETRIES.labels("produce").inc()
+        log.warning("produce failed, retrying", extra={**item.log_fields(), "error": str(err), "to": topic})
+        self._later(backoff(1, self.cfg.backoff_s, self.cfg.backoff_max_s),
+                    lambda: self._produce(item, topic, key, value, headers, on_ack))
+
+    def _finish(self, item: Item) -> None:
+        self.tracker.done(item.tp, item.offset, item.epoch)
+        self.in_flight -= 1
+        m.IN_FLIGHT.set(self.in_flight)
+
+    def _drop(self, item: Item) -> None:
+        """A record whose partition moved to another member: its new owner re-processes it."""
+        self.in_flight -= 1
+        m.IN_FLIGHT.set(self.in_flight)
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> None:
+        assert self._loop is not None
+        handle: asyncio.TimerHandle
+
+        def run() -> None:
+            self._retry_handles.discard(handle)
+            fn()
+
+        handle = self._loop.call_later(delay, run)
+        self._retry_handles.add(handle)
+
+    # ---- outcomes ------------------------------------------------------------------------------
+    def _to_dlq(self, item: Item, reason: str, error: str, status: int | None = None) -> None:
+        log.warning("to DLQ", extra={**item.log_fields(), "reason": reason, "error": error, "status": status,
+                                      "attempts": item.attempts})
+        headers = dlq_headers(
+            item.headers, error=error, error_class=reason, status=status, attempts=item.attempts,
+            model=self.cfg.model, source=item.source, source_timestamp_ms=item.timestamp_ms, failed_at=time.time(),
+        )
+        self._produce(item, self.cfg.dlq_topic, item.key, item.value, headers, lambda: m.DLQ.labels(reason).inc())
+
+    def _to_output(self, item: Item, pred: Prediction, inference_ms: float, batch_size: int) -> None:
+        assert item.record is not None
+        now = time.time()
+        start = item.timestamp_ms / 1000 if item.timestamp_ms else item.received_at
+        value = prediction_value(
+            item.record, pred, source=item.source, received_at=item.received_at, produced_at=now,
+            inference_ms=inference_ms, batch_size=batch_size, end_to_end_ms=(now - start) * 1000,
+            attempts=item.attempts + 1,
+        )
+        headers = [("content-type", b"application/json"), ("id", item.id.encode())]
+
+        def acked() -> None:
+            m.PRODUCED.labels(pred.model, pred.label).inc()
+            m.END_TO_END.observe(max(0.0, time.time() - start))
+
+        log.info("prediction", extra={**item.log_fields(), "label": pred.label,
+                                      "harmful_score": round(pred.harmful_score, 4), "model": pred.model,
+                                      "inference_ms": round(inference_ms, 1), "batch_size": batch_size})
+        self._produce(item, self.cfg.output_topic, item.id.encode(), value, headers, acked)
+
+    # ---- fetch ---------------------------------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        assert self.consumer is not None
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            room = self.cfg.max_in_flight - self.in_flight
+            want_pause = room <= 0 or not self._endpoint_ok.is_set()
+            if want_pause != self._paused:
+                await self._consumer_call(self._set_paused, want_pause)
+            try:
+                msgs = await self._consumer_call(self.consumer.consume, max(1, min(room, 500)), 0.2)
+            except KafkaException as exc:
+                log.warning("consume failed", extra={"error": str(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                self._accept(msg)
+
+    def _set_paused(self, paused: bool) -> None:
+        assert self.consumer is not None
+        parts = self.consumer.assignment()
+        if parts:
+            (self.consumer.pause if paused else self.consumer.resume)(parts)
+        self._paused = paused
+        log.info("consumption paused" if paused else "consumption resumed",
+                 extra={"in_flight": self.in_flight, "endpoint_ready": self._endpoint_ok.is_set()})
+
+    def _accept(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error", extra={"error": str(err)})
+            return
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        epoch = self.tracker.add((topic, partition), offset)
+        if epoch is None:
+            return  # not (or no longer) assigned to us: redelivered to the owner
+        ts_type, ts = msg.timestamp()
+        item = Item(topic, partition, offset, msg.key(), msg.value(), msg.headers(),
+                    ts if ts_type != 0 and ts > 0 else None, epoch, time.time())
+        self.in_flight += 1
+        m.IN_FLIGHT.set(self.in_flight)
+        m.CONSUMED.labels(topic).inc()
+        try:
+            item.record = parse_record(item.key, item.value, item.headers, f"{topic}-{partition}-{offset}")
+        except ContractError as exc:
+            self._to_dlq(item, exc.reason, exc.message)
+            return
+        self.queue.append(item)
+        self._queued.set()
+
+    # ---- dispatch ------------------------------------------------------------------------------
+    def _take_batch(self) -> list[Item]:
+        batch: list[Item] = []
+        size = 0
+        limit = self.cfg.max_batch if self.cfg.protocol in ("v2", "v1") else 1
+        while self.queue and len(batch) < limit:
+            item = self.queue[0]
+            if not self.tracker.current(item.tp, item.epoch):
+                self.queue.popleft()
+                self._drop(item)
+                continue
+            assert item.record is not None
+            n = len(item.record.image)
+            if batch and (item.solo or batch[0].solo or size + n > self.cfg.max_batch_bytes):
+                break
+            self.queue.popleft()
+            batch.append(item)
+            size += n
+        if not self.queue:
+            self._queued.clear()
+        return batch
+
+    async def _dispatch_loop(self) -> None:
+        slots = asyncio.Semaphore(self.cfg.max_concurrency)
+        while True:
+            await slots.acquire()
+            await self._queued.wait()
+            await self._endpoint_ok.wait()
+            batch = self._take_batch()
+            if not batch:
+                slots.release()
+                continue
+            task = asyncio.create_task(self._infer(batch))
+            self._tasks.add(task)
+            task.add_done_callback(lambda t: (self._tasks.discard(t), slots.release()))
+
+    async def _infer(self, batch: list[Item]) -> None:
+        assert all(it.record is not None for it in batch)
+        m.BATCH_SIZE.observe(len(batch))
+        t0 = time.perf_counter()
+        try:
+            preds = await self.client.infer([it.record.image for it in batch], batch[0].id)  # type: ignore[union-attr]
+        except InferenceError as exc:
+            self._failed(batch, exc)
+            return
+        elapsed = time.perf_counter() - t0
+        m.INFERENCE_LATENCY.labels(self.cfg.model).observe(elapsed)
+        for item, pred in zip(batch, preds, strict=True):
+            self._to_output(item, pred, elapsed * 1000, len(batch))
+
+    def _requeue_front(self, items: list[Item]) -> None:
+        self.queue.extendleft(reversed(items))
+        if self.queue:
+            self._queued.set()
+
+    def _failed(self, batch: list[Item], exc: InferenceError) -> None:
+        if not exc.transient:
+            if exc.index is not None and 0 <= exc.index < len(batch):
+                bad = batch[exc.index]
+                bad.attempts += 1
+                self._to_dlq(bad, exc.reason, exc.message, exc.status)
+                self._requeue_front([it for it in batch if it is not bad])  # innocent: send again at once
+            elif len(batch) == 1:
+                batch[0].attempts += 1
+                self._to_dlq(batch[0], exc.reason, exc.message, exc.status)
+            else:  # the endpoint did not say which image: find out one by one
+                for it in batch:
+                    it.solo = True
+                self._requeue_front(batch)
+            return
+        if exc.endpoint_down:
+            self._endpoint_down(exc)
+        for it in batch:
+            it.attempts += 1
+            m.RETRIES.labels(exc.reason).inc()
+            if it.attempts >= self.cfg.retry_max_attempts:
+                self._to_dlq(it, "retries_exhausted", f"{exc.reason}: {exc.message}", exc.status)
+                continue
+            delay = backoff(it.attempts, self.cfg.backoff_s, self.cfg.backoff_max_s)
+            log.info("retrying", extra={**it.log_fields(), "reason": exc.reason, "attempts": it.attempts,
+                                        "delay_s": round(delay, 3)})
+            self._later(delay, lambda it=it: self._requeue_front([it]))
+
+    # ---- endpoint readiness (circuit breaker) ---------------------------------------------------
+    def _endpoint_down(self, exc: InferenceError) -> None:
+        if self._endpoint_ok.is_set():
+            log.warning("inference endpoint down: pausing consumption", extra={"reason": exc.reason,
+                                                                               "error": exc.message})
+            self._endpoint_ok.clear()
+            self._update_ready()
+        self._start_probe()
+
+    def _start_probe(self) -> None:
+        if self._probing or self._stop.is_set():
+            return
+        self._probing = True
+        task = asyncio.create_task(self._probe())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _probe(self) -> None:
+        """Poll the model's readiness with backoff until it answers; then resume fetching and sending."""
+        try:
+            attempt = 0
+            while not self._stop.is_set():
+                if await self.client.ready():
+                    self._endpoint_ok.set()
+                    self._update_ready()
+                    log.info("inference endpoint ready", extra={"url": self.client.ready_url})
+                    return
+                attempt += 1
+                await asyncio.sleep(max(0.2, backoff(attempt, self.cfg.backoff_s, min(5.0, self.cfg.backoff_max_s))))
+        finally:
+            self._probing = False
+
+    # ---- commits and lag -----------------------------------------------------------------------
+    async def _commit(self) -> None:
+        assert self.consumer is not None
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        try:
+            await self._consumer_call(
+                self.consumer.commit, offsets=[TopicPartition(t, p, o) for t, p, o in offsets], asynchronous=False
+            )
+            self.tracker.mark_committed(offsets)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("commit failed (retried next interval)", extra={"error": str(exc)})
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.commit_interval_s)
+            await self._commit()
+
+    def _lag(self) -> None:
+        """Per-partition lag from the cached high watermarks; also tells whether the cluster answers."""
+        assert self.consumer is not None
+        try:
+            self.consumer.list_topics(self.cfg.input_topic, timeout=5)
+            self.kafka_ok = True
+        except KafkaException:
+            self.kafka_ok = False
+        for tp in self.consumer.assignment():
+            try:
+                _low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+            except KafkaException:
+                continue
+            pos = self.tracker.position((tp.topic, tp.partition))
+            if pos is None:
+                committed = self.consumer.committed([tp], timeout=2)[0].offset
+                pos = committed if committed >= 0 else _low
+            m.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+
+    async def _lag_loop(self) -> None:
+        while True:
+            await self._consumer_call(self._lag)
+            self._update_ready()
+            await asyncio.sleep(5)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        m.READY.set(0)
+        self.producer = Producer({**cfg.producer_settings(), "error_cb": self._on_kafka_error})
+        self.consumer = Consumer({**cfg.consumer_settings(), "error_cb": self._on_kafka_error})
+        producer_thread = threading.Thread(target=self._poll_producer, name="producer", daemon=True)
+        producer_thread.start()
+        await self._consumer_call(self.consumer.subscribe, [cfg.input_topic], on_assign=self._on_assign,
+                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
+        health = HealthServer(self, cfg.host, cfg.port)
+        await health.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._signalled, sig)
+        log.info("bridge started", extra={"bootstrap": cfg.bootstrap_servers, "input": cfg.input_topic,
+                                          "output": cfg.output_topic, "dlq": cfg.dlq_topic, "group": cfg.group_id,
+                                          "inference": self.client.infer_url, "port": cfg.port})
+        self._start_probe()
+        loops = [asyncio.create_task(c) for c in (self._fetch_loop(), self._dispatch_loop(), self._commit_loop(),
+                                                   self._lag_loop())]
+        await self._stop.wait()
+        self.stopping = True
+        self._update_ready()
+        fetch = loops[0]
+        await fetch  # stops at the next poll; nothing new is accepted after this
+        await self._drain()
+        for task in [*loops, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
+        for handle in self._retry_handles:
+            handle.cancel()
+        remaining = await asyncio.to_thread(self.producer.flush, 10)
+        await asyncio.sleep(0)  # run delivery reports queued by the flush
+        await self._commit()
+        handed_back = self.in_flight
+        await self._consumer_call(self.consumer.close)
+        self._producer_stop.set()
+        producer_thread.join(5)
+        await self.client.close()
+        await health.stop()
+        self._consumer_pool.shutdown(wait=True)
+        log.info("bridge stopped", extra={"handed_back": handed_back, "unflushed": remaining,
+                                          "exit_code": self.exit_code})
+        return self.exit_code
+
+    async def _drain(self) -> None:
+        """Let consumed work finish (bounded by BRIDGE_SHUTDOWN_TIMEOUT_S); the rest is re-delivered later."""
+        deadline = time.monotonic() + self.cfg.shutdown_timeout_s
+        while self.in_flight > 0 and time.monotonic() < deadline and self.exit_code == 0:
+            await asyncio.sleep(0.05)
+
+    def _signalled(self, sig: signal.Signals) -> None:
+        log.info("signal received: draining", extra={"signal": sig.name, "in_flight": self.in_flight})
+        self._stop.set()

@@ -1,0 +1,209 @@
+"""The message contract of the three topics, defined once (documented in bridge/README.md and schema/).
+
+Input (`image_data`): key = image id; value = the raw image bytes with a `content-type` header and an
+optional `metadata` header (JSON object), or a JSON envelope `{"id","image_b64","content_type","metadata"}`
+(schema/image_data.envelope.schema.json). Output (`image_predictions`): key = image id, JSON value
+(schema/image_predictions.schema.json). DLQ (`image_data.dlq`): the original key, value and headers plus
+headers saying why (`DLQ_HEADERS`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
+JSON_TYPES = ("application/json",)
+IMAGE_TYPES_PREFIX = "image/"
+# Headers added to a DLQ record (the original headers are kept before them).
+DLQ_HEADERS = ("error", "error_class", "error_status", "attempts", "model",
+               "source_topic", "source_partition", "source_offset", "source_timestamp", "failed_at")
+
+Headers = list[tuple[str, bytes]]
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    """A JSON Schema of schema/ by file stem: `image_data.envelope` or `image_predictions`."""
+    return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
+
+
+class ContractError(Exception):
+    """A record that can never be classified: goes to the DLQ at once with `reason` as error_class."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class ImageRecord:
+    """One parsed input record: what to send for inference and what to copy to the prediction."""
+
+    id: str
+    image: bytes
+    content_type: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    envelope: bool = False
+
+
+def header(headers: Headers | None, name: str) -> bytes | None:
+    """Last value of header `name` (case-insensitive), as Kafka allows repeated headers."""
+    found = None
+    for key, value in headers or ():
+        if key.lower() == name:
+            found = value
+    return found
+
+
+def _text(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ContractError("invalid_header", "header is not UTF-8") from None
+
+
+def _metadata_header(raw: bytes | None) -> dict[str, Any]:
+    if raw is None or raw == b"":
+        return {}
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractError("invalid_metadata", f"metadata header is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ContractError("invalid_metadata", "metadata header must be a JSON object")
+    return value
+
+
+def _is_json(content_type: str | None, value: bytes) -> bool:
+    """Envelope when typed JSON, or untyped and starting with "{" (no image format starts that way)."""
+    if content_type in JSON_TYPES:
+        return True
+    return content_type in (None, "", "application/octet-stream") and value.lstrip()[:1] == b"{"
+
+
+def parse_record(key: bytes | None, value: bytes | None, headers: Headers | None, fallback_id: str) -> ImageRecord:
+    """A consumed `image_data` record -> ImageRecord, or ContractError naming why it can't be classified.
+
+    The id is the record key; an envelope's "id" is used when the key is empty; `fallback_id`
+    (topic-partition-offset) when neither exists, so every record has an id in logs and outputs.
+    """
+    key_id = None
+    if key:
+        try:
+            key_id = key.decode("utf-8")
+        except UnicodeDecodeError:
+            key_id = key.hex()
+    if value is None or value == b"":
+        raise ContractError("empty", "record has no value")
+    ctype = _text(header(headers, "content-type"))
+    ctype = ctype.split(";")[0].strip().lower() if ctype else None
+    if _is_json(ctype, value):
+        return _parse_envelope(key_id, value, headers, fallback_id)
+    if ctype and not (ctype.startswith(IMAGE_TYPES_PREFIX) or ctype == "application/octet-stream"):
+        raise ContractError("unsupported_content_type", f"content-type {ctype!r} is neither an image type nor JSON")
+    metadata = _metadata_header(header(headers, "metadata"))
+    return ImageRecord(key_id or fallback_id, value, ctype, metadata)
+
+
+def _parse_envelope(key_id: str | None, value: bytes, headers: Headers | None, fallback_id: str) -> ImageRecord:
+    try:
+        body = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractError("invalid_envelope", f"JSON envelope does not parse: {exc}") from None
+    try:
+        jsonschema.validate(body, schema("image_data.envelope"))
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "envelope"
+        raise ContractError("invalid_envelope", f"{where}: {exc.message}") from None
+    try:
+        image = base64.b64decode(body["image_b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ContractError("bad_base64", "image_b64 is not valid base64") from None
+    if not image:
+        raise ContractError("empty", "image_b64 decodes to no bytes")
+    metadata = dict(body.get("metadata") or {})
+    if not metadata:
+        metadata = _metadata_header(header(headers, "metadata"))
+    return ImageRecord(key_id or body.get("id") or fallback_id, image, body.get("content_type"), metadata, True)
+
+
+def utc_iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def prediction_value(
+    record: ImageRecord,
+    prediction: Any,
+    *,
+    source: tuple[str, int, int],
+    received_at: float,
+    produced_at: float,
+    inference_ms: float,
+    batch_size: int,
+    end_to_end_ms: float,
+    attempts: int,
+) -> bytes:
+    """The JSON value of an `image_predictions` record (schema/image_predictions.schema.json)."""
+    topic, partition, offset = source
+    return json.dumps(
+        {
+            "id": record.id,
+            "label": prediction.label,
+            "harmful_score": round(float(prediction.harmful_score), 6),
+            "threshold": float(prediction.threshold),
+            "model": prediction.model,
+            "model_version": str(prediction.model_version),
+            "metadata": record.metadata,
+            "content_type": record.content_type,
+            "received_at": utc_iso(received_at),
+            "produced_at": utc_iso(produced_at),
+            "inference_ms": round(inference_ms, 2),
+            "batch_size": batch_size,
+            "end_to_end_ms": round(end_to_end_ms, 2),
+            "attempts": attempts,
+            "source": {"topic": topic, "partition": partition, "offset": offset},
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def dlq_headers(
+    original: Headers | None,
+    *,
+    error: str,
+    error_class: str,
+    status: int | None,
+    attempts: int,
+    model: str,
+    source: tuple[str, int, int],
+    source_timestamp_ms: int | None,
+    failed_at: float,
+) -> Headers:
+    """Original headers + why the record failed (names in DLQ_HEADERS; values UTF-8 text)."""
+    topic, partition, offset = source
+    extra = {
+        "error": error[:2000],
+        "error_class": error_class,
+        "error_status": "" if status is None else str(status),
+        "attempts": str(attempts),
+        "model": model,
+        "source_topic": topic,
+        "source_partition": str(partition),
+        "source_offset": str(offset),
+        "source_timestamp": "" if source_timestamp_ms is None else str(source_timestamp_ms),
+        "failed_at": utc_iso(failed_at),
+    }
+    kept = [(k, v) for k, v in (original or []) if k not in extra]
+    return kept + [(k, v.encode()) for k, v in extra.items()]
