@@ -27,6 +27,7 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "KAFKA_SSL_CAFILE": ("", "CA bundle (PEM) to verify the brokers"),
     "KAFKA_SSL_CERTFILE": ("", "client certificate (PEM) for mutual TLS"),
     "KAFKA_SSL_KEYFILE": ("", "client key (PEM) for mutual TLS"),
+    "KAFKA_SESSION_TIMEOUT_MS": ("30000", "consumer group session timeout: how soon a dead replica's partitions move"),
     "KAFKA_MAX_MESSAGE_BYTES": ("16777216", "largest record (bytes); the broker's message.max.bytes must match"),
     "INFERENCE_URL": ("", "inference endpoint base URL (default: http://127.0.0.1:$INFERENCE_PORT)"),
     "INFERENCE_MODEL": ("mobilenet_v2", "model name on the endpoint (mobilenet_v2 or resnet50)"),
@@ -68,6 +69,7 @@ class Config:
     group_id: str
     security: dict[str, str]
     max_message_bytes: int
+    session_timeout_ms: int
     inference_url: str
     model: str
     protocol: str
@@ -100,6 +102,7 @@ class Config:
             group_id=e("KAFKA_GROUP_ID"),
             security=security_settings(environ),
             max_message_bytes=int(e("KAFKA_MAX_MESSAGE_BYTES")),
+            session_timeout_ms=int(e("KAFKA_SESSION_TIMEOUT_MS")),
             inference_url=(e("INFERENCE_URL") or f"http://{s['STACK_HOST']}:{s['INFERENCE_PORT']}").rstrip("/"),
             model=e("INFERENCE_MODEL"),
             protocol=protocol,
@@ -135,7 +138,7 @@ class Config:
             "receive.message.max.bytes": self.max_message_bytes * 2 + 1024 * 1024,
             # Bounded prefetch: librdkafka's local queue, in KiB (the bridge's own bound is max_in_flight).
             "queued.max.messages.kbytes": max(1024, self.max_message_bytes // 1024 * 2),
-            "session.timeout.ms": 30000,
+            "session.timeout.ms": self.session_timeout_ms,
             "max.poll.interval.ms": 300000,
         }
 

@@ -49,6 +49,12 @@ def encode(image_id: str, data: bytes, content_type: str, metadata: dict, envelo
     return data, [("content-type", content_type.encode()), ("metadata", json.dumps(metadata).encode())]
 
 
+def content_type(path: Path) -> str:
+    """MIME type from the file name (the handler sniffs the bytes anyway; this is for consumers/DLQ)."""
+    guessed = mimetypes.guess_type(path.name)[0]
+    return guessed if guessed and path.suffix.lower() in IMAGE_SUFFIXES else "application/octet-stream"
+
+
 def records(files: list[tuple[str, Path]], repeat: int, prefix: str) -> Iterator[tuple[str, Path]]:
     for round_ in range(repeat):
         for image_id, path in files:
@@ -86,10 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for image_id, path in records(files, args.repeat, args.prefix):
         data = cache.setdefault(path, path.read_bytes())
-        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            ctype = "application/octet-stream"
-        value, headers = encode(image_id, data, ctype, {"file": path.name, "bytes": len(data)}, args.envelope)
+        meta = {"file": path.name, "bytes": len(data)}
+        value, headers = encode(image_id, data, content_type(path), meta, args.envelope)
         while True:
             try:
                 producer.produce(args.topic, key=image_id.encode(), value=value, headers=headers, on_delivery=delivered)

@@ -1,0 +1,141 @@
+"""`python -m bridge.consume`: print predictions (and DLQ records) as they arrive, as a live table.
+
+Reads `image_predictions` and `image_data.dlq` from their current end (or `--from-beginning`) by direct
+partition assignment, so it commits nothing and never competes with the bridge's consumer group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from bridge.config import Config
+
+
+@dataclass
+class Row:
+    id: str
+    dlq: bool
+    model: str = ""
+    label: str = ""
+    score: float | None = None
+    threshold: float | None = None
+    inference_ms: float | None = None
+    end_to_end_ms: float | None = None
+    reason: str = ""
+    error: str = ""
+
+
+def open_consumer(cfg: Config, topics: list[str], from_beginning: bool) -> Consumer:
+    """A group-less reader assigned to every partition of `topics` at their end (or beginning)."""
+    consumer = Consumer({**cfg.consumer_settings(), "group.id": "bridge-consume-cli", "enable.auto.commit": False})
+    meta = consumer.list_topics(timeout=10)
+    parts = []
+    for topic in topics:
+        if topic not in meta.topics:
+            raise SystemExit(f"topic {topic} does not exist (make kafka-up creates it)")
+        for p in meta.topics[topic].partitions:
+            if from_beginning:
+                parts.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+            else:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                parts.append(TopicPartition(topic, p, high))
+    consumer.assign(parts)
+    return consumer
+
+
+def rows(consumer: Consumer, dlq_topic: str, timeout_s: float | None = None) -> Iterator[Row | None]:
+    """Rows as records arrive; None every idle poll so callers can refresh or stop."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while deadline is None or time.monotonic() < deadline:
+        msgs = consumer.consume(100, 0.5)
+        if not msgs:
+            yield None
+        for msg in msgs:
+            if msg.error():
+                continue
+            key = (msg.key() or b"").decode("utf-8", "replace")
+            if msg.topic() == dlq_topic:
+                h = {k: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])}
+                yield Row(key, True, h.get("model", ""), reason=h.get("error_class", ""), error=h.get("error", ""))
+                continue
+            try:
+                v = json.loads(msg.value())
+            except (TypeError, ValueError):
+                continue
+            yield Row(v.get("id", key), False, v.get("model", ""), v.get("label", ""), v.get("harmful_score"),
+                      v.get("threshold"), v.get("inference_ms"), v.get("end_to_end_ms"))
+
+
+def table(seen: list[Row], title: str, limit: int = 30) -> Table:
+    t = Table(title=title, expand=False)
+    for col in ("id", "model", "label", "harmful score / thr", "inference ms", "end-to-end ms"):
+        t.add_column(col, justify="right" if "ms" in col or "score" in col else "left")
+    for r in seen[-limit:]:
+        if r.dlq:
+            t.add_row(r.id, r.model, f"[red]DLQ: {r.reason}[/red]", "", "", f"[red]{r.error[:60]}[/red]")
+        else:
+            style = "bold red" if r.label == "harmful" else "green"
+            t.add_row(r.id, r.model, f"[{style}]{r.label}[/{style}]", f"{r.score:.3f} / {r.threshold:.2f}",
+                      f"{r.inference_ms:.0f}", f"{r.end_to_end_ms:.0f}")
+    return t
+
+
+def summary(seen: list[Row]) -> str:
+    preds = [r for r in seen if not r.dlq]
+    e2e = [r.end_to_end_ms for r in preds if r.end_to_end_ms is not None]
+    text = f"{len(preds)} predictions, {len(seen) - len(preds)} dead-lettered"
+    if e2e:
+        text += f"; end-to-end latency median {statistics.median(e2e):.0f} ms, max {max(e2e):.0f} ms"
+    return text
+
+
+def follow(consumer: Consumer, cfg: Config, expect: set[str] | None, timeout_s: float | None,
+           console: Console) -> list[Row]:
+    """Live table until every expected id was seen (or timeout / Ctrl-C); returns the rows."""
+    seen: list[Row] = []
+    ids: set[str] = set()
+    title = f"{cfg.output_topic} + {cfg.dlq_topic} @ {cfg.bootstrap_servers}"
+    with Live(table(seen, title), console=console, refresh_per_second=4) as live:
+        try:
+            for row in rows(consumer, cfg.dlq_topic, timeout_s):
+                if row is not None:
+                    seen.append(row)
+                    ids.add(row.id)
+                    live.update(table(seen, title))
+                if expect is not None and expect <= ids:
+                    break
+        except KeyboardInterrupt:
+            pass
+    return seen
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = Config.from_env()
+    ap = argparse.ArgumentParser(prog="python -m bridge.consume", description=__doc__.splitlines()[0])
+    ap.add_argument("--from-beginning", action="store_true")
+    ap.add_argument("--timeout", type=float, help="stop after this many seconds")
+    args = ap.parse_args(argv)
+    consumer = open_consumer(cfg, [cfg.output_topic, cfg.dlq_topic], args.from_beginning)
+    console = Console()
+    try:
+        seen = follow(consumer, cfg, None, args.timeout, console)
+    finally:
+        consumer.close()
+    console.print()
+    console.print(summary(seen))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
