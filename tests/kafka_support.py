@@ -1,0 +1,255 @@
+"""Fixtures and helpers for the Kafka tests: the real broker (scripts/kafka.sh) and real bridge processes.
+
+Every test gets its own topics (`<run>.image_data`, ...) and consumer group, so tests never see each
+other's records and a bridge started by `make up` is left alone. Bridges run as subprocesses
+(`python -m bridge`) so they can be SIGTERMed and SIGKILLed like in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from bridge.topics import ensure_topics
+from handlers.stack import stack
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SH = ROOT / "scripts" / "kafka.sh"
+SERVING_SH = ROOT / "scripts" / "serving.sh"
+LOG_DIR = ROOT / ".run" / "logs"
+BOOTSTRAP = f"{stack()['STACK_HOST']}:{stack()['KAFKA_PORT']}"
+MAX_BYTES = 16 * 1024 * 1024
+
+
+def _broker_up() -> bool:
+    try:
+        AdminClient({"bootstrap.servers": BOOTSTRAP}).list_topics(timeout=3)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[str]:
+    """Bootstrap address of the real single-node broker; started (and stopped) here unless already up."""
+    started = False
+    if not _broker_up():
+        subprocess.run([str(KAFKA_SH), "start"], check=True)
+        started = True
+    yield BOOTSTRAP
+    if started:
+        subprocess.run([str(KAFKA_SH), "stop"], check=True)
+
+
+@dataclass
+class Topics:
+    input: str
+    output: str
+    dlq: str
+    group: str
+
+    @classmethod
+    def create(cls, bootstrap: str, partitions: int = 6) -> Topics:
+        run = f"t{uuid.uuid4().hex[:10]}"
+        t = cls(f"{run}.image_data", f"{run}.image_predictions", f"{run}.image_data.dlq", f"{run}-bridge")
+        ensure_topics(AdminClient({"bootstrap.servers": bootstrap}),
+                      {t.input: partitions, t.output: partitions, t.dlq: 1}, MAX_BYTES)
+        return t
+
+
+@pytest.fixture
+def topics(kafka: str) -> Topics:
+    return Topics.create(kafka)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BridgeProcess:
+    """`python -m bridge` on the test's topics; start/terminate/kill like an orchestrator would."""
+
+    def __init__(self, topics: Topics, bootstrap: str, inference_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.log_path = LOG_DIR / f"test-bridge-{topics.group}.log"
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_INPUT_TOPIC": topics.input,
+            "KAFKA_OUTPUT_TOPIC": topics.output,
+            "KAFKA_DLQ_TOPIC": topics.dlq,
+            "KAFKA_GROUP_ID": topics.group,
+            "KAFKA_SESSION_TIMEOUT_MS": "8000",
+            "INFERENCE_URL": inference_url,
+            "BRIDGE_PORT": str(self.port),
+            "BRIDGE_COMMIT_INTERVAL_S": "0.5",
+            "LOG_LEVEL": "INFO",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True, timeout_s: float = 120) -> BridgeProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=ROOT, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if wait_ready:
+            self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"bridge exited {self.proc.returncode}: {self.tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"bridge not ready after {timeout_s}s: {self.tail()}")
+
+    def metric(self, name: str) -> float:
+        """Sum of a metric's samples on /metrics (0 when absent)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and (line[len(name)] in " {"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop_quietly(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.terminate(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:]) if self.log_path.exists() else ""
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes, list[tuple[str, bytes]]]]) -> None:
+    """Write (key, value, headers) records with an idempotent producer; fail unless all are acknowledged."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                         "message.max.bytes": MAX_BYTES, "linger.ms": 5})
+    errors: list[str] = []
+    for key, value, headers in records:
+        producer.produce(topic, key=key.encode(), value=value, headers=headers,
+                         on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+        producer.poll(0)
+    assert producer.flush(60) == 0, "records not delivered"
+    assert not errors, errors[:5]
+
+
+def raw_record(image_id: str, image: bytes, metadata: dict | None = None,
+               content_type: str = "image/jpeg") -> tuple[str, bytes, list[tuple[str, bytes]]]:
+    return image_id, image, [("content-type", content_type.encode()),
+                             ("metadata", json.dumps(metadata or {"id": image_id}).encode())]
+
+
+@dataclass
+class Outcomes:
+    """Everything that came out for a set of ids: predictions and DLQ records, with repeats."""
+
+    predictions: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    dlq: dict[str, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))
+    dlq_values: dict[str, bytes] = field(default_factory=dict)
+
+    def seen(self) -> set[str]:
+        return set(self.predictions) | set(self.dlq)
+
+    def duplicates(self) -> int:
+        """Outcomes beyond the first per id (at-least-once repeats)."""
+        return sum(len(v) for v in self.predictions.values()) + sum(len(v) for v in self.dlq.values()) - len(
+            self.seen())
+
+    def report(self, expected: set[str], label: str) -> str:
+        lost = expected - self.seen()
+        return (f"{label}: {len(expected)} ids, {len(self.predictions)} predicted, {len(self.dlq)} dead-lettered, "
+                f"lost {len(lost)}, duplicates {self.duplicates()}")
+
+
+def collect(bootstrap: str, topics: Topics, expected: set[str], timeout_s: float,
+            settle_s: float = 2.0) -> Outcomes:
+    """Read output + DLQ from the beginning until every expected id is there (then `settle_s` more)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topics.group}-check",
+                         "enable.auto.commit": False, "fetch.max.bytes": MAX_BYTES * 2,
+                         "max.partition.fetch.bytes": MAX_BYTES, "receive.message.max.bytes": MAX_BYTES * 3})
+    meta = consumer.list_topics(timeout=10)
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in (topics.output, topics.dlq)
+                     for p in meta.topics[t].partitions])
+    out = Outcomes()
+    deadline = time.monotonic() + timeout_s
+    done_at: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            if done_at is None and expected <= out.seen():
+                done_at = time.monotonic()
+            if done_at is not None and time.monotonic() - done_at > settle_s:
+                break
+            for msg in consumer.consume(500, 0.5):
+                if msg.error():
+                    continue
+                key = msg.key().decode()
+                if msg.topic() == topics.dlq:
+                    out.dlq[key].append({k: v.decode() for k, v in msg.headers() or []})
+                    out.dlq_values[key] = msg.value()
+                else:
+                    out.predictions[key].append(json.loads(msg.value()))
+    finally:
+        consumer.close()
+    return out
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.25) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def committed_total(bootstrap: str, topics: Topics) -> int:
+    """Sum of the group's committed offsets on the input topic (what a restart would skip)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topics.group, "enable.auto.commit": False})
+    try:
+        parts = consumer.list_topics(topics.input, timeout=10).topics[topics.input].partitions
+        tps = consumer.committed([TopicPartition(topics.input, p) for p in parts], timeout=10)
+        return sum(max(0, tp.offset) for tp in tps)
+    finally:
+        consumer.close()

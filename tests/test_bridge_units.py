@@ -1,0 +1,189 @@
+"""Unit tests of the bridge's pure parts: offset tracking, the message contract, failure classification,
+backoff and configuration. (Broker and TorchServe behaviour is tested in test_bridge_e2e/test_bridge_chaos.)"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import jsonschema
+import pytest
+
+from bridge.app import backoff
+from bridge.config import Config, security_settings
+from bridge.contract import ContractError, dlq_headers, parse_record, prediction_value, schema
+from bridge.inference import classify
+from bridge.offsets import OffsetTracker
+from handlers.envelopes import Prediction
+from tests.image_factory import jpeg
+
+TP = ("image_data", 0)
+
+
+# ---- offsets -----------------------------------------------------------------------------------
+def test_commit_never_passes_an_unfinished_earlier_offset() -> None:
+    t = OffsetTracker()
+    t.assign([TP])
+    epoch = t.add(TP, 10)
+    assert epoch is not None
+    for off in (11, 12, 13):
+        t.add(TP, off)
+    for off in (11, 12, 13):  # later records finish first
+        assert t.done(TP, off, epoch)
+    assert t.committable() == [("image_data", 0, 10)]  # still waiting for 10
+    t.mark_committed(t.committable())
+    assert t.committable() == []  # nothing new
+    t.done(TP, 10, epoch)
+    assert t.committable() == [("image_data", 0, 14)]  # one past the highest, all finished
+
+
+def test_gaps_in_offsets_and_partitions_are_independent() -> None:
+    t = OffsetTracker()
+    t.assign([TP, ("image_data", 1)])
+    e0 = t.add(TP, 5)
+    e1 = t.add(("image_data", 1), 100)
+    t.add(TP, 9)  # compaction / transaction markers leave gaps
+    t.done(TP, 9, e0)
+    t.done(("image_data", 1), 100, e1)
+    assert sorted(t.committable()) == [("image_data", 0, 5), ("image_data", 1, 101)]
+    t.done(TP, 5, e0)
+    assert ("image_data", 0, 10) in t.committable()
+    assert t.in_flight() == 0
+
+
+def test_revoked_or_reassigned_partition_ignores_stale_work() -> None:
+    t = OffsetTracker()
+    t.assign([TP])
+    old = t.add(TP, 1)
+    assert old is not None
+    t.revoke([TP])
+    assert t.add(TP, 2) is None  # not ours any more
+    assert not t.done(TP, 1, old)
+    t.assign([TP])  # back again, new epoch
+    new = t.add(TP, 7)
+    assert new != old and not t.current(TP, old) and t.current(TP, new)
+    assert not t.done(TP, 1, old)
+    assert t.committable() == [("image_data", 0, 7)]
+
+
+# ---- contract ----------------------------------------------------------------------------------
+def test_raw_record_with_headers() -> None:
+    img = jpeg(32, 32)
+    rec = parse_record(b"img-1", img, [("content-type", b"image/jpeg"), ("metadata", b'{"user": 7}')], "fb")
+    assert (rec.id, rec.image, rec.content_type, rec.metadata, rec.envelope) == (
+        "img-1", img, "image/jpeg", {"user": 7}, False)
+
+
+def test_raw_record_without_key_or_headers_gets_fallback_id() -> None:
+    rec = parse_record(None, b"\xff\xd8\xff...", None, "image_data-3-42")
+    assert rec.id == "image_data-3-42" and rec.metadata == {} and rec.content_type is None
+
+
+def test_json_envelope_typed_and_untyped() -> None:
+    img = jpeg(32, 32)
+    body = {"id": "e-1", "image_b64": base64.b64encode(img).decode(), "content_type": "image/jpeg",
+            "metadata": {"source": "upload"}}
+    for headers in ([("content-type", b"application/json")], None):
+        rec = parse_record(None, json.dumps(body).encode(), headers, "fb")
+        assert (rec.id, rec.image, rec.metadata, rec.envelope) == ("e-1", img, {"source": "upload"}, True)
+    # the record key wins over the envelope's id
+    assert parse_record(b"key-id", json.dumps(body).encode(), None, "fb").id == "key-id"
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "reason"),
+    [
+        (b"", None, "empty"),
+        (None, None, "empty"),
+        (b"{not json", [("content-type", b"application/json")], "invalid_envelope"),
+        (b'{"id": "x"}', None, "invalid_envelope"),  # no image_b64
+        (b'{"image_b64": 5}', None, "invalid_envelope"),
+        (b'{"image_b64": "@@@not-base64@@@"}', None, "bad_base64"),
+        (b'{"image_b64": "AAAA", "metadata": [1]}', None, "invalid_envelope"),
+        (b"\xff\xd8", [("content-type", b"text/plain")], "unsupported_content_type"),
+        (b"\xff\xd8", [("metadata", b"not json")], "invalid_metadata"),
+        (b"\xff\xd8", [("metadata", b"[1, 2]")], "invalid_metadata"),
+    ],
+)
+def test_contract_violations_name_a_reason(value: bytes | None, headers: list | None, reason: str) -> None:
+    with pytest.raises(ContractError) as err:
+        parse_record(b"k", value, headers, "fb")
+    assert err.value.reason == reason and err.value.message
+
+
+def test_prediction_value_matches_the_published_schema() -> None:
+    rec = parse_record(b"img-9", b"\xff\xd8", [("metadata", b'{"a": 1}')], "fb")
+    value = prediction_value(rec, Prediction("harmful", 0.91, 0.5, "mobilenet_v2", "1.0"),
+                             source=("image_data", 2, 17), received_at=1.7e9, produced_at=1.7e9 + 0.2,
+                             inference_ms=120.5, batch_size=4, end_to_end_ms=300.25, attempts=1)
+    doc = json.loads(value)
+    jsonschema.validate(doc, schema("image_predictions"))
+    assert doc["id"] == "img-9" and doc["metadata"] == {"a": 1} and doc["source"]["offset"] == 17
+    assert doc["received_at"].endswith("Z")
+
+
+def test_dlq_headers_keep_the_original_and_say_why() -> None:
+    h = dict(dlq_headers([("content-type", b"image/png"), ("trace", b"abc")], error="image 0: not an image",
+                         error_class="not_an_image", status=400, attempts=1, model="resnet50",
+                         source=("image_data", 1, 5), source_timestamp_ms=123, failed_at=1.7e9))
+    assert h["content-type"] == b"image/png" and h["trace"] == b"abc"
+    assert h["error_class"] == b"not_an_image" and h["error_status"] == b"400"
+    assert (h["source_partition"], h["source_offset"], h["attempts"]) == (b"1", b"5", b"1")
+
+
+# ---- failure classification and backoff -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("status", "body", "transient", "reason", "index"),
+    [
+        (400, b'{"error": "image 3: not an image", "reason": "not_an_image", "index": 3}', False, "not_an_image", 3),
+        (413, b'{"error": "too big", "reason": "too_large", "index": 0}', False, "too_large", 0),
+        (415, b'{"error": "x", "reason": "unsupported_content_type"}', False, "unsupported_content_type", None),
+        (400, b"plain text", False, "http_400", None),
+        (429, b"slow down", True, "http_429", None),
+        (500, b'{"error": "worker died"}', True, "http_500", None),
+        (503, b'{"error": "inference server unavailable"}', True, "http_503", None),
+        (404, b'{"error": "model not found"}', True, "http_404", None),
+        (408, b"", True, "http_408", None),
+    ],
+)
+def test_classify_http_failures(status: int, body: bytes, transient: bool, reason: str, index: int | None) -> None:
+    err = classify(status, body)
+    assert (err.transient, err.reason, err.index, err.status) == (transient, reason, index, status)
+
+
+def test_endpoint_down_only_for_unavailability() -> None:
+    assert classify(503, b"").endpoint_down and classify(404, b"").endpoint_down
+    assert not classify(500, b"").endpoint_down and not classify(429, b"").endpoint_down
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    samples = [backoff(a, 0.5, 30) for a in range(1, 12) for _ in range(50)]
+    assert all(0 <= s <= 30 for s in samples)
+    assert max(backoff(1, 0.5, 30) for _ in range(200)) <= 0.5
+    assert max(backoff(10, 0.5, 30) for _ in range(200)) > 5  # grew well past the base
+    assert len({round(backoff(5, 0.5, 30), 6) for _ in range(20)}) > 1  # jitter
+
+
+# ---- configuration -----------------------------------------------------------------------------------
+def test_defaults_fit_the_local_stack() -> None:
+    cfg = Config.from_env({})
+    assert cfg.bootstrap_servers == "127.0.0.1:9092" and cfg.inference_url == "http://127.0.0.1:8080"
+    assert (cfg.input_topic, cfg.output_topic, cfg.dlq_topic) == ("image_data", "image_predictions", "image_data.dlq")
+    assert cfg.protocol == "v2" and cfg.model == "mobilenet_v2" and cfg.port == 8090
+    p = cfg.producer_settings()
+    assert p["enable.idempotence"] is True and p["acks"] == "all" and p["message.max.bytes"] == 16777216
+    c = cfg.consumer_settings()
+    assert c["enable.auto.commit"] is False and c["max.partition.fetch.bytes"] >= 16777216
+
+
+def test_security_settings_and_secret_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    env = {"KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+           "KAFKA_SASL_USERNAME": "bridge", "KAFKA_SASL_PASSWORD": "ignored", "KAFKA_SASL_PASSWORD_FILE": str(secret),
+           "KAFKA_SSL_CAFILE": "/etc/ca.pem"}
+    assert security_settings(env) == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                                      "sasl.username": "bridge", "sasl.password": "s3cret",
+                                      "ssl.ca.location": "/etc/ca.pem"}
+    with pytest.raises(ValueError):
+        Config.from_env({"INFERENCE_PROTOCOL": "grpc"})
