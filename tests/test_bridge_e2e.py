@@ -1,0 +1,153 @@
+"""End to end on the real broker and the real TorchServe stack: both models and protocols, poison records
+to the DLQ while good ones flow, ≥10 MB records, interop with a client not written here (confluent-kafka
+used directly), graceful SIGTERM with committed offsets, and the broker's own topic setup."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+
+import jsonschema
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from bridge.contract import schema
+from handlers.registry import LABELS
+from tests.image_factory import jpeg, png, refused_variants
+from tests.kafka_support import (
+    KAFKA_SH,
+    MAX_BYTES,
+    BridgeProcess,
+    Topics,
+    collect,
+    committed_total,
+    kafka,  # noqa: F401  (fixture)
+    produce,
+    raw_record,
+    topics,  # noqa: F401  (fixture)
+    wait_for,
+)
+
+pytestmark = pytest.mark.usefixtures("serving")
+
+
+def _check_prediction(doc: dict, model: str) -> None:
+    jsonschema.validate(doc, schema("image_predictions"))
+    assert doc["model"] == model and doc["label"] in LABELS
+    assert (doc["label"] == "harmful") == (doc["harmful_score"] >= doc["threshold"])
+
+
+def test_broker_topics_are_created_idempotently(kafka: str) -> None:  # noqa: F811
+    subprocess.run([str(KAFKA_SH), "topics"], check=True, capture_output=True)  # second run: nothing to do
+    meta = AdminClient({"bootstrap.servers": kafka}).list_topics(timeout=10).topics
+    assert len(meta["image_data"].partitions) >= 3
+    assert {"image_predictions", "image_data.dlq"} <= set(meta)
+
+
+@pytest.mark.parametrize(("model", "protocol"), [("mobilenet_v2", "v2"), ("resnet50", "v1")])
+def test_both_models_end_to_end(kafka: str, topics: Topics, serving: str, model: str, protocol: str) -> None:  # noqa: F811
+    ids = {f"{model}-{n}" for n in range(12)}
+    records = [raw_record(f"{model}-{n}", jpeg(96, 96, seed=n), {"n": n}) for n in range(12)]
+    bridge = BridgeProcess(topics, kafka, serving, INFERENCE_MODEL=model, INFERENCE_PROTOCOL=protocol).start()
+    try:
+        produce(kafka, topics.input, records)
+        out = collect(kafka, topics, ids, timeout_s=180)
+        assert out.seen() == ids and not out.dlq, out.report(ids, model)
+        for image_id, docs in out.predictions.items():
+            _check_prediction(docs[0], model)
+            assert docs[0]["id"] == image_id and docs[0]["metadata"] == {"n": int(image_id.rsplit("-", 1)[1])}
+        assert bridge.terminate() == 0
+    finally:
+        bridge.stop_quietly()
+    assert committed_total(kafka, topics) == len(ids)  # SIGTERM committed everything finished
+
+
+def test_poison_records_go_to_dlq_with_reasons_while_good_ones_flow(kafka: str, topics: Topics,  # noqa: F811
+                                                                    serving: str) -> None:
+    good = [raw_record(f"good-{i}", jpeg(80, 80, seed=i)) for i in range(16)]
+    envelope_ok = ("good-envelope", json.dumps({"id": "ignored", "image_b64": base64.b64encode(png(64, 64)).decode(),
+                                                "metadata": {"via": "envelope"}}).encode(),
+                   [("content-type", b"application/json")])
+    poison = {
+        # rejected by the handler (4xx naming the image) ...
+        **{f"bad-{name}": (payload, [("content-type", b"image/jpeg")], reason)
+           for name, (payload, reason) in refused_variants().items()},
+        # ... or by the bridge's contract before any request
+        "bad-envelope": (b'{"image_b64": 42}', [("content-type", b"application/json")], "invalid_envelope"),
+        "bad-base64": (b'{"image_b64": "%%%%"}', [], "bad_base64"),
+        "bad-type": (b"GIF89a", [("content-type", b"text/html")], "unsupported_content_type"),
+        "bad-metadata": (jpeg(40, 40), [("metadata", b"{oops")], "invalid_metadata"),
+    }
+    records = [*good, envelope_ok]
+    # Poison interleaved with good images, so micro-batches mix them.
+    for n, (image_id, (value, headers, _)) in enumerate(poison.items()):
+        records.insert(2 * n + 1, (image_id, value, headers))
+    bridge = BridgeProcess(topics, kafka, serving, BRIDGE_MAX_BATCH="8").start()
+    try:
+        produce(kafka, topics.input, records)
+        expected = {r[0] for r in records}
+        out = collect(kafka, topics, expected, timeout_s=180)
+        assert out.seen() == expected, out.report(expected, "poison")
+        assert set(out.predictions) == {r[0] for r in good} | {"good-envelope"}
+        assert out.predictions["good-envelope"][0]["metadata"] == {"via": "envelope"}
+        for image_id, (value, _headers, reason) in poison.items():
+            h = out.dlq[image_id][0]
+            assert h["error_class"] == reason, (image_id, h)
+            assert h["error"] and h["source_topic"] == topics.input and int(h["source_offset"]) >= 0
+            assert out.dlq_values[image_id] == value  # original record, unchanged
+        wait_for(lambda: bridge.metric("bridge_dlq_total") == len(poison), 10, "DLQ metric")
+        assert bridge.metric("bridge_messages_consumed_total") >= len(records)
+    finally:
+        bridge.stop_quietly()
+
+
+def test_large_records_round_trip_through_broker_and_bridge(kafka: str, topics: Topics,  # noqa: F811
+                                                           serving: str) -> None:
+    """≥10 MB on both sides: an 8 MiB payload as a base64 envelope is an ~11 MB record."""
+    blob = os.urandom(8 * 1024 * 1024)
+    value = json.dumps({"image_b64": base64.b64encode(blob).decode()}).encode()
+    assert 10_000_000 < len(value) < MAX_BYTES
+    bridge = BridgeProcess(topics, kafka, serving).start()
+    try:
+        produce(kafka, topics.input, [("huge", value, [("content-type", b"application/json")]),
+                                      raw_record("small", jpeg(64, 64))])
+        out = collect(kafka, topics, {"huge", "small"}, timeout_s=180)
+        assert "small" in out.predictions
+        assert out.dlq["huge"][0]["error_class"] in ("not_an_image", "too_large")
+        assert out.dlq_values["huge"] == value
+    finally:
+        bridge.stop_quietly()
+
+
+def test_interop_with_a_plain_confluent_kafka_producer_and_consumer(kafka: str, topics: Topics,  # noqa: F811
+                                                                    serving: str) -> None:
+    """A producer and consumer written only from the documented contract (no bridge code)."""
+    bridge = BridgeProcess(topics, kafka, serving).start()
+    try:
+        p = Producer({"bootstrap.servers": kafka})
+        p.produce(topics.input, key=b"interop-raw", value=jpeg(64, 64, seed=3),
+                  headers={"content-type": b"image/jpeg", "metadata": b'{"camera": "front"}'})
+        p.produce(topics.input, key=b"interop-json", value=json.dumps(
+            {"id": "interop-json", "image_b64": base64.b64encode(jpeg(64, 64, seed=4)).decode(),
+             "content_type": "image/jpeg", "metadata": {"camera": "back"}}).encode())
+        assert p.flush(30) == 0
+        c = Consumer({"bootstrap.servers": kafka, "group.id": f"{topics.group}-interop",
+                      "auto.offset.reset": "earliest"})
+        c.subscribe([topics.output])
+        got: dict[str, dict] = {}
+        for _ in range(240):
+            msg = c.poll(0.5)
+            if msg is not None and not msg.error():
+                got[msg.key().decode()] = json.loads(msg.value())
+            if len(got) == 2:
+                break
+        c.close()
+        assert got["interop-raw"]["metadata"] == {"camera": "front"}
+        assert got["interop-json"]["metadata"] == {"camera": "back"}
+        for doc in got.values():
+            _check_prediction(doc, "mobilenet_v2")
+    finally:
+        bridge.stop_quietly()
