@@ -1,0 +1,100 @@
+{{/* Name of the chart (overridable). */}}
+{{- define "im.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Prefix of every object name: release name, plus the chart name unless the release already holds it. */}}
+{{- define "im.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "im.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Standard labels; call with (dict "ctx" $ "component" "bridge"). */}}
+{{- define "im.labels" -}}
+helm.sh/chart: {{ include "im.chart" .ctx }}
+{{ include "im.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: image-moderation
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "im.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "im.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* InferenceService name of a model: DNS-1035 (mobilenet_v2 -> <fullname>-mobilenet-v2). */}}
+{{- define "im.isvcName" -}}
+{{- printf "%s-%s" (include "im.fullname" .ctx) (.model | replace "_" "-") | trunc 45 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "im.runtimeName" -}}
+{{- default (printf "%s-torchserve" (include "im.fullname" .)) .Values.predictor.runtime.name -}}
+{{- end -}}
+
+{{- define "im.bridgeName" -}}
+{{- printf "%s-bridge" (include "im.fullname" .) -}}
+{{- end -}}
+
+{{- define "im.bridgeServiceAccount" -}}
+{{- if .Values.bridge.serviceAccount.create -}}
+{{- default (include "im.bridgeName" .) .Values.bridge.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.bridge.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Enabled model names, sorted, as a list. */}}
+{{- define "im.enabledModels" -}}
+{{- $out := list -}}
+{{- range $name, $m := .Values.models -}}
+{{- if $m.enabled -}}{{- $out = append $out $name -}}{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Whole CPUs in a Kubernetes CPU quantity ("2", "1500m", 2.5), at least 1. */}}
+{{- define "im.cpuCount" -}}
+{{- $q := toString . -}}
+{{- $n := 0 -}}
+{{- if hasSuffix "m" $q -}}
+{{- $n = div (trimSuffix "m" $q | atoi) 1000 -}}
+{{- else -}}
+{{- $n = $q | float64 | floor | int -}}
+{{- end -}}
+{{- max 1 $n -}}
+{{- end -}}
+
+{{/* Prometheus job names (also used by the alert rules and the local dashboard check). */}}
+{{- define "im.predictorJob" -}}{{ include "im.fullname" . }}-predictor{{- end -}}
+{{- define "im.bridgeJob" -}}{{ include "im.bridgeName" . }}{{- end -}}
+
+{{/* Bridge inference URL: explicit, or the KServe predictor Service of the bridge's model. */}}
+{{- define "im.inferenceUrl" -}}
+{{- if .Values.bridge.inferenceUrl -}}
+{{- .Values.bridge.inferenceUrl -}}
+{{- else -}}
+{{- printf "http://%s-predictor.%s.svc.cluster.local" (include "im.isvcName" (dict "ctx" . "model" .Values.bridge.model)) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Replica cap: never more consumers than input partitions. */}}
+{{- define "im.bridgeMaxReplicas" -}}
+{{- min (int .max) (int .ctx.Values.bridge.kafka.inputPartitions) -}}
+{{- end -}}

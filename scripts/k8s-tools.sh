@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Installs the offline Kubernetes validation toolchain into .cache/tools (idempotent, pinned):
+#   helm, kubeconform, kube-score   built with `go install` from the Go module proxy
+#   promtool + prometheus           Debian's `prometheus` package (apt-get, needs root)
+#   CRD sources                      KServe / prometheus-operator / KEDA module zips via `go mod download`
+#   Kubernetes OpenAPI               k8s.io/kubernetes module's api/openapi-spec/v3 (Go module proxy)
+# Then scripts/k8s_schemas.py turns the CRDs and the OpenAPI spec into kubeconform JSON schemas.
+# kube-linter is not served by the module proxy reachable here, so kube-score is the policy linter.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.cache/tools"
+BIN="$TOOLS/bin"
+GOMODS="$TOOLS/gomod"
+mkdir -p "$BIN" "$GOMODS"
+
+# Pins (bump together with docs/ and tests; the schema cache is keyed on them).
+HELM_VERSION="v3.22.0"
+KUBECONFORM_VERSION="v0.8.0"
+KUBE_SCORE_VERSION="v1.20.0"
+KUBERNETES_VERSION="v1.34.2"           # schemas: the k8s.io/kubernetes module's OpenAPI v3 spec
+KSERVE_VERSION="v0.20.0"
+PROMETHEUS_OPERATOR_VERSION="v0.85.0"
+KEDA_VERSION="v2.21.0"
+
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPATH="$GOMODS" GOMODCACHE="$GOMODS/pkg/mod"
+export GOBIN="$BIN" CGO_ENABLED=0
+
+go_tool() {  # go_tool BINARY PACKAGE@VERSION
+  local name="$1" pkg="$2" stamp="$BIN/.$1-${2##*@}"
+  [[ -x "$BIN/$name" && -f "$stamp" ]] && return 0
+  echo "building $name ($pkg) ..."
+  nice -n 10 go install -ldflags "-s -w" "$pkg"
+  touch "$stamp"
+}
+
+go_source() {  # go_source MODULE@VERSION : prints the extracted module directory
+  go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+cmd_tools() {
+  go_tool kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+  go_tool kube-score "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION"
+  go_tool helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  cmd_promtool
+}
+
+cmd_promtool() {
+  if command -v promtool >/dev/null && command -v prometheus >/dev/null; then return 0; fi
+  if [[ $(id -u) -ne 0 ]]; then echo "promtool/prometheus missing: run 'sudo apt-get install -y prometheus'" >&2; return 1; fi
+  echo "installing Debian's prometheus package (promtool + prometheus) ..."
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+  # The package enables a system service on :9090; this project runs its own Prometheus on demand.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then systemctl stop prometheus || true; fi
+}
+
+cmd_sources() {  # prints KEY=DIR lines for the schema generator
+  echo "kubernetes=$(go_source "k8s.io/kubernetes@$KUBERNETES_VERSION")"
+  echo "kserve=$(go_source "github.com/kserve/kserve@$KSERVE_VERSION")"
+  echo "prometheus-operator=$(go_source "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")"
+  echo "keda=$(go_source "github.com/kedacore/keda/v2@$KEDA_VERSION")"
+}
+
+cmd_versions() {
+  printf 'HELM_VERSION=%s\nKUBECONFORM_VERSION=%s\nKUBE_SCORE_VERSION=%s\nKUBERNETES_VERSION=%s\n' \
+    "$HELM_VERSION" "$KUBECONFORM_VERSION" "$KUBE_SCORE_VERSION" "$KUBERNETES_VERSION"
+  printf 'KSERVE_VERSION=%s\nPROMETHEUS_OPERATOR_VERSION=%s\nKEDA_VERSION=%s\n' \
+    "$KSERVE_VERSION" "$PROMETHEUS_OPERATOR_VERSION" "$KEDA_VERSION"
+}
+
+case "${1:-tools}" in
+  tools) cmd_tools ;;
+  promtool) cmd_promtool ;;
+  sources) cmd_sources ;;
+  versions) cmd_versions ;;
+  *) echo "usage: $0 tools|promtool|sources|versions" >&2; exit 2 ;;
+esac
