@@ -270,8 +270,10 @@ class Bridge:
         if parts:
             (self.consumer.pause if paused else self.consumer.resume)(parts)
         self._paused = paused
-        log.info("consumption paused" if paused else "consumption resumed",
-                 extra={"in_flight": self.in_flight, "endpoint_ready": self._endpoint_ok.is_set()})
+        # Routine backpressure (in-flight cap) is DEBUG; pausing for an endpoint outage is worth INFO.
+        level = logging.DEBUG if self._endpoint_ok.is_set() else logging.INFO
+        log.log(level, "consumption paused" if paused else "consumption resumed",
+                extra={"in_flight": self.in_flight, "endpoint_ready": self._endpoint_ok.is_set()})
 
     def _accept(self, msg: Message) -> None:
         err = msg.error()
@@ -462,8 +464,9 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         cfg = self.cfg
         m.READY.set(0)
-        self.producer = Producer({**cfg.producer_settings(), "error_cb": self._on_kafka_error})
-        self.consumer = Consumer({**cfg.consumer_settings(), "error_cb": self._on_kafka_error})
+        rdkafka_log = logging.getLogger("rdkafka")  # librdkafka's own logs as JSON lines too
+        self.producer = Producer({**cfg.producer_settings(), "error_cb": self._on_kafka_error, "logger": rdkafka_log})
+        self.consumer = Consumer({**cfg.consumer_settings(), "error_cb": self._on_kafka_error, "logger": rdkafka_log})
         producer_thread = threading.Thread(target=self._poll_producer, name="producer", daemon=True)
         producer_thread.start()
         await self._consumer_call(self.consumer.subscribe, [cfg.input_topic], on_assign=self._on_assign,

@@ -187,3 +187,15 @@ def test_security_settings_and_secret_files(tmp_path) -> None:  # type: ignore[n
                                       "ssl.ca.location": "/etc/ca.pem"}
     with pytest.raises(ValueError):
         Config.from_env({"INFERENCE_PROTOCOL": "grpc"})
+
+
+def test_every_setting_and_metric_is_documented() -> None:
+    from pathlib import Path
+
+    from bridge import metrics
+    from bridge.config import DEFAULTS
+
+    readme = (Path(__file__).resolve().parent.parent / "bridge" / "README.md").read_text()
+    assert [name for name in DEFAULTS if f"`{name}`" not in readme] == []
+    names = [m._name for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")]
+    assert names and [n for n in names if n not in readme] == []
