@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the offline Kubernetes validation toolchain into .cache/tools (idempotent, pinned):
-#   helm, kubeconform, kube-score   built with `go install` from the Go module proxy
+#   helm, kubeconform, kube-score,
+#   kustomize                        built with `go install` from the Go module proxy
 #   promtool + prometheus           Debian's `prometheus` package (apt-get, needs root)
 #   CRD sources                      KServe / prometheus-operator / KEDA module zips via `go mod download`
 #   Kubernetes OpenAPI               k8s.io/kubernetes module's api/openapi-spec/v3 (Go module proxy)
@@ -21,6 +22,7 @@ KUBERNETES_VERSION="v1.34.2"           # schemas: the k8s.io/kubernetes module's
 KSERVE_VERSION="v0.20.0"
 PROMETHEUS_OPERATOR_VERSION="v0.85.0"
 KEDA_VERSION="v2.21.0"
+KUSTOMIZE_VERSION="v5.8.3"
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPATH="$GOMODS" GOMODCACHE="$GOMODS/pkg/mod"
 export GOBIN="$BIN" CGO_ENABLED=0
@@ -41,6 +43,7 @@ cmd_tools() {
   go_tool kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
   go_tool kube-score "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION"
   go_tool helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  go_tool kustomize "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
   cmd_promtool
 }
 
@@ -61,6 +64,21 @@ cmd_sources() {  # prints KEY=DIR lines for the schema generator
   echo "keda=$(go_source "github.com/kedacore/keda/v2@$KEDA_VERSION")"
 }
 
+schema_dir() { echo "$ROOT/.cache/k8s-schemas/k8s-$KUBERNETES_VERSION-kserve-$KSERVE_VERSION-promop-$PROMETHEUS_OPERATOR_VERSION-keda-$KEDA_VERSION"; }
+
+cmd_schemas() {  # generate (once) and print the schema directory for kubeconform
+  local dir; dir="$(schema_dir)"
+  if [[ ! -f "$dir/.done" ]]; then
+    local src; src="$(mktemp)"
+    cmd_sources > "$src"
+    rm -rf "$dir"
+    "${PY:-$ROOT/.venv/bin/python}" "$ROOT/scripts/k8s_schemas.py" --sources "$src" --out "$dir" >&2
+    rm -f "$src"
+    touch "$dir/.done"
+  fi
+  echo "$dir"
+}
+
 cmd_versions() {
   printf 'HELM_VERSION=%s\nKUBECONFORM_VERSION=%s\nKUBE_SCORE_VERSION=%s\nKUBERNETES_VERSION=%s\n' \
     "$HELM_VERSION" "$KUBECONFORM_VERSION" "$KUBE_SCORE_VERSION" "$KUBERNETES_VERSION"
@@ -72,6 +90,7 @@ case "${1:-tools}" in
   tools) cmd_tools ;;
   promtool) cmd_promtool ;;
   sources) cmd_sources ;;
+  schemas) cmd_schemas ;;
   versions) cmd_versions ;;
-  *) echo "usage: $0 tools|promtool|sources|versions" >&2; exit 2 ;;
+  *) echo "usage: $0 tools|promtool|sources|schemas|versions" >&2; exit 2 ;;
 esac

@@ -1,0 +1,226 @@
+"""The Helm chart, validated offline: helm lint, strict schema validation of every rendered object against
+the pinned Kubernetes / KServe / prometheus-operator / KEDA schemas, kube-score, and the chart's own rules
+(restricted Pod Security, thread sizing, replica caps, no default secrets)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.config import DEFAULTS as BRIDGE_DEFAULTS
+from tests import k8s_support as k
+
+# Value sets that exercise every template branch; each must render and validate.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "production": {"values": [k.PRODUCTION_VALUES]},
+    "knative": {"sets": ["predictor.deploymentMode=Knative", "models.mobilenet_v2.scaleMetric=concurrency",
+                         "models.resnet50.scaleMetric=rps"]},
+    "cluster-runtime": {"sets": ["predictor.runtime.cluster=true", "models.resnet50.enabled=false",
+                                 "models.mobilenet_v2.threshold=0.41"]},
+    "keda-sasl-inline-mtls": {"sets": ["bridge.keda.enabled=true", "bridge.kafka.securityProtocol=SASL_SSL",
+                                       "bridge.kafka.sasl.username=u", "bridge.kafka.sasl.password=p",
+                                       "bridge.kafka.tls.caSecret=ca", "bridge.kafka.tls.clientSecret=client",
+                                       "networkPolicy.predictorEgress.to=null"]},
+    "external-inference": {"sets": ["bridge.inferenceUrl=http://gateway.example:8080",
+                                    "models.mobilenet_v2.enabled=false", "bridge.autoscaling.enabled=false"]},
+}
+
+
+def render(name: str) -> str:
+    v = VARIANTS[name]
+    return k.helm_template(v.get("values", []), v.get("sets", []))
+
+
+@pytest.fixture(scope="module")
+def schemas() -> Path:
+    return k.schema_dir()
+
+
+@pytest.fixture(scope="module")
+def default_docs() -> list[dict[str, Any]]:
+    return k.load_docs(render("default"))
+
+
+@pytest.mark.parametrize("values", [[], [k.PRODUCTION_VALUES]], ids=["default", "production"])
+def test_helm_lint_strict(values: list[Path]) -> None:
+    cmd = [k.tool("helm"), "lint", "--strict", str(k.CHART), "--kube-version", k.KUBE_VERSION]
+    for v in values:
+        cmd += ["-f", str(v)]
+    res = k.run(cmd)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def kubeconform(schemas: Path, manifest: Path) -> list[dict[str, Any]]:
+    res = k.run(
+        [
+            k.tool("kubeconform"), "-strict", "-output", "json", "-verbose",
+            "-schema-location", f"{schemas}/kubernetes/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",
+            "-schema-location", f"{schemas}/crds/{{{{.Group}}}}/{{{{.ResourceKind}}}}_{{{{.ResourceAPIVersion}}}}.json",
+            str(manifest),
+        ]
+    )
+    resources = json.loads(res.stdout)["resources"]
+    bad = [r for r in resources if r["status"] != "statusValid"]
+    assert res.returncode == 0 and not bad, json.dumps(bad, indent=1) + res.stderr
+    return resources
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_object_valid_against_pinned_schemas(variant: str, schemas: Path, tmp_path: Path) -> None:
+    docs = k.load_docs(render(variant))
+    manifest = tmp_path / "all.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs + k.predictor_deployments(docs)))
+    resources = kubeconform(schemas, manifest)
+    # Nothing skipped: every kind (including the CRDs) had a schema.
+    assert len(resources) == len(docs) + len(k.find(docs, "InferenceService"))
+
+
+def test_schema_validation_rejects_unknown_fields(
+    schemas: Path, default_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The strict schemas really are strict, for core kinds and for CRDs (a typo must not pass)."""
+    for kind, path in [("Deployment", ("spec",)), ("InferenceService", ("spec", "predictor"))]:
+        doc = json.loads(json.dumps(k.find(default_docs, kind)[0]))
+        node = doc
+        for key in path:
+            node = node[key]
+        node["minReplica"] = 1
+        bad = tmp_path / f"{kind}.yaml"
+        bad.write_text(yaml.safe_dump(doc))
+        res = k.run([k.tool("kubeconform"), "-strict", "-schema-location",
+                     f"{schemas}/kubernetes/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json", "-schema-location",
+                     f"{schemas}/crds/{{{{.Group}}}}/{{{{.ResourceKind}}}}_{{{{.ResourceAPIVersion}}}}.json", str(bad)])
+        assert res.returncode != 0 and "minReplica" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("variant", ["default", "production"])
+def test_kube_score_clean(variant: str, tmp_path: Path) -> None:
+    docs = k.load_docs(render(variant))
+    manifest = tmp_path / "all.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs + k.predictor_deployments(docs)))
+    cmd = [k.tool("kube-score"), "score", "--output-format", "ci", str(manifest)]
+    for check in sorted(k.KUBE_SCORE_IGNORES):
+        cmd += ["--ignore-test", check]
+    if variant == "default":
+        # One replica is the small default; production values run two (checked without this ignore).
+        cmd += ["--ignore-test", "horizontalpodautoscaler-replicas", "--ignore-test", "deployment-replicas"]
+    else:
+        # The bridge's replicas belong to KEDA (kube-score does not read ScaledObjects): check them here.
+        assert k.find(docs, "ScaledObject")[0]["spec"]["minReplicaCount"] >= 2
+        cmd += ["--ignore-test", "deployment-replicas"]
+    res = k.run(cmd)
+    problems = [line for line in res.stdout.splitlines() if line.startswith(("[CRITICAL]", "[WARNING]"))]
+    assert res.returncode == 0 and not problems, res.stdout
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_restricted_pod_security(variant: str) -> None:
+    """Pod Security 'restricted' for every container the chart runs, plus a read-only root filesystem."""
+    for name, spec in k.pod_specs(k.load_docs(render(variant))).items():
+        pod_sc = spec["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True and pod_sc["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec["automountServiceAccountToken"] is False, name
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), name
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] > 0, name
+            assert c["resources"]["limits"]["cpu"] and c["resources"]["limits"]["memory"], name
+            assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), f"{name}: writable /tmp"
+
+
+def test_inference_services_use_current_kserve_fields(default_docs: list[dict[str, Any]]) -> None:
+    isvcs = {d["metadata"]["name"]: d for d in k.find(default_docs, "InferenceService")}
+    assert set(isvcs) == {"image-moderation-mobilenet-v2", "image-moderation-resnet50"}
+    for name, isvc in isvcs.items():
+        model_name = isvc["metadata"]["labels"]["image-moderation/model"]
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+        assert not any(a.startswith("autoscaling.knative.dev") for a in isvc["metadata"]["annotations"]), name
+        pred = isvc["spec"]["predictor"]
+        assert (pred["minReplicas"], pred["maxReplicas"], pred["scaleMetric"], pred["scaleTarget"]) == (1, 4, "cpu", 70)
+        model = pred["model"]
+        assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] == "v2"
+        assert model["storageUri"] == "pvc://image-moderation-models"
+        assert model["args"] == ["--models", f"{model_name}={model_name}.mar"]
+    (runtime,) = k.find(default_docs, "ServingRuntime")
+    (container,) = runtime["spec"]["containers"]
+    assert container["image"] == "pytorch/torchserve:0.12.0-cpu"
+    assert "--model-store=/mnt/models/model-store" in container["args"]
+    assert "--ts-config=/mnt/models/config/config.properties" in container["args"]
+
+
+@pytest.mark.parametrize(
+    ("cpu", "workers", "threads"), [("2", 1, "2"), ("4", 2, "2"), ("1500m", 1, "1"), ("3", 1, "3")]
+)
+def test_torch_threads_match_cpu_limit(cpu: str, workers: int, threads: str) -> None:
+    sets = [f"models.resnet50.resources.limits.cpu={cpu}", f"predictor.workers={workers}"]
+    docs = k.load_docs(k.helm_template(sets=sets))
+    (isvc,) = k.find(docs, "InferenceService", "image-moderation-resnet50")
+    env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["model"]["env"]}
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["MODERATION_TORCH_THREADS_RESNET50"] == threads
+
+
+def test_bridge_replicas_capped_at_partitions() -> None:
+    docs = k.load_docs(k.helm_template(sets=["bridge.kafka.inputPartitions=3", "bridge.autoscaling.maxReplicas=10"]))
+    assert k.find(docs, "HorizontalPodAutoscaler")[0]["spec"]["maxReplicas"] == 3
+    docs = k.load_docs(k.helm_template(sets=["bridge.kafka.inputPartitions=4", "bridge.keda.enabled=true"]))
+    (so,) = k.find(docs, "ScaledObject")
+    assert so["spec"]["maxReplicaCount"] == 4 and not k.find(docs, "HorizontalPodAutoscaler")
+    trigger = so["spec"]["triggers"][0]["metadata"]
+    assert (trigger["consumerGroup"], trigger["topic"], trigger["allowIdleConsumers"]) == (
+        "image-moderation-bridge", "image_data", "false")
+
+
+def test_bridge_settings_are_real_bridge_variables(default_docs: list[dict[str, Any]]) -> None:
+    """Every variable the chart sets is one bridge/config.py reads (no typo silently ignored)."""
+    (cm,) = [d for d in k.find(default_docs, "ConfigMap") if d["metadata"]["name"] == "image-moderation-bridge"]
+    assert set(cm["data"]) <= set(BRIDGE_DEFAULTS)
+    predictor = "image-moderation-mobilenet-v2-predictor"
+    assert cm["data"]["INFERENCE_URL"] == f"http://{predictor}.image-moderation.svc.cluster.local"
+    docs = k.load_docs(render("production"))
+    (dep,) = k.find(docs, "Deployment")
+    env = {e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env == {"KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD_FILE", "KAFKA_SSL_CAFILE"}
+    assert {n.removesuffix("_FILE") for n in env} <= set(BRIDGE_DEFAULTS)
+
+
+def test_no_secret_by_default_and_sasl_needs_credentials(default_docs: list[dict[str, Any]]) -> None:
+    assert not k.find(default_docs, "Secret")
+    assert not k.find(k.load_docs(render("production")), "Secret")  # existingSecret only
+    res = k.run([k.tool("helm"), "template", "x", str(k.CHART), "--set", "bridge.kafka.securityProtocol=SASL_SSL"])
+    assert res.returncode != 0 and "sasl.password" in res.stderr or "sasl.username" in res.stderr
+
+
+def test_values_schema_rejects_bad_values() -> None:
+    for bad in ["predictor.deploymentMode=Serverless", "models.resnet50.scaleMetric=gpu", "bridge.protocol=v3",
+                "bridge.kafka.securityProtocol=TLS", "monitoring.prometheusRule.latencySeconds=0.4"]:
+        res = k.run([k.tool("helm"), "template", "x", str(k.CHART), "--set", bad])
+        assert res.returncode != 0 and "values don't meet the specifications of the schema" in res.stderr, bad
+
+
+def test_network_policies_cover_every_pod(default_docs: list[dict[str, Any]]) -> None:
+    policies = k.find(default_docs, "NetworkPolicy")
+    for name in k.pod_specs(default_docs):
+        workload = next(d for d in default_docs + k.predictor_deployments(default_docs)
+                        if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        matching = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+        assert matching and all("Ingress" in p["spec"]["policyTypes"] for p in matching), name
+    bridge = k.find(default_docs, "NetworkPolicy", "image-moderation-bridge")[0]
+    assert "Egress" in bridge["spec"]["policyTypes"]
+    ports = {p["port"] for rule in bridge["spec"]["egress"] for p in rule["ports"]}
+    assert {53, 9092, 8080} <= ports
+
+
+def test_standard_labels_everywhere(default_docs: list[dict[str, Any]]) -> None:
+    for d in default_docs:
+        labels = d["metadata"]["labels"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                    "app.kubernetes.io/managed-by", "app.kubernetes.io/component", "helm.sh/chart"):
+            assert key in labels, f"{d['kind']}/{d['metadata']['name']} lacks {key}"
