@@ -94,6 +94,8 @@ class Bridge:
         self.kafka_ok = False
         self.heartbeat = time.monotonic()
         self._paused = False
+        self._full_since: float | None = None
+        self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_handles: set[asyncio.TimerHandle] = set()
         self._consumer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer")
@@ -197,13 +199,16 @@ class Bridge:
 
     def _finish(self, item: Item) -> None:
         self.tracker.done(item.tp, item.offset, item.epoch)
-        self.in_flight -= 1
-        m.IN_FLIGHT.set(self.in_flight)
+        self._release()
 
     def _drop(self, item: Item) -> None:
         """A record whose partition moved to another member: its new owner re-processes it."""
+        self._release()
+
+    def _release(self) -> None:
         self.in_flight -= 1
         m.IN_FLIGHT.set(self.in_flight)
+        self._room.set()
 
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         assert self._loop is not None
@@ -252,7 +257,20 @@ class Bridge:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             room = self.cfg.max_in_flight - self.in_flight
-            want_pause = room <= 0 or not self._endpoint_ok.is_set()
+            down = not self._endpoint_ok.is_set()
+            if room > 0:
+                self._full_since = None
+            elif not down and not self._paused:
+                # At the in-flight cap: wait for room without pausing (a pause drops librdkafka's prefetched
+                # records and costs a fetch round trip on resume); pause only if it lasts, so the consumer
+                # keeps polling and stays in the group.
+                self._full_since = self._full_since or time.monotonic()
+                if time.monotonic() - self._full_since < 5:
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), 0.2)
+                    continue
+            want_pause = down or room <= 0
             if want_pause != self._paused:
                 await self._consumer_call(self._set_paused, want_pause)
             try:
