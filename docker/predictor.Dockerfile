@@ -1,0 +1,12 @@
+# Optional predictor image (helm value predictor.image): TorchServe 0.12 CPU plus ONNX Runtime for the
+# handler's `backend: onnx`. The eager (PyTorch) backend runs on pytorch/torchserve:0.12.0-cpu unchanged,
+# which is the chart's default. Archives are not baked in: KServe mounts them at /mnt/models.
+# docker build -f docker/predictor.Dockerfile -t image-moderation/predictor:0.1.0 .
+FROM pytorch/torchserve:0.12.0-cpu
+USER 0
+COPY docker/predictor-requirements.txt /tmp/requirements.txt
+RUN python -m pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
+# model-server (uid 1000) is the image's own user; the chart runs it read-only with /tmp as an emptyDir.
+USER 1000:1000
+ENTRYPOINT ["torchserve"]
+CMD ["--start", "--foreground", "--ncs", "--disable-token-auth", "--model-store=/mnt/models/model-store", "--ts-config=/mnt/models/config/config.properties"]
