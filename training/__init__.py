@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation of the moderation models; owns data handling and weights."""

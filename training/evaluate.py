@@ -1,0 +1,125 @@
+"""Evaluate a checkpoint (or a built .mar's weights) on every image of a class-folder data set.
+
+    python -m training.evaluate --model mobilenet_v2 --data DIR --out DIR [--checkpoint PATH | --mar PATH]
+        [--split test]   # with a manifest.csv or train/val/test folders: only that split
+
+Writes OUT/metrics.json (exactly the keys of training.evaluation.METRIC_KEYS), OUT/per_subclass.json,
+ROC / precision-recall / confusion-matrix PNGs, and prints the reference-style table. Unreadable images
+are reported and skipped, exactly as the server would refuse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from handlers.registry import LABELS, MODEL_NAMES, build_model, load_checkpoint
+from training.data import ClassMap, load_dataset
+from training.evaluation import REFERENCE, compute_metrics, markdown_table, per_subclass, subclass_table
+from training.features import ImageDataset, _collate
+from training.report import write_metrics
+from training.train import subclass_group
+
+ROOT = Path(__file__).resolve().parent.parent
+HARMFUL = LABELS.index("harmful")
+
+
+def load_model(name: str, checkpoint: Path | None, mar: Path | None) -> tuple[torch.nn.Module, float]:
+    """The model and its served threshold: from the .mar's packed config, else the checkpoint's meta."""
+    model = build_model(name)
+    if mar is not None:
+        with zipfile.ZipFile(mar) as z, tempfile.TemporaryDirectory() as tmp:
+            z.extract("model.pt", tmp)
+            load_checkpoint(model, str(Path(tmp) / "model.pt"))
+            config = yaml.safe_load(io.BytesIO(z.read(f"{name}.yaml")))
+        return model.eval(), float(config["handler"]["threshold"])
+    path = checkpoint or ROOT / "models" / name / "model.pt"
+    meta = load_checkpoint(model, str(path))
+    threshold = meta.get("threshold")
+    if threshold is None:
+        config = yaml.safe_load((ROOT / "model-archive" / "config" / f"{name}.yaml").read_text())
+        threshold = config["handler"]["threshold"]
+    return model.eval(), float(threshold)
+
+
+def plot(out: Path, y: np.ndarray, s: np.ndarray, metrics: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+    for name, draw in (("roc_curve.png", RocCurveDisplay.from_predictions),
+                       ("precision_recall_curve.png", PrecisionRecallDisplay.from_predictions)):
+        fig, ax = plt.subplots(figsize=(5, 5))
+        draw(y, s, ax=ax, name=title, pos_label=1)
+        ax.set_title(f"{title} ({name.split('.')[0].replace('_', ' ')})")
+        fig.savefig(out / name, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay.from_predictions(y, (s >= metrics["threshold"]).astype(int), display_labels=list(LABELS),
+                                            ax=ax, colorbar=False)
+    ax.set_title(f"{title} @ threshold {metrics['threshold']:.3f}")
+    fig.savefig(out / "confusion_matrix.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+@torch.inference_mode()
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path)
+    src.add_argument("--mar", type=Path)
+    p.add_argument("--split", choices=("train", "val", "test"), help="only this split (manifest or split folders)")
+    p.add_argument("--threshold", type=float, help="override the served threshold")
+    p.add_argument("--harmful-classes", default="harmful")
+    p.add_argument("--benign-classes", default="benign")
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args(argv)
+
+    model, threshold = load_model(args.model, args.checkpoint, args.mar)
+    threshold = args.threshold if args.threshold is not None else threshold
+    classes = ClassMap(tuple(args.harmful_classes.split(",")), tuple(args.benign_classes.split(",")))
+    samples = load_dataset(args.data, classes)
+    if args.split:
+        samples = [s for s in samples if s.split == args.split]
+    from handlers.registry import eval_transform
+
+    loader = torch.utils.data.DataLoader(ImageDataset(samples, eval_transform()), batch_size=args.batch_size,
+                                         num_workers=1, collate_fn=_collate)
+    scores = np.full(len(samples), np.nan)
+    for idx, x in tqdm(loader, desc=f"evaluate {args.model}", unit="batch"):
+        if len(idx):
+            scores[idx.numpy()] = torch.softmax(model(x), 1)[:, HARMFUL].numpy()
+    readable = ~np.isnan(scores)
+    for i in np.flatnonzero(~readable):
+        print(f"skipped unreadable image: {samples[i].path}")
+    kept = [s for s, ok in zip(samples, readable, strict=True) if ok]
+    y = np.array([s.label for s in kept])
+    s = scores[readable]
+    metrics = compute_metrics(y, s, threshold)
+    groups = per_subclass(y, s, [subclass_group(k.subclass) for k in kept], threshold)
+    write_metrics(args.out, metrics, groups)
+    plot(args.out, y, s, metrics, args.model)
+    rows = {f"{args.model} ({args.data.name}{'/' + args.split if args.split else ''})": metrics}
+    if args.model in REFERENCE:
+        rows[f"{args.model} (reference system)"] = {**REFERENCE[args.model], "threshold": float("nan")}
+    print(markdown_table(rows))
+    print(subclass_table(groups))
+    print(f"skipped {int((~readable).sum())} unreadable; wrote {args.out}/metrics.json and plots")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

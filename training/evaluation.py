@@ -1,0 +1,93 @@
+"""Metrics with harmful as the positive class, threshold selection, per-subclass breakdowns, tables."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "threshold", "n_images", "confusion_matrix")
+REFERENCE = {  # the reference system's published held-out results
+    "mobilenet_v2": {"accuracy": 0.835, "precision": 0.87, "recall": 0.79, "f1": 0.83, "roc_auc": 0.92},
+    "resnet50": {"accuracy": 0.822, "precision": 0.96, "recall": 0.68, "f1": 0.79, "roc_auc": 0.93},
+}
+
+
+def compute_metrics(y_true: Sequence[int], scores: Sequence[float], threshold: float) -> dict:
+    """Exactly METRIC_KEYS; y_true is 1 for harmful; predicted harmful when score >= threshold."""
+    y = np.asarray(y_true, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    pred = (s >= threshold).astype(int)
+    tp = int(((pred == 1) & (y == 1)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    auc = float(roc_auc_score(y, s)) if len(set(y.tolist())) == 2 else float("nan")
+    return {
+        "accuracy": (tp + tn) / len(y) if len(y) else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "roc_auc": auc,
+        "threshold": float(threshold),
+        "n_images": int(len(y)),
+        "confusion_matrix": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+    }
+
+
+def threshold_for_recall(y_true: Sequence[int], scores: Sequence[float], target_recall: float) -> float:
+    """The highest threshold whose harmful recall is still >= target (fewest false alarms at that recall)."""
+    y = np.asarray(y_true, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    positives = np.sort(s[y == 1])[::-1]
+    if len(positives) == 0:
+        raise ValueError("no harmful images to pick a threshold on")
+    needed = int(np.ceil(target_recall * len(positives)))
+    needed = min(max(needed, 1), len(positives))
+    return float(positives[needed - 1])
+
+
+def per_subclass(
+    y_true: Sequence[int], scores: Sequence[float], subclasses: Sequence[str], threshold: float
+) -> dict[str, dict]:
+    """Per subclass: count, share classified correctly and mean score (recall for harmful, 1-FPR for benign)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, sub in enumerate(subclasses):
+        groups[sub].append(i)
+    y = np.asarray(y_true, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    out = {}
+    for sub in sorted(groups):
+        idx = np.asarray(groups[sub])
+        correct = ((s[idx] >= threshold).astype(int) == y[idx]).mean()
+        out[sub] = {
+            "label": "harmful" if y[idx[0]] == 1 else "benign",
+            "n": int(len(idx)),
+            "correct": float(correct),
+            "mean_score": float(s[idx].mean()),
+        }
+    return out
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    """The reference system's table layout: model, accuracy, harmful precision/recall/F1, ROC-AUC."""
+    lines = ["| model | accuracy | precision (harmful) | recall (harmful) | F1 (harmful) | ROC-AUC | threshold | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in rows.items():
+        thr = f"{m['threshold']:.3f}" if "threshold" in m else "-"
+        n = m.get("n_images", "-")
+        lines.append(f"| {name} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
+                     f"| {m['roc_auc']:.3f} | {thr} | {n} |")
+    return "\n".join(lines)
+
+
+def subclass_table(groups: dict[str, dict]) -> str:
+    lines = ["| subclass | label | n | correct | mean P(harmful) |", "|---|---|---|---|---|"]
+    for sub, g in groups.items():
+        lines.append(f"| {sub} | {g['label']} | {g['n']} | {g['correct']:.3f} | {g['mean_score']:.3f} |")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""What a training run leaves behind for people: the model card, metrics files and the served threshold."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from training.evaluation import REFERENCE, markdown_table, subclass_table
+
+
+def write_threshold(config: Path, threshold: float) -> None:
+    """Rewrite only the `threshold:` value of the model config the handler reads (comments kept)."""
+    text = config.read_text()
+    new, n = re.subn(r"^(\s*threshold:\s*)[0-9.eE+-]+", rf"\g<1>{threshold:.6f}", text, count=1, flags=re.M)
+    if n != 1:
+        raise ValueError(f"no `threshold:` line in {config}")
+    config.write_text(new)
+
+
+def write_metrics(out: Path, metrics: dict, groups: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "per_subclass.json").write_text(json.dumps(groups, indent=2) + "\n")
+
+
+def write_model_card(out: Path, name: str, meta: dict, test: dict, val: dict, groups: dict, command: str) -> None:
+    ref = REFERENCE.get(name)
+    rows = {f"{name} (this model, test split)": test}
+    if ref:
+        rows[f"{name} (reference system)"] = {**ref, "threshold": float("nan"), "n_images": "-"}
+    card = f"""# Model card: {name} harmful-image classifier
+
+- **Version:** {meta['version']} · **labels:** benign / harmful (harmful is the positive class)
+- **Initial weights:** {meta['weights']}
+- **Decision threshold:** {meta['threshold']:.4f} on P(harmful), picked on the validation split for harmful
+  recall ≥ {meta['target_recall']:.2f} (val recall {val['recall']:.3f}, val precision {val['precision']:.3f});
+  written into `model-archive/config/{name}.yaml`, overridable with `MODERATION_THRESHOLD_{name.upper()}`.
+- **Training wall time:** {meta['wall_time_s'] / 60:.1f} min on this 2-core CPU (shared with other jobs).
+- **Reproduce:** `{command}`
+
+## Data
+{meta['data']}
+
+## Recipe
+{meta['recipe']}
+
+## Held-out test split
+{markdown_table(rows)}
+
+Confusion matrix (test): {test['confusion_matrix']}
+
+### Per subclass (test split; `correct` is recall for harmful subclasses, 1 − false-alarm rate for benign ones)
+{subclass_table(groups)}
+
+## Known limitations
+{meta['limitations']}
+"""
+    (out / "MODEL_CARD.md").write_text(card)

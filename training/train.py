@@ -1,0 +1,227 @@
+"""Fine-tune a registry model (harmful vs benign) from ImageNet weights; ship checkpoint, threshold, card.
+
+    python -m training.train --model mobilenet_v2 --data ../shared/data
+
+The frozen stem runs once per image and augmented view (cached, resumable); the trunk (last blocks +
+head) is trained on those activations with class- and subclass-balanced weights and early stopping on
+validation ROC-AUC. The threshold is then picked on validation for the target harmful recall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shlex
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from handlers.registry import LABELS, MODEL_NAMES, build_model
+from training.data import ClassMap, Sample, by_split, load_dataset
+from training.evaluation import compute_metrics, markdown_table, per_subclass, subclass_table, threshold_for_recall
+from training.features import DEFAULT_TUNE_FROM, cache_stem, split_model
+from training.report import write_metrics, write_model_card, write_threshold
+from training.weights import init_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+HARMFUL = LABELS.index("harmful")
+
+
+def subclass_group(subclass: str) -> str:
+    """Report/weighting groups: the 88 Caltech categories, 101 foods and 7 hard negatives each count as one."""
+    for prefix in ("caltech_", "food/", "hard_negative_"):
+        if subclass.startswith(prefix):
+            return prefix.rstrip("_/")
+    return subclass
+
+
+def sample_weights(samples: list[Sample]) -> torch.Tensor:
+    """Balance classes, and within a class damp big subclasses (1/sqrt(n)) so rare sources still count."""
+    groups = Counter((s.label, subclass_group(s.subclass)) for s in samples)
+    w = torch.tensor([1.0 / math.sqrt(groups[(s.label, subclass_group(s.subclass))]) for s in samples])
+    labels = torch.tensor([s.label for s in samples])
+    for c in (0, 1):
+        mask = labels == c
+        w[mask] *= 0.5 * len(samples) / w[mask].sum()
+    return w
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    """Keep ImageNet BatchNorm statistics: cached mini-batches of augmented views are too small to re-estimate them."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
+@torch.no_grad()
+def _scores(trunk: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    trunk.eval()
+    out = [torch.softmax(trunk(x[i:i + batch].float()), 1)[:, HARMFUL] for i in range(0, len(x), batch)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--out", type=Path, help="default: models/<model>")
+    p.add_argument("--config", type=Path, help="model config whose threshold is set (default model-archive/config)")
+    p.add_argument("--weights", help="ImageNet state dict (needed offline for resnet50)")
+    p.add_argument("--random-init", action="store_true", help="knowingly start from random weights")
+    p.add_argument("--tune-from", help="first trainable block (mobilenet_v2: features.N; resnet50: layer4|fc)")
+    p.add_argument("--views", type=int, default=2, help="augmented views per training image (plus one clean)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--target-recall", type=float, default=0.90)
+    p.add_argument("--limit-train", type=int, default=0, help="use at most N training images (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--harmful-classes", default="harmful")
+    p.add_argument("--benign-classes", default="benign")
+    p.add_argument("--fp16", action="store_true", help="store the checkpoint in fp16 (halves its size)")
+    p.add_argument("--version", default="1.0.0")
+    args = p.parse_args(argv)
+    started = time.time()
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+
+    out = args.out or ROOT / "models" / args.model
+    config = args.config or ROOT / "model-archive" / "config" / f"{args.model}.yaml"
+    tune_from = args.tune_from or DEFAULT_TUNE_FROM[args.model]
+    classes = ClassMap(tuple(args.harmful_classes.split(",")), tuple(args.benign_classes.split(",")))
+    samples = load_dataset(args.data, classes, seed=args.seed)
+    train, val, test = (by_split(samples, s) for s in ("train", "val", "test"))
+    if args.limit_train and len(train) > args.limit_train:
+        rng = np.random.default_rng(args.seed)
+        train = [train[i] for i in sorted(rng.choice(len(train), args.limit_train, replace=False))]
+    print(f"data {args.data}: train {len(train)}, val {len(val)}, test {len(test)}", flush=True)
+
+    model = build_model(args.model)
+    provenance = init_weights(model, args.model, args.weights, args.random_init)
+    print(f"initial weights: {provenance}", flush=True)
+    stem, trunk = split_model(args.model, model, tune_from)
+    for param in stem.parameters():
+        param.requires_grad_(False)
+
+    key = hashlib.sha1(f"{args.data.resolve()}|{len(samples)}|{tune_from}|{provenance}|{args.limit_train}".encode())
+    cache = ROOT / ".cache" / "training" / args.model / key.hexdigest()[:12]
+    views = [cache_stem(stem, train, False, args.seed, cache / "train-clean.pt", "stem train (clean)")]
+    for v in range(args.views):
+        aug = cache_stem(stem, train, True, args.seed + 1 + v, cache / f"train-aug{v}.pt", f"stem train (aug {v})")
+        views.append(aug)
+    x_val, i_val = cache_stem(stem, val, False, args.seed, cache / "val.pt", "stem val")
+    x_test, i_test = cache_stem(stem, test, False, args.seed, cache / "test.pt", "stem test")
+    x_train = torch.cat([x for x, _ in views])
+    i_train = torch.cat([i for _, i in views])
+    y_all = torch.tensor([s.label for s in train])
+    y_train, w_train = y_all[i_train], sample_weights(train)[i_train]
+    y_val = np.array([val[i].label for i in i_val.tolist()])
+
+    trainable = [q for q in trunk.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-4)
+    steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=0.05)
+    state_file = cache / "train-state.pt"
+    best = {"auc": -1.0, "epoch": -1, "trunk": None}
+    start_epoch = 0
+    if state_file.exists():  # resume an interrupted run
+        saved = torch.load(state_file, weights_only=False)
+        trunk.load_state_dict(saved["trunk"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        best, start_epoch = saved["best"], saved["epoch"] + 1
+        print(f"resumed after epoch {saved['epoch']} (best val AUC {best['auc']:.4f})", flush=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    for _ in range(start_epoch):
+        torch.randperm(len(x_train), generator=generator)
+    for epoch in range(start_epoch, args.epochs):
+        trunk.train()
+        _freeze_batchnorm(trunk)
+        order = torch.randperm(len(x_train), generator=generator)
+        seen = correct = 0
+        total = 0.0
+        bar = tqdm(range(0, len(order), args.batch_size), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
+        for start in bar:
+            b = order[start:start + args.batch_size]
+            logits = trunk(x_train[b].float())
+            loss = (loss_fn(logits, y_train[b]) * w_train[b]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(b)
+            total += loss.item() * len(b)
+            correct += (logits.argmax(1) == y_train[b]).sum().item()
+            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
+        val_scores = _scores(trunk, x_val).numpy()
+        auc = compute_metrics(y_val, val_scores, 0.5)["roc_auc"]
+        print(f"epoch {epoch + 1}: train loss {total / seen:.4f} acc {correct / seen:.3f} | val AUC {auc:.4f}",
+              flush=True)
+        if auc > best["auc"]:
+            best = {"auc": auc, "epoch": epoch, "trunk": {k: v.clone() for k, v in trunk.state_dict().items()}}
+        torch.save({"trunk": trunk.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "best": best, "epoch": epoch}, state_file)
+        if epoch - best["epoch"] >= args.patience:
+            print(f"early stop: no val AUC gain for {args.patience} epochs", flush=True)
+            break
+    trunk.load_state_dict(best["trunk"])
+    state_file.unlink(missing_ok=True)
+
+    val_scores = _scores(trunk, x_val).numpy()
+    threshold = threshold_for_recall(y_val, val_scores, args.target_recall)
+    val_metrics = compute_metrics(y_val, val_scores, threshold)
+    test_scores = _scores(trunk, x_test).numpy()
+    y_test = np.array([test[i].label for i in i_test.tolist()])
+    test_metrics = compute_metrics(y_test, test_scores, threshold)
+    groups = per_subclass(y_test, test_scores, [subclass_group(test[i].subclass) for i in i_test.tolist()], threshold)
+    wall = time.time() - started
+
+    command = "make train " + shlex.join([f"MODEL={args.model}", f"DATA={args.data}"])
+    if len(sys.argv) > 1:
+        command = "python -m training.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    meta = {
+        "model": args.model, "version": args.version, "threshold": threshold, "labels": list(LABELS),
+        "weights": provenance, "target_recall": args.target_recall, "trained_at": datetime.now(UTC).isoformat(),
+        "best_epoch": best["epoch"] + 1, "wall_time_s": wall, "tune_from": tune_from,
+        "data": (f"`{args.data}`: {len(train)} train / {len(val)} val / {len(test)} test images "
+                 f"(split: {'manifest.csv split column' if (args.data / 'manifest.csv').exists() else 'seeded'})."),
+        "recipe": (f"Stem frozen up to `{tune_from}`; trainable from there on (BatchNorm statistics frozen). "
+                   f"Stem activations cached for 1 clean + {args.views} augmented views per training image "
+                   "(random resized crop 0.45-1, flip, colour jitter, 10% grayscale). AdamW lr "
+                   f"{args.lr} one-cycle, batch {args.batch_size}, label smoothing 0.05, class-balanced and "
+                   "1/sqrt(subclass size) sample weights, early stopping on validation ROC-AUC "
+                   f"(best epoch {best['epoch'] + 1}), seed {args.seed}."),
+        "limitations": ("Trained on the sources listed in ../shared/data/README.md only (no real explosions; "
+                        "smoke from 3 scenes; knives from one project). Photos of people are the main source "
+                        "of false alarms; check per-subclass results before lowering the threshold. "
+                        + ("Initialised from RANDOM weights: not a usable moderation model."
+                           if args.random_init else "")),
+    }
+    state = model.state_dict()
+    if args.fp16:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "meta": meta}, out / "model.pt")
+    write_metrics(out, test_metrics, groups)
+    write_threshold(config, threshold)
+    write_model_card(out, args.model, meta, test_metrics, val_metrics, groups, command)
+    print(markdown_table({f"{args.model} (test)": test_metrics}))
+    print(subclass_table(groups))
+    print(f"threshold {threshold:.4f} -> {config}; checkpoint {out / 'model.pt'}; wall time {wall / 60:.1f} min")
+    print(json.dumps(test_metrics))
+
+
+if __name__ == "__main__":
+    main()
