@@ -128,7 +128,12 @@ class Bridge:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.tracker.assign([(p.topic, p.partition) for p in partitions])
+        # librdkafka keeps a partition's pause flag across lose/re-assign: start every assignment unpaused
+        # (the fetch loop pauses again if it still has to), or a re-assigned partition would stay stuck.
+        consumer.assign(partitions)
+        consumer.resume(partitions)
         self._paused = False
+        self._full_since = None
         log.info("partitions assigned", extra={"partitions": [f"{p.topic}-{p.partition}" for p in partitions]})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -155,7 +160,9 @@ class Bridge:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self.kafka_ok = False
             self._update_ready()
-        level = logging.ERROR if err.fatal() else logging.WARNING
+        # Connection errors repeat every reconnect attempt and librdkafka logs them already.
+        quiet = err.code() == KafkaError._TRANSPORT and not err.fatal()
+        level = logging.ERROR if err.fatal() else logging.DEBUG if quiet else logging.WARNING
         log.log(level, "kafka client error", extra={"error": str(err)})
 
     # ---- producer thread -----------------------------------------------------------------------

@@ -101,7 +101,7 @@ class BridgeProcess:
             "INFERENCE_URL": inference_url,
             "BRIDGE_PORT": str(self.port),
             "BRIDGE_COMMIT_INTERVAL_S": "0.5",
-            "LOG_LEVEL": "INFO",
+            "LOG_LEVEL": os.environ.get("BRIDGE_TEST_LOG_LEVEL", "INFO"),
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
