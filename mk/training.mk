@@ -1,15 +1,23 @@
-##@ Training and evaluation
+##@ Training
+# DATA defaults to the shared training images beside the repo (../shared/data: class folders + manifest.csv,
+# whose split column is used). Options map to `python -m training.train --help`:
+#   TARGET_RECALL (0.90) EPOCHS (12) SEED (0) WEIGHTS=path RANDOM_INIT=1 TRAIN_OUT=dir TRAIN_ARGS="--views 1 ..."
 MODEL ?= mobilenet_v2
 DATA ?= $(abspath $(ROOT)/../shared/data)
 OUT ?= $(ROOT)/.run/eval/$(MODEL)
+TARGET_RECALL ?= 0.90
+EPOCHS ?= 12
+SEED ?= 0
 TRAIN_ARGS ?=
 
 .PHONY: train
-train: $(SETUP_STAMP) ## Fine-tune MODEL=mobilenet_v2|resnet50 on DATA=DIR (class folders); writes models/MODEL + threshold
-	$(PY) -m training.train --model $(MODEL) --data "$(DATA)" $(TRAIN_ARGS)
+train: $(SETUP_STAMP) ## Fine-tune MODEL=mobilenet_v2|resnet50 on DATA=DIR; writes models/MODEL (or TRAIN_OUT) + threshold
+	$(PY) -m training.train --model $(MODEL) --data "$(DATA)" --target-recall $(TARGET_RECALL) \
+		--epochs $(EPOCHS) --seed $(SEED) $(if $(WEIGHTS),--weights "$(WEIGHTS)") \
+		$(if $(filter 1 yes true,$(RANDOM_INIT)),--random-init) $(if $(TRAIN_OUT),--out "$(TRAIN_OUT)") $(TRAIN_ARGS)
 
 .PHONY: evaluate
-evaluate: $(SETUP_STAMP) ## Evaluate MODEL on every image of DATA=DIR into OUT=DIR (metrics.json, plots); MAR=path or CHECKPOINT=path
+evaluate: $(SETUP_STAMP) ## Evaluate MODEL on DATA=DIR into OUT=DIR (metrics.json, plots); CHECKPOINT=path or MAR=path, SPLIT=test
 	$(PY) -m training.evaluate --model $(MODEL) --data "$(DATA)" --out "$(OUT)" \
 		$(if $(MAR),--mar "$(MAR)") $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(SPLIT),--split $(SPLIT))
 

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from handlers.registry import LABELS, MODEL_NAMES, build_model, load_checkpoint
 from training.data import ClassMap, load_dataset
-from training.evaluation import REFERENCE, compute_metrics, markdown_table, per_subclass, subclass_table
-from training.features import ImageDataset, _collate
+from training.evaluation import REFERENCE, compute_metrics, error_table, markdown_table, per_subclass, subclass_table
+from training.features import ImageDataset, skip_unreadable
 from training.report import write_metrics
 from training.train import subclass_group
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     from handlers.registry import eval_transform
 
     loader = torch.utils.data.DataLoader(ImageDataset(samples, eval_transform()), batch_size=args.batch_size,
-                                         num_workers=1, collate_fn=_collate)
+                                         num_workers=1, collate_fn=skip_unreadable)
     scores = np.full(len(samples), np.nan)
     for idx, x in tqdm(loader, desc=f"evaluate {args.model}", unit="batch"):
         if len(idx):
@@ -110,13 +110,15 @@ def main(argv: list[str] | None = None) -> dict:
     s = scores[readable]
     metrics = compute_metrics(y, s, threshold)
     groups = per_subclass(y, s, [subclass_group(k.subclass) for k in kept], threshold)
-    write_metrics(args.out, metrics, groups)
+    fine = per_subclass(y, s, [k.subclass for k in kept], threshold)
+    write_metrics(args.out, metrics, groups, fine)
     plot(args.out, y, s, metrics, args.model)
     rows = {f"{args.model} ({args.data.name}{'/' + args.split if args.split else ''})": metrics}
     if args.model in REFERENCE:
         rows[f"{args.model} (reference system)"] = {**REFERENCE[args.model], "threshold": float("nan")}
     print(markdown_table(rows))
     print(subclass_table(groups))
+    print(error_table(fine))
     print(f"skipped {int((~readable).sum())} unreadable; wrote {args.out}/metrics.json and plots")
     return metrics
 

@@ -1,4 +1,4 @@
-"""Metrics with harmful as the positive class, threshold selection, per-subclass breakdowns, tables."""
+"""Metrics with harmful as the positive class, per-subclass breakdowns and the reference-style tables."""
 
 from __future__ import annotations
 
@@ -40,18 +40,6 @@ def compute_metrics(y_true: Sequence[int], scores: Sequence[float], threshold: f
     }
 
 
-def threshold_for_recall(y_true: Sequence[int], scores: Sequence[float], target_recall: float) -> float:
-    """The highest threshold whose harmful recall is still >= target (fewest false alarms at that recall)."""
-    y = np.asarray(y_true, dtype=int)
-    s = np.asarray(scores, dtype=float)
-    positives = np.sort(s[y == 1])[::-1]
-    if len(positives) == 0:
-        raise ValueError("no harmful images to pick a threshold on")
-    needed = int(np.ceil(target_recall * len(positives)))
-    needed = min(max(needed, 1), len(positives))
-    return float(positives[needed - 1])
-
-
 def per_subclass(
     y_true: Sequence[int], scores: Sequence[float], subclasses: Sequence[str], threshold: float
 ) -> dict[str, dict]:
@@ -91,3 +79,14 @@ def subclass_table(groups: dict[str, dict]) -> str:
     for sub, g in groups.items():
         lines.append(f"| {sub} | {g['label']} | {g['n']} | {g['correct']:.3f} | {g['mean_score']:.3f} |")
     return "\n".join(lines)
+
+
+def error_table(fine: dict[str, dict], top: int = 12) -> str:
+    """Fine subclasses with the most misclassified images: where to look for hard negatives or missing data."""
+    worst = sorted(fine.items(), key=lambda kv: (-round(kv[1]["n"] * (1 - kv[1]["correct"])), kv[0]))
+    lines = ["| subclass | label | n | errors | correct |", "|---|---|---|---|---|"]
+    for sub, g in worst[:top]:
+        errors = round(g["n"] * (1 - g["correct"]))
+        if errors:
+            lines.append(f"| {sub} | {g['label']} | {g['n']} | {errors} | {g['correct']:.3f} |")
+    return "\n".join(lines) if len(lines) > 2 else "no misclassified images"

@@ -69,7 +69,7 @@ class ImageDataset(Dataset):
         return i, self.transform(image)
 
 
-def _collate(batch):  # type: ignore[no-untyped-def]
+def skip_unreadable(batch):  # type: ignore[no-untyped-def]
     batch = [b for b in batch if b is not None]
     if not batch:
         return torch.empty(0, dtype=torch.long), torch.empty(0)
@@ -87,7 +87,7 @@ def cache_stem(
         return blob["x"], blob["idx"]
     transform = train_augmentation() if augment else eval_transform()
     loader = DataLoader(ImageDataset(samples, transform, seed), batch_size=batch_size, num_workers=1,
-                        collate_fn=_collate)
+                        collate_fn=skip_unreadable)
     stem.eval()
     xs, idxs = [], []
     for idx, x in tqdm(loader, desc=desc, unit="batch"):

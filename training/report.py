@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from training.evaluation import REFERENCE, markdown_table, subclass_table
+from training.evaluation import REFERENCE, error_table, markdown_table, subclass_table
 
 
-def write_threshold(config: Path, threshold: float) -> None:
-    """Rewrite only the `threshold:` value of the model config the handler reads (comments kept)."""
-    text = config.read_text()
-    new, n = re.subn(r"^(\s*threshold:\s*)[0-9.eE+-]+", rf"\g<1>{threshold:.6f}", text, count=1, flags=re.M)
-    if n != 1:
-        raise ValueError(f"no `threshold:` line in {config}")
-    config.write_text(new)
-
-
-def write_metrics(out: Path, metrics: dict, groups: dict) -> None:
+def write_metrics(out: Path, metrics: dict, groups: dict, fine: dict | None = None) -> None:
+    """metrics.json keeps exactly METRIC_KEYS; the per-subclass breakdown goes to per_subclass.json."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "per_subclass.json").write_text(json.dumps(groups, indent=2) + "\n")
+    (out / "per_subclass.json").write_text(json.dumps({"groups": groups, "subclasses": fine or {}}, indent=2) + "\n")
 
 
-def write_model_card(out: Path, name: str, meta: dict, test: dict, val: dict, groups: dict, command: str) -> None:
+def write_model_card(out: Path, name: str, meta: dict, test: dict, val: dict, groups: dict, fine: dict,
+                     command: str) -> None:
     ref = REFERENCE.get(name)
     rows = {f"{name} (this model, test split)": test}
     if ref:
@@ -52,6 +44,9 @@ Confusion matrix (test): {test['confusion_matrix']}
 
 ### Per subclass (test split; `correct` is recall for harmful subclasses, 1 − false-alarm rate for benign ones)
 {subclass_table(groups)}
+
+### Where the errors are (fine subclasses, test split)
+{error_table(fine)}
 
 ## Known limitations
 {meta['limitations']}

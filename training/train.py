@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -23,14 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from handlers.registry import LABELS, MODEL_NAMES, build_model
+from handlers.registry import LABELS, MODEL_NAMES, build_model, eval_transform
 from training.data import ClassMap, Sample, by_split, load_dataset
-from training.evaluation import compute_metrics, markdown_table, per_subclass, subclass_table, threshold_for_recall
-from training.features import DEFAULT_TUNE_FROM, cache_stem, split_model
-from training.report import write_metrics, write_model_card, write_threshold
-from training.weights import init_weights
+from training.evaluation import compute_metrics, error_table, markdown_table, per_subclass, subclass_table
+from training.features import DEFAULT_TUNE_FROM, ImageDataset, cache_stem, skip_unreadable, split_model
+from training.report import write_metrics, write_model_card
+from training.thresholds import threshold_for_recall, write_threshold
+from training.weights import init_weights, recalibrate_batchnorm
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMFUL = LABELS.index("harmful")
@@ -69,6 +72,16 @@ def _scores(trunk: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor
     return torch.cat(out) if out else torch.empty(0)
 
 
+def calibrate_batchnorm(model: nn.Module, train: list[Sample], args: argparse.Namespace) -> int:
+    """Data-dependent BatchNorm statistics for a randomly initialised model (see weights.recalibrate_batchnorm)."""
+    rng = np.random.default_rng(args.seed)
+    chosen = [train[i] for i in sorted(rng.choice(len(train), min(args.bn_calibration, len(train)), replace=False))]
+    loader = DataLoader(ImageDataset(chosen, eval_transform(), args.seed), batch_size=32, num_workers=1,
+                        collate_fn=skip_unreadable)
+    batches = (x for _, x in tqdm(loader, desc="BatchNorm statistics", unit="batch") if len(x))
+    return recalibrate_batchnorm(model, batches)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
@@ -77,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", type=Path, help="model config whose threshold is set (default model-archive/config)")
     p.add_argument("--weights", help="ImageNet state dict (needed offline for resnet50)")
     p.add_argument("--random-init", action="store_true", help="knowingly start from random weights")
+    p.add_argument("--bn-calibration", type=int, default=512,
+                   help="with --random-init: training images used to re-estimate BatchNorm statistics (0 = off)")
     p.add_argument("--tune-from", help="first trainable block (mobilenet_v2: features.N; resnet50: layer4|fc)")
     p.add_argument("--views", type=int, default=2, help="augmented views per training image (plus one clean)")
     p.add_argument("--epochs", type=int, default=12)
@@ -90,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--benign-classes", default="benign")
     p.add_argument("--fp16", action="store_true", help="store the checkpoint in fp16 (halves its size)")
     p.add_argument("--version", default="1.0.0")
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TRAINING_CACHE", ROOT / ".cache/training")),
+                   help="cached stem activations and resumable state (env TRAINING_CACHE; default .cache/training)")
     args = p.parse_args(argv)
     started = time.time()
     torch.manual_seed(args.seed)
@@ -109,13 +126,16 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_model(args.model)
     provenance = init_weights(model, args.model, args.weights, args.random_init)
+    if args.random_init and args.bn_calibration:
+        seen = calibrate_batchnorm(model, train, args)
+        provenance += f"; BatchNorm statistics re-estimated on {seen} training images"
     print(f"initial weights: {provenance}", flush=True)
     stem, trunk = split_model(args.model, model, tune_from)
     for param in stem.parameters():
         param.requires_grad_(False)
 
     key = hashlib.sha1(f"{args.data.resolve()}|{len(samples)}|{tune_from}|{provenance}|{args.limit_train}".encode())
-    cache = ROOT / ".cache" / "training" / args.model / key.hexdigest()[:12]
+    cache = args.cache_dir / args.model / key.hexdigest()[:12]
     views = [cache_stem(stem, train, False, args.seed, cache / "train-clean.pt", "stem train (clean)")]
     for v in range(args.views):
         aug = cache_stem(stem, train, True, args.seed + 1 + v, cache / f"train-aug{v}.pt", f"stem train (aug {v})")
@@ -186,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     y_test = np.array([test[i].label for i in i_test.tolist()])
     test_metrics = compute_metrics(y_test, test_scores, threshold)
     groups = per_subclass(y_test, test_scores, [subclass_group(test[i].subclass) for i in i_test.tolist()], threshold)
+    fine = per_subclass(y_test, test_scores, [test[i].subclass for i in i_test.tolist()], threshold)
     wall = time.time() - started
 
     command = "make train " + shlex.join([f"MODEL={args.model}", f"DATA={args.data}"])
@@ -214,11 +235,12 @@ def main(argv: list[str] | None = None) -> None:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "meta": meta}, out / "model.pt")
-    write_metrics(out, test_metrics, groups)
+    write_metrics(out, test_metrics, groups, fine)
     write_threshold(config, threshold)
-    write_model_card(out, args.model, meta, test_metrics, val_metrics, groups, command)
+    write_model_card(out, args.model, meta, test_metrics, val_metrics, groups, fine, command)
     print(markdown_table({f"{args.model} (test)": test_metrics}))
     print(subclass_table(groups))
+    print(error_table(fine))
     print(f"threshold {threshold:.4f} -> {config}; checkpoint {out / 'model.pt'}; wall time {wall / 60:.1f} min")
     print(json.dumps(test_metrics))
 

@@ -7,6 +7,7 @@ initialisation happens only with an explicit flag, and the provenance string say
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -99,3 +100,27 @@ def init_weights(model: nn.Module, name: str, weights: str | None = None, random
         f"no ImageNet weights for {name}: the machine is offline and none ship with a registry package. "
         "Pass --weights PATH (a torchvision state dict) or, knowingly, --random-init."
     )
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm's running statistics on real images (data-dependent init); return images seen.
+
+    A randomly initialised network in eval mode normalises with mean 0 / var 1, so its activations drift
+    layer by layer and most ReLUs end up always-on or always-off. Measuring the statistics on training
+    images re-centres every channel, which makes a frozen random stem a far better feature extractor.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches
+    was_training = model.training
+    model.train()
+    seen = 0
+    for x in batches:
+        model(x)
+        seen += len(x)
+    for bn in bns:
+        bn.momentum = 0.1
+    model.train(was_training)
+    return seen

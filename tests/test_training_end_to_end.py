@@ -1,0 +1,55 @@
+"""One real training run then `evaluate` on a handful of generated images (checkpoint, threshold, metrics, plots)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training_support import make_dataset
+from training import evaluate, train
+from training.evaluation import METRIC_KEYS
+from training.thresholds import read_threshold
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def restore_determinism() -> object:
+    yield
+    torch.use_deterministic_algorithms(False)  # training turns it on process-wide
+
+
+@pytest.mark.usefixtures("restore_determinism")
+def test_one_training_run_then_evaluate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_dataset(tmp_path / "data")
+    config = tmp_path / "mobilenet_v2.yaml"
+    shutil.copy(ROOT / "model-archive" / "config" / "mobilenet_v2.yaml", config)
+    out = tmp_path / "model"
+    train.main(["--model", "mobilenet_v2", "--data", str(data), "--out", str(out), "--config", str(config),
+                "--random-init", "--tune-from", "features.17", "--views", "1", "--epochs", "2", "--batch-size", "8",
+                "--cache-dir", str(tmp_path / "cache")])
+    blob = torch.load(out / "model.pt", weights_only=True)
+    meta = blob["meta"]
+    assert meta["weights"].startswith("random initialisation") and "BatchNorm statistics" in meta["weights"]
+    assert {"model", "version", "threshold", "labels", "weights"} <= set(meta)
+    assert read_threshold(config) == pytest.approx(meta["threshold"], abs=1e-6)
+    assert (out / "MODEL_CARD.md").read_text().count("RANDOM") == 1
+    assert tuple(json.loads((out / "metrics.json").read_text())) == METRIC_KEYS
+    assert "wall time" in capsys.readouterr().out
+    metrics = evaluate.main(["--model", "mobilenet_v2", "--data", str(data), "--out", str(tmp_path / "eval"),
+                             "--checkpoint", str(out / "model.pt")])
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert tuple(written) == METRIC_KEYS and written == json.loads(json.dumps(metrics))
+    assert tuple(written["confusion_matrix"]) == ("tp", "fp", "tn", "fn")
+    assert written["n_images"] == 24 and written["threshold"] == pytest.approx(meta["threshold"])
+    printed = capsys.readouterr().out
+    assert "skipped unreadable image" in printed and "broken.jpg" in printed  # reported and skipped
+    assert "| mobilenet_v2 (data) |" in printed
+    groups = json.loads((tmp_path / "eval" / "per_subclass.json").read_text())
+    assert set(groups["groups"]) == {"fire", "knife", "sky", "grass"} and groups["groups"]["sky"]["n"] == 6
+    for png in ("roc_curve.png", "precision_recall_curve.png", "confusion_matrix.png"):
+        assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,45 @@
+"""The decision threshold: picked on validation for a target harmful recall, written where the handler reads it.
+
+Recall matters most for moderation, so the threshold is the *highest* score that still catches the target
+share of harmful validation images: every lower threshold only adds false alarms.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+THRESHOLD_LINE = re.compile(r"^(\s*threshold:\s*)[0-9.eE+-]+", re.M)
+
+
+def threshold_for_recall(y_true: Sequence[int], scores: Sequence[float], target_recall: float) -> float:
+    """The highest threshold whose harmful recall (score >= threshold) is still >= `target_recall`."""
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+    y = np.asarray(y_true, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    positives = np.sort(s[y == 1])[::-1]
+    if len(positives) == 0:
+        raise ValueError("no harmful images to pick a threshold on")
+    needed = min(max(int(np.ceil(target_recall * len(positives) - 1e-9)), 1), len(positives))
+    return float(positives[needed - 1])
+
+
+def write_threshold(config: Path, threshold: float) -> None:
+    """Rewrite only the `threshold:` value in the model config the handler reads; comments and keys stay."""
+    text = config.read_text()
+    new, n = THRESHOLD_LINE.subn(rf"\g<1>{threshold:.6f}", text, count=1)
+    if n != 1:
+        raise ValueError(f"no `threshold:` line in {config}")
+    config.write_text(new)
+
+
+def read_threshold(config: Path) -> float:
+    """The threshold currently in a model config (the value `write_threshold` wrote)."""
+    match = THRESHOLD_LINE.search(config.read_text())
+    if match is None:
+        raise ValueError(f"no `threshold:` line in {config}")
+    return float(match.group(0)[len(match.group(1)):])
