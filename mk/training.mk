@@ -1,12 +1,12 @@
 ##@ Training
 # DATA defaults to the shared training images beside the repo (../shared/data: class folders + manifest.csv,
 # whose split column is used). Options map to `python -m training.train --help`:
-#   TARGET_RECALL (0.90) EPOCHS (12) SEED (0) WEIGHTS=path RANDOM_INIT=1 TRAIN_OUT=dir TRAIN_ARGS="--views 1 ..."
+#   TARGET_RECALL (0.90) EPOCHS (5) SEED (0) WEIGHTS=path RANDOM_INIT=1 TRAIN_OUT=dir TRAIN_ARGS="--views 1 ..."
 MODEL ?= mobilenet_v2
 DATA ?= $(abspath $(ROOT)/../shared/data)
 OUT ?= $(ROOT)/.run/eval/$(MODEL)
 TARGET_RECALL ?= 0.90
-EPOCHS ?= 12
+EPOCHS ?= 5
 SEED ?= 0
 TRAIN_ARGS ?=
 

@@ -37,7 +37,9 @@ def test_one_training_run_then_evaluate_end_to_end(tmp_path: Path, capsys: pytes
     assert meta["weights"].startswith("random initialisation") and "BatchNorm statistics" in meta["weights"]
     assert {"model", "version", "threshold", "labels", "weights"} <= set(meta)
     assert read_threshold(config) == pytest.approx(meta["threshold"], abs=1e-6)
-    assert (out / "MODEL_CARD.md").read_text().count("RANDOM") == 1
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.count("RANDOM") == 1 and "Linear probe" in card and "interpolation" in card
+    assert 0.0 <= meta["wise_alpha"] <= 1.0 and meta["best_epoch"] in (1, 2)
     assert tuple(json.loads((out / "metrics.json").read_text())) == METRIC_KEYS
     assert "wall time" in capsys.readouterr().out
     metrics = evaluate.main(["--model", "mobilenet_v2", "--data", str(data), "--out", str(tmp_path / "eval"),

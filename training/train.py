@@ -31,12 +31,14 @@ from handlers.registry import LABELS, MODEL_NAMES, build_model, eval_transform
 from training.data import ClassMap, Sample, by_split, load_dataset
 from training.evaluation import compute_metrics, error_table, markdown_table, per_subclass, subclass_table
 from training.features import DEFAULT_TUNE_FROM, ImageDataset, cache_stem, skip_unreadable, split_model
+from training.finetune import ProbeResult, auc, choose_alpha, linear_probe, scores
 from training.report import write_metrics, write_model_card
 from training.thresholds import threshold_for_recall, write_threshold
 from training.weights import init_weights, recalibrate_batchnorm
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMFUL = LABELS.index("harmful")
+WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def subclass_group(subclass: str) -> str:
@@ -65,13 +67,6 @@ def _freeze_batchnorm(module: nn.Module) -> None:
             m.eval()
 
 
-@torch.no_grad()
-def _scores(trunk: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    trunk.eval()
-    out = [torch.softmax(trunk(x[i:i + batch].float()), 1)[:, HARMFUL] for i in range(0, len(x), batch)]
-    return torch.cat(out) if out else torch.empty(0)
-
-
 def calibrate_batchnorm(model: nn.Module, train: list[Sample], args: argparse.Namespace) -> int:
     """Data-dependent BatchNorm statistics for a randomly initialised model (see weights.recalibrate_batchnorm)."""
     rng = np.random.default_rng(args.seed)
@@ -80,6 +75,79 @@ def calibrate_batchnorm(model: nn.Module, train: list[Sample], args: argparse.Na
                         collate_fn=skip_unreadable)
     batches = (x for _, x in tqdm(loader, desc="BatchNorm statistics", unit="batch") if len(x))
     return recalibrate_batchnorm(model, batches)
+
+
+def recipe(args: argparse.Namespace, tune_from: str, probe: ProbeResult, best: dict, alpha: float,
+           wise: dict[float, float], head_only: bool) -> str:
+    """The training recipe in words, for the checkpoint meta and the model card."""
+    text = (f"Stem frozen before `{tune_from}` (BatchNorm statistics frozen throughout). Stem activations cached "
+            f"for 1 clean + {args.views} augmented views per training image (random resized crop 0.45-1, flip, "
+            "colour jitter, 10% grayscale). Class-balanced sample weights, damped 1/sqrt(subclass size) within a "
+            "class so rare sources and hard negatives count. 1) Linear probe: weighted L2 logistic regression "
+            f"(L-BFGS) on the frozen pooled features, L2 {probe.l2:g} picked on validation AUC ({probe.val_auc:.4f}).")
+    if not head_only and args.epochs:
+        text += (f" 2) Fine-tune from `{tune_from}` on, starting from the probe's head: AdamW lr {args.lr} one-cycle, "
+                 f"weight decay {args.weight_decay}, batch {args.batch_size}, label smoothing 0.05, up to "
+                 f"{args.epochs} epochs, early stopping on validation ROC-AUC (best epoch {best['epoch'] + 1}, "
+                 f"val AUC {best['auc']:.4f}). 3) Weight-space interpolation probe -> fine-tuned: val AUC by alpha "
+                 + ", ".join(f"{a:g}: {v:.4f}" for a, v in wise.items())
+                 + f"; kept alpha {alpha:g}, the closest to the probe within {args.wise_tolerance} AUC of the best.")
+    return text + f" Seed {args.seed}; deterministic algorithms on."
+
+
+def fine_tune(trunk: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, w_train: torch.Tensor,
+              x_val: torch.Tensor, y_val: np.ndarray, args: argparse.Namespace, cache: Path) -> dict:
+    """Train the trunk (from the linear-probe head) with early stopping on val AUC; resumable per epoch."""
+    trainable = [q for q in trunk.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=0.05)
+    settings = f"{args.lr}|{args.weight_decay}|{args.epochs}|{args.batch_size}|{args.views}|{args.seed}"
+    state_file = cache / f"finetune-state-{hashlib.sha1(settings.encode()).hexdigest()[:8]}.pt"
+    best: dict = {"auc": -1.0, "epoch": -1, "trunk": None}
+    start_epoch = 0
+    if state_file.exists():  # resume an interrupted run
+        saved = torch.load(state_file, weights_only=False)
+        trunk.load_state_dict(saved["trunk"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        best, start_epoch = saved["best"], saved["epoch"] + 1
+        print(f"resumed after epoch {saved['epoch'] + 1} (best val AUC {best['auc']:.4f})", flush=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    for _ in range(start_epoch):
+        torch.randperm(len(x_train), generator=generator)
+    for epoch in range(start_epoch, args.epochs):
+        trunk.train()
+        _freeze_batchnorm(trunk)
+        order = torch.randperm(len(x_train), generator=generator)
+        seen = correct = 0
+        total = 0.0
+        bar = tqdm(range(0, len(order), args.batch_size), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
+        for start in bar:
+            b = order[start:start + args.batch_size]
+            logits = trunk(x_train[b].float())
+            loss = (loss_fn(logits, y_train[b]) * w_train[b]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(b)
+            total += loss.item() * len(b)
+            correct += (logits.argmax(1) == y_train[b]).sum().item()
+            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
+        val_auc = auc(y_val, scores(trunk, x_val))
+        print(f"epoch {epoch + 1}: train loss {total / seen:.4f} acc {correct / seen:.3f} | val AUC {val_auc:.4f}",
+              flush=True)
+        if val_auc > best["auc"]:
+            best = {"auc": val_auc, "epoch": epoch, "trunk": {k: v.clone() for k, v in trunk.state_dict().items()}}
+        torch.save({"trunk": trunk.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "best": best, "epoch": epoch}, state_file)
+        if epoch - best["epoch"] >= args.patience:
+            print(f"early stop: no val AUC gain for {args.patience} epochs", flush=True)
+            break
+    trunk.load_state_dict(best["trunk"])
+    return best
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,16 +162,20 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --random-init: training images used to re-estimate BatchNorm statistics (0 = off)")
     p.add_argument("--tune-from", help="first trainable block (mobilenet_v2: features.N; resnet50: layer4|fc)")
     p.add_argument("--views", type=int, default=2, help="augmented views per training image (plus one clean)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs after the linear probe (0 = probe only)")
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--wise-tolerance", type=float, default=0.002,
+                   help="interpolate back towards the linear probe as far as val AUC stays within this of the best")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--target-recall", type=float, default=0.90)
     p.add_argument("--limit-train", type=int, default=0, help="use at most N training images (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--harmful-classes", default="harmful")
     p.add_argument("--benign-classes", default="benign")
-    p.add_argument("--fp16", action="store_true", help="store the checkpoint in fp16 (halves its size)")
+    p.add_argument("--fp16", action=argparse.BooleanOptionalAction,
+                   help="store the checkpoint in fp16 (halves its size; default on for resnet50)")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TRAINING_CACHE", ROOT / ".cache/training")),
                    help="cached stem activations and resumable state (env TRAINING_CACHE; default .cache/training)")
@@ -148,61 +220,20 @@ def main(argv: list[str] | None = None) -> None:
     y_train, w_train = y_all[i_train], sample_weights(train)[i_train]
     y_val = np.array([val[i].label for i in i_val.tolist()])
 
-    trainable = [q for q in trunk.parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
-    loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=0.05)
-    state_file = cache / "train-state.pt"
-    best = {"auc": -1.0, "epoch": -1, "trunk": None}
-    start_epoch = 0
-    if state_file.exists():  # resume an interrupted run
-        saved = torch.load(state_file, weights_only=False)
-        trunk.load_state_dict(saved["trunk"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        best, start_epoch = saved["best"], saved["epoch"] + 1
-        print(f"resumed after epoch {saved['epoch']} (best val AUC {best['auc']:.4f})", flush=True)
-    generator = torch.Generator().manual_seed(args.seed)
-    for _ in range(start_epoch):
-        torch.randperm(len(x_train), generator=generator)
-    for epoch in range(start_epoch, args.epochs):
-        trunk.train()
-        _freeze_batchnorm(trunk)
-        order = torch.randperm(len(x_train), generator=generator)
-        seen = correct = 0
-        total = 0.0
-        bar = tqdm(range(0, len(order), args.batch_size), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
-        for start in bar:
-            b = order[start:start + args.batch_size]
-            logits = trunk(x_train[b].float())
-            loss = (loss_fn(logits, y_train[b]) * w_train[b]).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            seen += len(b)
-            total += loss.item() * len(b)
-            correct += (logits.argmax(1) == y_train[b]).sum().item()
-            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
-        val_scores = _scores(trunk, x_val).numpy()
-        auc = compute_metrics(y_val, val_scores, 0.5)["roc_auc"]
-        print(f"epoch {epoch + 1}: train loss {total / seen:.4f} acc {correct / seen:.3f} | val AUC {auc:.4f}",
-              flush=True)
-        if auc > best["auc"]:
-            best = {"auc": auc, "epoch": epoch, "trunk": {k: v.clone() for k, v in trunk.state_dict().items()}}
-        torch.save({"trunk": trunk.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "best": best, "epoch": epoch}, state_file)
-        if epoch - best["epoch"] >= args.patience:
-            print(f"early stop: no val AUC gain for {args.patience} epochs", flush=True)
-            break
-    trunk.load_state_dict(best["trunk"])
-    state_file.unlink(missing_ok=True)
+    probe = linear_probe(trunk, x_train, y_train, w_train, x_val, y_val, cache / f"linear-probe-v{args.views}.pt")
+    print(f"linear probe: L2 {probe.l2:g}, val AUC {probe.val_auc:.4f} (grid {probe.grid})", flush=True)
+    lp_state = {k: v.clone() for k, v in trunk.state_dict().items()}
+    best: dict = {"auc": probe.val_auc, "epoch": -1, "trunk": lp_state}
+    alpha, wise = 0.0, {0.0: probe.val_auc}
+    if args.epochs and not isinstance(trunk, nn.Linear):  # something beyond the head to fine-tune
+        best = fine_tune(trunk, x_train, y_train, w_train, x_val, y_val, args, cache)
+        alpha, wise = choose_alpha(trunk, lp_state, best["trunk"], x_val, y_val, WISE_ALPHAS, args.wise_tolerance)
+        print(f"weight interpolation LP -> FT: val AUC by alpha {wise}; chose alpha {alpha}", flush=True)
 
-    val_scores = _scores(trunk, x_val).numpy()
+    val_scores = scores(trunk, x_val).numpy()
     threshold = threshold_for_recall(y_val, val_scores, args.target_recall)
     val_metrics = compute_metrics(y_val, val_scores, threshold)
-    test_scores = _scores(trunk, x_test).numpy()
+    test_scores = scores(trunk, x_test).numpy()
     y_test = np.array([test[i].label for i in i_test.tolist()])
     test_metrics = compute_metrics(y_test, test_scores, threshold)
     groups = per_subclass(y_test, test_scores, [subclass_group(test[i].subclass) for i in i_test.tolist()], threshold)
@@ -218,20 +249,18 @@ def main(argv: list[str] | None = None) -> None:
         "best_epoch": best["epoch"] + 1, "wall_time_s": wall, "tune_from": tune_from,
         "data": (f"`{args.data}`: {len(train)} train / {len(val)} val / {len(test)} test images "
                  f"(split: {'manifest.csv split column' if (args.data / 'manifest.csv').exists() else 'seeded'})."),
-        "recipe": (f"Stem frozen up to `{tune_from}`; trainable from there on (BatchNorm statistics frozen). "
-                   f"Stem activations cached for 1 clean + {args.views} augmented views per training image "
-                   "(random resized crop 0.45-1, flip, colour jitter, 10% grayscale). AdamW lr "
-                   f"{args.lr} one-cycle, batch {args.batch_size}, label smoothing 0.05, class-balanced and "
-                   "1/sqrt(subclass size) sample weights, early stopping on validation ROC-AUC "
-                   f"(best epoch {best['epoch'] + 1}), seed {args.seed}."),
-        "limitations": ("Trained on the sources listed in ../shared/data/README.md only (no real explosions; "
-                        "smoke from 3 scenes; knives from one project). Photos of people are the main source "
-                        "of false alarms; check per-subclass results before lowering the threshold. "
-                        + ("Initialised from RANDOM weights: not a usable moderation model."
+        "recipe": recipe(args, tune_from, probe, best, alpha, wise, isinstance(trunk, nn.Linear)),
+        "limitations": ("Trained only on the sources of the training data (for ../shared/data see its README: no "
+                        "real explosions, smoke from 3 scenes, knives from one project); held-out numbers are "
+                        "in-distribution and images from other sources will score lower. Check the per-subclass "
+                        "errors before moving the threshold. "
+                        + ("Initialised from RANDOM weights (no ImageNet pretraining available offline): a weak "
+                           "model, far below the pretrained one; retrain with `--weights` when you have them."
                            if args.random_init else "")),
+        "linear_probe": {"l2": probe.l2, "val_auc": probe.val_auc}, "wise_alpha": alpha,
     }
     state = model.state_dict()
-    if args.fp16:
+    if args.fp16 if args.fp16 is not None else args.model == "resnet50":  # keeps the .mar under ~50 MB
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "meta": meta}, out / "model.pt")
