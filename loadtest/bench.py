@@ -1,0 +1,365 @@
+"""`make bench`: one run, same cores, side by side (issue 6).
+
+1. ceiling  - in-process decode + preprocess + forward, both models, each backend, batch 1 and batch 8,
+              one process with all threads or one process per core (what TorchServe workers do);
+2. ours     - our handler in a fresh TorchServe (own ports, see torchserve_instance.Ports) at saturation,
+              then open loop at half that throughput (the latency SLO point);
+3. stock    - TorchServe's stock image_classifier handler, same weights (TorchScript), same workers,
+              threads, batching and load;
+4. kafka    - end to end through the bridge vs a naive one-at-a-time consumer (loadtest/kafka_bench.py),
+              when the broker and bridge of `make up` are running.
+Writes results.json, BENCHMARKS.md and chart.png to loadtest/results/bench-<timestamp>/ and copies the
+markdown to loadtest/BENCHMARKS.md. Load average is recorded: the machine is shared, numbers are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from loadtest import loadgen  # noqa: E402
+from loadtest.torchserve_instance import OURS_PORTS, STOCK_PORTS, TorchServeInstance, build_archives  # noqa: E402
+
+RESULTS = ROOT / "loadtest" / "results"
+OUR_STORE = ROOT / "model-archive" / "build" / "model-store"
+MODELS = ("mobilenet_v2", "resnet50")
+
+
+def corpus(n: int = 16, width: int = 640, height: int = 480) -> list[bytes]:
+    """Photo-like JPEGs generated on the spot (no image files in git), 640x480 as in the issue's targets."""
+    from tests.image_factory import jpeg
+
+    return [jpeg(width, height, seed) for seed in range(n)]
+
+
+def serving_config(model: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "model-archive" / "config" / f"{model}.yaml").read_text())
+
+
+# ---- 1. in-process ceiling -------------------------------------------------------------------------
+
+
+def _ceiling_worker(model: str, backend: str, batch: int, threads: int, seconds: float, onnx_path: str,
+                    barrier: Any, out: Any) -> None:
+    """Decode + preprocess + forward in a loop; runs in its own process so thread settings are clean."""
+    warnings.filterwarnings("ignore")
+    import numpy as np
+    import torch
+
+    from handlers.imaging import DecodeLimits, decode_image
+    from handlers.registry import build_model, input_array, input_transform, load_checkpoint, normalize
+
+    torch.set_num_threads(threads)
+    images, limits = corpus(), DecodeLimits()
+    if backend == "onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+
+        def step(raw: list[bytes]) -> None:
+            session.run(None, {"pixels": np.stack([input_array(decode_image(b, limits)) for b in raw])})
+    else:
+        net = build_model(model)
+        load_checkpoint(net, str(build_archives.checkpoint_for(model)))
+        net.eval()
+        fmt = torch.channels_last if backend == "channels_last" else torch.contiguous_format
+        net = net.to(memory_format=fmt)
+        to_pixels, norm = input_transform(), normalize()
+
+        def step(raw: list[bytes]) -> None:
+            x = norm(torch.stack([to_pixels(decode_image(b, limits)) for b in raw])).contiguous(memory_format=fmt)
+            with torch.inference_mode():
+                torch.softmax(net(x), 1)
+
+    batches = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
+    step(batches[0])  # warm-up (allocations, ORT graph)
+    barrier.wait()  # every process imported and warmed up before the common start
+    n, t0, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        step(batches[i % len(batches)])
+        n, i = n + batch, i + 1
+    out.put(n / (time.perf_counter() - t0))
+
+
+def ceiling(model: str, backend: str, batch: int, threads: int, procs: int, seconds: float, onnx_path: str) -> float:
+    """Images/s summed over `procs` processes started together, each with `threads` intra-op threads."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    barrier = ctx.Barrier(procs)
+    ps = [ctx.Process(target=_ceiling_worker, args=(model, backend, batch, threads, seconds, onnx_path, barrier, out))
+          for _ in range(procs)]
+    for p in ps:
+        p.start()
+    rates = [out.get(timeout=300) for _ in ps]
+    for p in ps:
+        p.join()
+    return sum(rates)
+
+
+def run_ceilings(models: list[str], seconds: float, workdir: Path) -> list[dict[str, Any]]:
+    cores = os.cpu_count() or 1
+    rows = []
+    for model in models:
+        onnx_path = build_archives.export_onnx(model, build_archives.checkpoint_for(model), workdir / f"{model}.onnx")
+        for backend in ("eager", "channels_last", "onnx"):
+            for batch in (1, 8):
+                # plain eager is only the baseline: one layout is enough
+                for procs, threads in ((1, cores),) if backend == "eager" else ((1, cores), (cores, 1)):
+                    rate = ceiling(model, backend, batch, threads, procs, seconds, str(onnx_path))
+                    rows.append({"model": model, "backend": backend, "batch": batch, "procs": procs,
+                                 "threads": threads, "images_per_s": rate})
+                    print(f"ceiling {model:13s} {backend:13s} batch {batch} {procs}x{threads} threads: "
+                          f"{rate:7.1f} img/s", flush=True)
+    return rows
+
+
+# ---- 2./3. served: ours vs stock ------------------------------------------------------------------
+
+
+def build_stock_store(model: str, workdir: Path) -> Path:
+    """Same weights as our archive, TorchScript, stock image_classifier handler, same frontend config."""
+    import torch
+
+    from handlers.registry import LABELS, build_model, load_checkpoint
+
+    stage, store = workdir / f"stock-{model}", workdir / "stock-store"
+    stage.mkdir(parents=True, exist_ok=True)
+    store.mkdir(parents=True, exist_ok=True)
+    net = build_model(model)
+    load_checkpoint(net, str(build_archives.checkpoint_for(model)))
+    torch.jit.trace(net.eval(), torch.zeros(1, 3, 224, 224)).save(str(stage / "model.ts"))
+    (stage / "index_to_name.json").write_text(json.dumps({str(i): label for i, label in enumerate(LABELS)}))
+    frontend = {k: v for k, v in serving_config(model).items() if k != "handler"}
+    (stage / "config.yaml").write_text(yaml.safe_dump(frontend))
+    subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "torch-model-archiver"), "--model-name", model, "--version", "1.0",
+         "--serialized-file", str(stage / "model.ts"), "--handler", str(ROOT / "loadtest" / "stock_handler.py"),
+         "--extra-files", str(stage / "index_to_name.json"), "--config-file", str(stage / "config.yaml"),
+         "--export-path", str(store), "--force"],
+        check=True,
+    )
+    return store
+
+
+def serve_and_load(name: str, store: Path, model: str, ports: Any, workdir: Path, env: dict[str, str],
+                   bodies: list[loadgen.Body], concurrency: int, seconds: float,
+                   half_rate: float | None) -> dict[str, Any]:
+    """Start a TorchServe with one model, time the cold start, saturate it, then run the half-load point."""
+    inst = TorchServeInstance(f"{name}-{model}", store, ports, workdir / f"ts-{name}-{model}", env)
+    inst.proc = None
+    try:
+        inst.start()
+        # load only this model: `--models all` would start every archive of the store
+        cold = inst.wait_first_prediction(model, bodies[0].data)
+        url = f"{inst.url}/predictions/{model}"
+        sat = loadgen.run(lambda: loadgen.closed_loop(url, bodies, concurrency, seconds))
+        rate = half_rate if half_rate is not None else sat.images_per_s / 2
+        half = loadgen.run(lambda: loadgen.open_loop(url, bodies, rate, seconds))
+        memory = inst.worker_memory_mb()
+    finally:
+        inst.stop()
+    print(f"{name:5s} {model:13s} cold start {cold:5.1f} s | saturation ({concurrency} in flight) "
+          f"{sat.images_per_s:6.1f} img/s p50/p95/p99 {sat.p50_ms:.0f}/{sat.p95_ms:.0f}/{sat.p99_ms:.0f} ms "
+          f"err {sat.errors} | open loop {rate:.0f}/s p95 {half.p95_ms:.0f} ms err {half.errors} | "
+          f"RSS/worker {[round(m['rss']) for m in memory]} MB", flush=True)
+    return {"cold_start_s": cold, "saturation": sat.as_dict(), "half_load": half.as_dict(), "workers": memory}
+
+
+def one_model_store(store: Path, model: str, workdir: Path, tag: str) -> Path:
+    """A store holding only `model` so the instance starts just its workers."""
+    single = workdir / f"store-{tag}-{model}"
+    single.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(store / f"{model}.mar", single / f"{model}.mar")
+    return single
+
+
+def run_served(models: list[str], seconds: float, concurrency: int, workdir: Path, stock: bool) -> dict[str, Any]:
+    bodies = [loadgen.Body(b, "image/jpeg") for b in corpus()]
+    out: dict[str, Any] = {}
+    for model in models:
+        handler = serving_config(model).get("handler") or {}
+        threads = int(handler.get("torch_threads") or 0)
+        # Same intra-op threads for the stock handler (it never sets them itself): equal footing.
+        env = {"OMP_NUM_THREADS": str(threads)} if threads > 0 else {}
+        ours = serve_and_load("ours", one_model_store(OUR_STORE, model, workdir, "ours"), model, OURS_PORTS,
+                              workdir, {}, bodies, concurrency, seconds, None)
+        out[model] = {"config": serving_config(model), "ours": ours}
+        if stock:
+            store = one_model_store(build_stock_store(model, workdir), model, workdir, "stock")
+            # the stock run gets the same open-loop rate as ours so the p95 values compare
+            out[model]["stock"] = serve_and_load("stock", store, model, STOCK_PORTS, workdir, env, bodies,
+                                                 concurrency, seconds, ours["half_load"]["target_rps"])
+    return out
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+
+def best(rows: list[dict[str, Any]], model: str, batch: int | None = None) -> dict[str, Any]:
+    cands = [r for r in rows if r["model"] == model and (batch is None or r["batch"] == batch)]
+    return max(cands, key=lambda r: r["images_per_s"])
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "n/a"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = [
+        f"# Benchmark results ({res['started']})",
+        "",
+        f"Host: {res['host']['cpus']} CPUs, {res['host']['platform']}; load average before/after: "
+        f"{res['host']['loadavg_before']} / {res['host']['loadavg_after']} (shared machine: expect noise).",
+        "Images: 640x480 photo-like JPEGs. Load generator (aiohttp) runs on the same cores as the server.",
+        "",
+        "## 1. In-process ceiling (decode + preprocess + forward), images/s",
+        "",
+        "| model | backend | batch | processes x threads | images/s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in res["ceiling"]:
+        lines.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['procs']}x{r['threads']} "
+                     f"| {r['images_per_s']:.1f} |")
+    lines += ["", "## 2./3. Served over HTTP: our handler vs the stock image_classifier handler", "",
+              "| model | handler | cold start s | saturation img/s | p50 / p95 / p99 ms | errors "
+              "| half-load rate /s | half-load p95 ms | RSS per worker MB (PSS) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for model, m in res["served"].items():
+        for who in ("ours", "stock"):
+            if who not in m:
+                continue
+            r = m[who]
+            s, h = r["saturation"], r["half_load"]
+            mem = ", ".join(f"{w['rss']:.0f} ({w['pss']:.0f})" for w in r["workers"])
+            lines.append(f"| {model} | {who} | {r['cold_start_s']:.1f} | {s['images_per_s']:.1f} | "
+                         f"{s['p50_ms']:.0f} / {s['p95_ms']:.0f} / {s['p99_ms']:.0f} | {s['errors'] + h['errors']} | "
+                         f"{h['target_rps']:.0f} | {h['p95_ms']:.0f} | {mem} |")
+    lines += ["", "## Ratios", "", "| model | served / ceiling (best batch) | served / ceiling (batch 1) "
+              "| ours / stock throughput | ours / stock p95 at saturation | bridge / direct HTTP | bridge / naive |",
+              "|---|---|---|---|---|---|---|"]
+    kafka = res.get("kafka") or {}
+    for model, m in res["served"].items():
+        ours = m["ours"]["saturation"]
+        stock = m.get("stock", {}).get("saturation", {})
+        k = kafka.get(model, {})
+        lines.append(
+            f"| {model} | {ratio(ours['images_per_s'], best(res['ceiling'], model)['images_per_s'])} "
+            f"| {ratio(ours['images_per_s'], best(res['ceiling'], model, 1)['images_per_s'])} "
+            f"| {ratio(ours['images_per_s'], stock.get('images_per_s'))} "
+            f"| {ratio(ours['p95_ms'], stock.get('p95_ms'))} "
+            f"| {ratio(k.get('bridge', {}).get('images_per_s'), ours['images_per_s'])} "
+            f"| {ratio(k.get('bridge', {}).get('images_per_s'), k.get('naive', {}).get('images_per_s'))} |")
+    lines += ["", "## 4. Kafka end to end", ""]
+    if kafka.get("skipped"):
+        lines.append(f"Not measured: {kafka['skipped']}")
+    else:
+        lines += ["| model | consumer | images/s | p50 / p95 / p99 ms end to end | half-load p95 ms |",
+                  "|---|---|---|---|---|"]
+        for model, k in kafka.items():
+            for who, r in k.items():
+                lines.append(f"| {model} | {who} | {r['images_per_s']:.1f} | {r['p50_ms']:.0f} / {r['p95_ms']:.0f} / "
+                             f"{r['p99_ms']:.0f} | {r.get('half_p95_ms', float('nan')):.0f} |")
+    lines += ["", "## Configuration under test", ""]
+    for model, m in res["served"].items():
+        cfg = m["config"]
+        lines.append(f"- {model}: workers {cfg.get('minWorkers')}-{cfg.get('maxWorkers')}, batchSize "
+                     f"{cfg.get('batchSize')}, maxBatchDelay {cfg.get('maxBatchDelay')} ms, "
+                     f"handler {cfg.get('handler')}")
+    return "\n".join(lines) + "\n"
+
+
+def chart(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(res["served"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.25
+    for i, (label, get) in enumerate([
+        ("in-process ceiling", lambda m: best(res["ceiling"], m)["images_per_s"]),
+        ("ours (TorchServe)", lambda m: res["served"][m]["ours"]["saturation"]["images_per_s"]),
+        ("stock image_classifier",
+         lambda m: res["served"][m].get("stock", {}).get("saturation", {}).get("images_per_s", 0)),
+    ]):
+        ax1.bar([x + i * width for x in range(len(models))], [get(m) for m in models], width, label=label)
+    ax1.set_xticks([x + width for x in range(len(models))], models)
+    ax1.set_ylabel("images/s (640x480 JPEG)")
+    ax1.set_title("Throughput at saturation")
+    ax1.legend()
+    for i, who in enumerate(("ours", "stock")):
+        vals = [res["served"][m].get(who, {}).get("saturation", {}).get("p95_ms", 0) for m in models]
+        ax2.bar([x + i * width for x in range(len(models))], vals, width, label=f"{who} p95 (saturation)")
+        vals = [res["served"][m].get(who, {}).get("half_load", {}).get("p95_ms", 0) for m in models]
+        ax2.bar([x + (i + 2) * width for x in range(len(models))], vals, width, label=f"{who} p95 (half load)")
+    ax2.set_xticks([x + 1.5 * width for x in range(len(models))], models)
+    ax2.set_ylabel("ms")
+    ax2.set_yscale("log")
+    ax2.set_title("p95 latency")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "15")),
+                        help="measured seconds per load point (default 15)")
+    parser.add_argument("--ceiling-seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "16")),
+                        help="requests in flight at saturation (>= workers x batchSize)")
+    parser.add_argument("--no-stock", action="store_true")
+    parser.add_argument("--no-kafka", action="store_true")
+    parser.add_argument("--no-ceiling", action="store_true")
+    args = parser.parse_args()
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    workdir = RESULTS / f"bench-{stamp}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    res: dict[str, Any] = {
+        "started": stamp,
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                 "loadavg_before": [round(x, 2) for x in os.getloadavg()]},
+    }
+    res["ceiling"] = [] if args.no_ceiling else run_ceilings(args.models, args.ceiling_seconds, workdir)
+    res["served"] = run_served(args.models, args.seconds, args.concurrency, workdir, not args.no_stock)
+    if args.no_kafka:
+        res["kafka"] = {"skipped": "--no-kafka"}
+    else:
+        from loadtest import kafka_bench
+
+        res["kafka"] = kafka_bench.run(args.models[:1], args.seconds, res["served"])
+    res["host"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    (workdir / "results.json").write_text(json.dumps(res, indent=2))
+    md = markdown(res)
+    (workdir / "BENCHMARKS.md").write_text(md)
+    chart(res, workdir / "chart.png")
+    shutil.copy2(workdir / "BENCHMARKS.md", ROOT / "loadtest" / "BENCHMARKS.md")
+    for tmp in workdir.glob("st*-*"):  # staged archives and stores: large and reproducible
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(md)
+    print(f"results: {workdir}")
+
+
+if __name__ == "__main__":
+    main()

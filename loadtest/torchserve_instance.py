@@ -1,0 +1,139 @@
+"""A throw-away TorchServe for the benchmark, on its own loopback ports, worker sockets and log folder.
+
+The benchmark starts our archive and the stock-handler archive one after the other (never together, so
+each gets both cores) without touching the `make up` stack: the config is our template rendered with
+other ports plus `initial_worker_port`, because TorchServe names its worker sockets /tmp/.ts.sock.<port>.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "model-archive"))
+
+import build_archives  # noqa: E402  (model-archive/ is a script folder, not a package)
+
+
+@dataclass
+class Ports:
+    """Inference, management, metrics, gRPC (unused but always bound) and first worker port of one instance."""
+
+    inference: int
+    management: int
+    metrics: int
+    grpc: int  # grpc inference = grpc, grpc management = grpc + 1
+    worker: int
+
+
+OURS_PORTS = Ports(8285, 8281, 8282, 7270, 9300)
+STOCK_PORTS = Ports(8185, 8181, 8182, 7170, 9200)
+
+
+@dataclass
+class TorchServeInstance:
+    name: str
+    store: Path
+    ports: Ports
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    tmpdir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.inference}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.properties"
+        build_archives.render_config(
+            config,
+            {
+                "INFERENCE_BIND": f"127.0.0.1:{self.ports.inference}",
+                "MANAGEMENT_BIND": f"127.0.0.1:{self.ports.management}",
+                "METRICS_BIND": f"127.0.0.1:{self.ports.metrics}",
+                "CONFIG_DIR": str(self.workdir),
+                "MODEL_STORE": str(self.store),
+                "JOB_QUEUE_SIZE": "1000",
+                "WORKERS": "1",
+            },
+        )
+        with config.open("a") as fh:
+            fh.write(f"initial_worker_port={self.ports.worker}\n")
+            fh.write(f"grpc_inference_port={self.ports.grpc}\ngrpc_management_port={self.ports.grpc + 1}\n")
+        # TorchServe refuses to start while /tmp/.model_server.pid names a live server (the `make up` one):
+        # a private TMPDIR gives this instance its own pid file (and worker sockets, short path for AF_UNIX).
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="ts-bench-"))
+        env = {**os.environ, "LOG_LOCATION": str(self.workdir), "METRICS_LOCATION": str(self.workdir),
+               "TMPDIR": str(self.tmpdir), **self.env}
+        log = (self.workdir / "torchserve.log").open("ab")
+        self.started_at = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "torchserve"), "--start", "--foreground", "--ncs",
+             "--ts-config", str(config), "--model-store", str(self.store), "--models", "all",
+             "--disable-token-auth"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+
+    def wait_first_prediction(self, model: str, image: bytes, timeout_s: float = 300) -> float:
+        """Cold start: seconds from process start until the first successful prediction."""
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} TorchServe exited; see {self.workdir}/torchserve.log")
+            try:
+                r = httpx.post(f"{self.url}/predictions/{model}", content=image,
+                               headers={"Content-Type": "image/jpeg"}, timeout=30)
+                if r.status_code == 200:
+                    return time.perf_counter() - self.started_at
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name}: no prediction within {timeout_s}s")
+
+    def wait_all_ready(self, models: list[str], image: bytes) -> dict[str, float]:
+        return {m: self.wait_first_prediction(m, image) for m in models}
+
+    def workers(self) -> list[psutil.Process]:
+        if self.proc is None:
+            return []
+        try:
+            procs = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [p for p in procs if "model_service_worker" in " ".join(p.cmdline())]
+
+    def worker_memory_mb(self) -> list[dict[str, float]]:
+        """RSS (what `ps` shows), PSS (shared library pages split between workers) and USS (private) per worker."""
+        out = []
+        for p in self.workers():
+            try:
+                info = p.memory_full_info()
+            except psutil.Error:
+                continue
+            out.append({"rss": info.rss / 2**20, "pss": info.pss / 2**20, "uss": info.uss / 2**20})
+        return out
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)

@@ -1,0 +1,23 @@
+##@ Performance
+# Load test against the running stack (`make up`). Closed loop by default; RPS_PER_USER>0 = open loop
+# (each user paced at that rate, offered load = USERS x RPS_PER_USER). KAFKA=1 adds the Kafka user.
+USERS ?= 8
+SPAWN_RATE ?= 4
+DURATION ?= 60s
+HOST ?= http://$(STACK_HOST):$(INFERENCE_PORT)
+TARGET ?= $(HOST)
+RPS_PER_USER ?= 0
+KAFKA ?= 0
+LOADTEST_OUT := $(ROOT)/loadtest/results/locust-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: loadtest
+loadtest: $(SETUP_STAMP) ## Headless Locust vs `make up` (USERS SPAWN_RATE DURATION TARGET RPS_PER_USER KAFKA); fails on SLO breach
+	mkdir -p $(LOADTEST_OUT)
+	LOADTEST_RPS_PER_USER=$(RPS_PER_USER) LOADTEST_KAFKA=$(KAFKA) $(VENV)/bin/locust -f loadtest/locustfile.py \
+	  --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) -H $(TARGET) --only-summary \
+	  --csv $(LOADTEST_OUT)/locust --html $(LOADTEST_OUT)/report.html
+	@echo "reports: $(LOADTEST_OUT)"
+
+.PHONY: bench
+bench: $(SETUP_STAMP) models ## Side-by-side benchmark: in-process ceiling, our handler, stock handler, Kafka (results in loadtest/results/)
+	$(PY) -m loadtest.bench $(BENCH_ARGS)
