@@ -24,3 +24,7 @@ evaluate: $(SETUP_STAMP) ## Evaluate MODEL on DATA=DIR into OUT=DIR (metrics.jso
 .PHONY: data-openimages
 data-openimages: $(SETUP_STAMP) ## Fetch a balanced Open Images V7 subset (reference classes) into DATA_OUT=DIR (online only)
 	$(PY) -m training.openimages --out "$(or $(DATA_OUT),$(ROOT)/data/openimages)" $(OPENIMAGES_ARGS)
+
+.PHONY: data-unseen
+data-unseen: $(SETUP_STAMP) ## Copy 9 benign everyday photos shipped in pinned packages to .cache/unseen (false-alarm check for evaluate)
+	$(PY) -m training.unseen --out "$(CACHE)/unseen"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def plot(out: Path, y: np.ndarray, s: np.ndarray, metrics: dict, title: str) -> 
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
+    warnings.filterwarnings("ignore", module="sklearn")  # a one-class set (e.g. benign only) still gets its plots
     for name, draw in (("roc_curve.png", RocCurveDisplay.from_predictions),
                        ("precision_recall_curve.png", PrecisionRecallDisplay.from_predictions)):
         fig, ax = plt.subplots(figsize=(5, 5))

@@ -27,7 +27,7 @@ def compute_metrics(y_true: Sequence[int], scores: Sequence[float], threshold: f
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    auc = float(roc_auc_score(y, s)) if len(set(y.tolist())) == 2 else float("nan")
+    auc = float(roc_auc_score(y, s)) if len(set(y.tolist())) == 2 else None  # undefined with one class: null
     return {
         "accuracy": (tp + tn) / len(y) if len(y) else 0.0,
         "precision": precision,
@@ -62,15 +62,17 @@ def per_subclass(
     return out
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"  # None / NaN: not applicable
+
+
 def markdown_table(rows: dict[str, dict]) -> str:
     """The reference system's table layout: model, accuracy, harmful precision/recall/F1, ROC-AUC."""
     lines = ["| model | accuracy | precision (harmful) | recall (harmful) | F1 (harmful) | ROC-AUC | threshold | n |",
              "|---|---|---|---|---|---|---|---|"]
     for name, m in rows.items():
-        thr = f"{m['threshold']:.3f}" if "threshold" in m else "-"
-        n = m.get("n_images", "-")
-        lines.append(f"| {name} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
-                     f"| {m['roc_auc']:.3f} | {thr} | {n} |")
+        cells = [_fmt(m.get(k)) for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "threshold")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {m.get('n_images', '-')} |")
     return "\n".join(lines)
 
 

@@ -40,7 +40,9 @@ def scores(trunk: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 
 def auc(y: np.ndarray, s: torch.Tensor | np.ndarray) -> float:
-    return float(compute_metrics(y, np.asarray(s), 0.5)["roc_auc"])
+    """Validation ROC-AUC for model selection (0.5, i.e. uninformative, when val has a single class)."""
+    value = compute_metrics(y, np.asarray(s), 0.5)["roc_auc"]
+    return 0.5 if value is None else float(value)
 
 
 @torch.no_grad()
