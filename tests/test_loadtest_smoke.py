@@ -1,0 +1,43 @@
+"""`make loadtest` machinery on the real stack: a short headless Locust run writes its CSV, and the SLO gate
+turns a breach into a non-zero exit code (and a met SLO into 0). Speed itself is `make bench`'s business."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from loadtest.slo import Slo, check
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_slo_gate_both_ways() -> None:
+    slo = Slo(p95_ms=100, max_error_rate=0.01)
+    assert check(slo, 200, 1, 80.0).ok
+    assert not check(slo, 200, 1, 120.0).ok  # too slow
+    assert not check(slo, 200, 10, 80.0).ok  # too many errors
+    assert not check(slo, 0, 0, None).ok  # nothing measured
+
+
+def _locust(tmp: Path, serving: str, p95_ms: str) -> tuple[int, Path]:
+    env = {**os.environ, "LOADTEST_P95_MS": p95_ms, "LOADTEST_KAFKA": "0"}
+    prefix = tmp / f"locust-{p95_ms}"
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "locust"), "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
+         "-u", "2", "-r", "2", "-t", "8s", "-H", serving, "--only-summary", "--csv", str(prefix)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    return proc.returncode, Path(f"{prefix}_stats.csv")
+
+
+@pytest.mark.parametrize(("p95_ms", "expected_exit"), [("60000", 0), ("0.001", 1)])
+def test_headless_run_writes_csv_and_gates(serving: str, tmp_path: Path, p95_ms: str, expected_exit: int) -> None:
+    code, stats = _locust(tmp_path, serving, p95_ms)
+    assert code == expected_exit
+    rows = {r["Name"]: r for r in csv.DictReader(stats.open())}
+    assert int(rows["Aggregated"]["Request Count"]) > 0
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
