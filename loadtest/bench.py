@@ -20,6 +20,7 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -145,13 +146,13 @@ def build_stock_store(model: str, workdir: Path) -> Path:
     store.mkdir(parents=True, exist_ok=True)
     net = build_model(model)
     load_checkpoint(net, str(build_archives.checkpoint_for(model)))
-    torch.jit.trace(net.eval(), torch.zeros(1, 3, 224, 224)).save(str(stage / "model.ts"))
+    torch.jit.trace(net.eval(), torch.zeros(1, 3, 224, 224)).save(str(stage / "model.pt"))
     (stage / "index_to_name.json").write_text(json.dumps({str(i): label for i, label in enumerate(LABELS)}))
     frontend = {k: v for k, v in serving_config(model).items() if k != "handler"}
     (stage / "config.yaml").write_text(yaml.safe_dump(frontend))
     subprocess.run(
         [str(ROOT / ".venv" / "bin" / "torch-model-archiver"), "--model-name", model, "--version", "1.0",
-         "--serialized-file", str(stage / "model.ts"), "--handler", str(ROOT / "loadtest" / "stock_handler.py"),
+         "--serialized-file", str(stage / "model.pt"), "--handler", str(ROOT / "loadtest" / "stock_handler.py"),
          "--extra-files", str(stage / "index_to_name.json"), "--config-file", str(stage / "config.yaml"),
          "--export-path", str(store), "--force"],
         check=True,
@@ -332,6 +333,8 @@ def main() -> None:
     parser.add_argument("--no-kafka", action="store_true")
     parser.add_argument("--no-ceiling", action="store_true")
     args = parser.parse_args()
+    # a killed bench must still stop the TorchServe it started (the finally blocks run on SystemExit)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = RESULTS / f"bench-{stamp}"

@@ -56,3 +56,13 @@ def test_onnx_scores_match_eager_within_1e3(exported) -> None:
     onnx = torch.softmax(torch.from_numpy(logits), 1)
     assert onnx.shape == eager.shape
     assert torch.max(torch.abs(onnx[:, HARMFUL_INDEX] - eager[:, HARMFUL_INDEX])).item() <= 1e-3
+
+
+def test_backend_switch_is_validated() -> None:
+    from handlers.settings import HandlerSettings
+
+    assert HandlerSettings.load("mobilenet_v2", {"backend": "ONNX"}, env={}).backend == "onnx"
+    env = {"MODERATION_BACKEND": "eager"}
+    assert HandlerSettings.load("mobilenet_v2", {"backend": "onnx"}, env=env).backend == "eager"
+    with pytest.raises(ValueError, match="backend"):
+        HandlerSettings.load("mobilenet_v2", {"backend": "tensorrt"}, env={})
