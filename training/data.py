@@ -120,3 +120,11 @@ def load_dataset(
 
 def by_split(samples: Iterable[Sample], split: str) -> list[Sample]:
     return [s for s in samples if s.split == split]
+
+
+def subclass_group(subclass: str) -> str:
+    """Report/weighting groups: the 88 Caltech categories, 101 foods and 7 hard negatives each count as one."""
+    for prefix in ("caltech_", "food/", "hard_negative_"):
+        if subclass.startswith(prefix):
+            return prefix.rstrip("_/")
+    return subclass

@@ -22,12 +22,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from handlers.registry import LABELS, MODEL_NAMES, build_model, load_checkpoint
-from training.data import ClassMap, load_dataset
+from handlers.registry import LABELS, MODEL_NAMES, build_model, eval_transform, load_checkpoint
+from training.data import ClassMap, Sample, load_dataset, subclass_group
 from training.evaluation import REFERENCE, compute_metrics, error_table, markdown_table, per_subclass, subclass_table
 from training.features import ImageDataset, skip_unreadable
 from training.report import write_metrics
-from training.train import subclass_group
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMFUL = LABELS.index("harmful")
@@ -74,7 +73,6 @@ def plot(out: Path, y: np.ndarray, s: np.ndarray, metrics: dict, title: str) -> 
     plt.close(fig)
 
 
-@torch.inference_mode()
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
@@ -88,22 +86,31 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--harmful-classes", default="harmful")
     p.add_argument("--benign-classes", default="benign")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="split seed for class folders without manifest/split folders")
     args = p.parse_args(argv)
 
     model, threshold = load_model(args.model, args.checkpoint, args.mar)
     threshold = args.threshold if args.threshold is not None else threshold
     classes = ClassMap(tuple(args.harmful_classes.split(",")), tuple(args.benign_classes.split(",")))
-    samples = load_dataset(args.data, classes)
+    samples = load_dataset(args.data, classes, seed=args.seed)
     if args.split:
         samples = [s for s in samples if s.split == args.split]
-    from handlers.registry import eval_transform
+    name = f"{args.model} ({args.data.name}{'/' + args.split if args.split else ''})"
+    metrics, _, _ = evaluate(model, args.model, samples, threshold, args.out, name, args.batch_size)
+    return metrics
 
-    loader = torch.utils.data.DataLoader(ImageDataset(samples, eval_transform()), batch_size=args.batch_size,
+
+def evaluate(model: torch.nn.Module, model_name: str, samples: list[Sample], threshold: float, out: Path,
+             name: str, batch_size: int = 32) -> tuple[dict, dict, dict]:
+    """Score `samples` through the whole model as the server would; write metrics, breakdowns and plots to `out`."""
+    loader = torch.utils.data.DataLoader(ImageDataset(samples, eval_transform()), batch_size=batch_size,
                                          num_workers=1, collate_fn=skip_unreadable)
     scores = np.full(len(samples), np.nan)
-    for idx, x in tqdm(loader, desc=f"evaluate {args.model}", unit="batch"):
-        if len(idx):
-            scores[idx.numpy()] = torch.softmax(model(x), 1)[:, HARMFUL].numpy()
+    model.eval()
+    with torch.inference_mode():
+        for idx, x in tqdm(loader, desc=f"evaluate {model_name}", unit="batch"):
+            if len(idx):
+                scores[idx.numpy()] = torch.softmax(model(x), 1)[:, HARMFUL].numpy()
     readable = ~np.isnan(scores)
     for i in np.flatnonzero(~readable):
         print(f"skipped unreadable image: {samples[i].path}")
@@ -113,17 +120,16 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = compute_metrics(y, s, threshold)
     groups = per_subclass(y, s, [subclass_group(k.subclass) for k in kept], threshold)
     fine = per_subclass(y, s, [k.subclass for k in kept], threshold)
-    write_metrics(args.out, metrics, groups, fine)
-    plot(args.out, y, s, metrics, args.model)
-    rows = {f"{args.model} ({args.data.name}{'/' + args.split if args.split else ''})": metrics}
-    if args.model in REFERENCE:
-        rows[f"{args.model} (reference system)"] = {**REFERENCE[args.model], "threshold": float("nan")}
+    write_metrics(out, metrics, groups, fine)
+    plot(out, y, s, metrics, model_name)
+    rows = {name: metrics}
+    if model_name in REFERENCE:
+        rows[f"{model_name} (reference system)"] = {**REFERENCE[model_name], "threshold": float("nan")}
     print(markdown_table(rows))
     print(subclass_table(groups))
     print(error_table(fine))
-    print(f"skipped {int((~readable).sum())} unreadable; wrote {args.out}/metrics.json and plots")
-    return metrics
-
+    print(f"skipped {int((~readable).sum())} unreadable; wrote {out}/metrics.json, per_subclass.json and plots")
+    return metrics, groups, fine
 
 if __name__ == "__main__":
     main()

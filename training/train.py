@@ -27,26 +27,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from handlers.registry import LABELS, MODEL_NAMES, build_model, eval_transform
-from training.data import ClassMap, Sample, by_split, load_dataset
-from training.evaluation import compute_metrics, error_table, markdown_table, per_subclass, subclass_table
+from handlers.registry import LABELS, MODEL_NAMES, build_model, eval_transform, load_checkpoint
+from training.data import ClassMap, Sample, by_split, load_dataset, subclass_group
+from training.evaluate import evaluate
+from training.evaluation import compute_metrics
 from training.features import DEFAULT_TUNE_FROM, ImageDataset, cache_stem, skip_unreadable, split_model
 from training.finetune import ProbeResult, auc, choose_alpha, linear_probe, scores
-from training.report import write_metrics, write_model_card
+from training.report import write_model_card
 from training.thresholds import threshold_for_recall, write_threshold
+from training.unseen import photo_table, score_photos
 from training.weights import init_weights, recalibrate_batchnorm
 
 ROOT = Path(__file__).resolve().parent.parent
 HARMFUL = LABELS.index("harmful")
 WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def subclass_group(subclass: str) -> str:
-    """Report/weighting groups: the 88 Caltech categories, 101 foods and 7 hard negatives each count as one."""
-    for prefix in ("caltech_", "food/", "hard_negative_"):
-        if subclass.startswith(prefix):
-            return prefix.rstrip("_/")
-    return subclass
 
 
 def sample_weights(samples: list[Sample]) -> torch.Tensor:
@@ -208,12 +202,13 @@ def main(argv: list[str] | None = None) -> None:
 
     key = hashlib.sha1(f"{args.data.resolve()}|{len(samples)}|{tune_from}|{provenance}|{args.limit_train}".encode())
     cache = args.cache_dir / args.model / key.hexdigest()[:12]
+    cached_before = [n for n in ["train-clean.pt", *(f"train-aug{v}.pt" for v in range(args.views)), "val.pt"]
+                     if (cache / n).exists()]
     views = [cache_stem(stem, train, False, args.seed, cache / "train-clean.pt", "stem train (clean)")]
     for v in range(args.views):
         aug = cache_stem(stem, train, True, args.seed + 1 + v, cache / f"train-aug{v}.pt", f"stem train (aug {v})")
         views.append(aug)
     x_val, i_val = cache_stem(stem, val, False, args.seed, cache / "val.pt", "stem val")
-    x_test, i_test = cache_stem(stem, test, False, args.seed, cache / "test.pt", "stem test")
     x_train = torch.cat([x for x, _ in views])
     i_train = torch.cat([i for _, i in views])
     y_all = torch.tensor([s.label for s in train])
@@ -233,11 +228,6 @@ def main(argv: list[str] | None = None) -> None:
     val_scores = scores(trunk, x_val).numpy()
     threshold = threshold_for_recall(y_val, val_scores, args.target_recall)
     val_metrics = compute_metrics(y_val, val_scores, threshold)
-    test_scores = scores(trunk, x_test).numpy()
-    y_test = np.array([test[i].label for i in i_test.tolist()])
-    test_metrics = compute_metrics(y_test, test_scores, threshold)
-    groups = per_subclass(y_test, test_scores, [subclass_group(test[i].subclass) for i in i_test.tolist()], threshold)
-    fine = per_subclass(y_test, test_scores, [test[i].subclass for i in i_test.tolist()], threshold)
     wall = time.time() - started
 
     command = "make train " + shlex.join([f"MODEL={args.model}", f"DATA={args.data}"])
@@ -247,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": args.model, "version": args.version, "threshold": threshold, "labels": list(LABELS),
         "weights": provenance, "target_recall": args.target_recall, "trained_at": datetime.now(UTC).isoformat(),
         "best_epoch": best["epoch"] + 1, "wall_time_s": wall, "tune_from": tune_from,
+        "stem_cache_reused": cached_before,
         "data": (f"`{args.data}`: {len(train)} train / {len(val)} val / {len(test)} test images "
                  f"(split: {'manifest.csv split column' if (args.data / 'manifest.csv').exists() else 'seeded'})."),
         "recipe": recipe(args, tune_from, probe, best, alpha, wise, isinstance(trunk, nn.Linear)),
@@ -264,15 +255,20 @@ def main(argv: list[str] | None = None) -> None:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "meta": meta}, out / "model.pt")
-    write_metrics(out, test_metrics, groups, fine)
     write_threshold(config, threshold)
-    write_model_card(out, args.model, meta, test_metrics, val_metrics, groups, fine, command)
-    print(markdown_table({f"{args.model} (test)": test_metrics}))
-    print(subclass_table(groups))
-    print(error_table(fine))
-    print(f"threshold {threshold:.4f} -> {config}; checkpoint {out / 'model.pt'}; wall time {wall / 60:.1f} min")
-    print(json.dumps(test_metrics))
+    print(f"threshold {threshold:.4f} -> {config}; checkpoint {out / 'model.pt'}; "
+          f"training wall time {wall / 60:.1f} min", flush=True)
 
+    # Held-out numbers from the saved file through the server's decode + preprocessing: exactly what
+    # `make evaluate MODEL=... SPLIT=test CHECKPOINT=.../model.pt` reproduces.
+    shipped = build_model(args.model)
+    load_checkpoint(shipped, str(out / "model.pt"))
+    test_metrics, groups, fine = evaluate(shipped, args.model, test, threshold, out, f"{args.model} (test)")
+    photos = score_photos(shipped, args.cache_dir / "unseen")
+    print(f"unseen benign photos flagged harmful: {sum(p >= threshold for _, _, p in photos)}/{len(photos)}")
+    write_model_card(out, args.model, meta, test_metrics, val_metrics, groups, fine, command,
+                     photo_table(photos, threshold))
+    print(json.dumps(test_metrics))
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,12 @@ import shutil
 from importlib.util import find_spec
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from handlers.imaging import DecodeLimits, decode_image
+from handlers.registry import HARMFUL_INDEX, eval_transform
+
 # (package, path inside the package) -> benign subclass
 PHOTOS: dict[tuple[str, str], str] = {
     ("skimage", "data/astronaut.png"): "people",
@@ -56,3 +62,21 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@torch.inference_mode()
+def score_photos(model: nn.Module, out: Path) -> list[tuple[str, str, float]]:
+    """(photo, subclass, P(harmful)) for every photo, decoded and preprocessed exactly like the server does."""
+    model.eval()
+    rows = []
+    for path in build(out):
+        image = decode_image(path.read_bytes(), DecodeLimits())
+        p = torch.softmax(model(eval_transform()(image).unsqueeze(0)), 1)[0, HARMFUL_INDEX].item()
+        rows.append((path.name, path.parent.name, p))
+    return rows
+
+
+def photo_table(rows: list[tuple[str, str, float]], threshold: float) -> str:
+    lines = ["| photo | subclass | P(harmful) | flagged |", "|---|---|---|---|"]
+    lines += [f"| {name} | {sub} | {p:.3f} | {'**yes**' if p >= threshold else 'no'} |" for name, sub, p in rows]
+    return "\n".join(lines)
