@@ -268,7 +268,9 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {ratio(ours['p95_ms'], stock.get('p95_ms'))} "
             f"| {ratio(k.get('bridge', {}).get('images_per_s'), ours['images_per_s'])} "
             f"| {ratio(k.get('bridge', {}).get('images_per_s'), k.get('naive', {}).get('images_per_s'))} |")
-    lines += ["", "## 4. Kafka end to end", ""]
+    lines += ["", "## 4. Kafka end to end", "",
+              "Through the `make up` stack (gateway + TorchServe with the archives it was started with, broker, "
+              "bridge); records are 640x480 JPEGs.", ""]
     if kafka.get("skipped"):
         lines.append(f"Not measured: {kafka['skipped']}")
     else:
