@@ -33,12 +33,22 @@ from tests.image_factory import jpeg  # noqa: E402
 MODEL = os.environ.get("LOADTEST_MODEL", "mobilenet_v2")
 RPS_PER_USER = float(os.environ.get("LOADTEST_RPS_PER_USER", "0"))  # 0 = closed loop, as fast as answered
 # (width, height, weight): mostly phone/web photos, some thumbnails, a few large camera images.
-SIZE_MIX = ((160, 120, 2), (640, 480, 5), (1280, 960, 2), (4000, 3000, 1))
+DEFAULT_SIZES = "160x120:2,640x480:5,1280x960:2,4000x3000:1"
+
+
+def size_mix(spec: str) -> list[tuple[int, int, int]]:
+    """"WxH:weight,..." (env LOADTEST_SIZES) -> [(width, height, weight)]."""
+    out = []
+    for item in spec.split(","):
+        size, _, weight = item.strip().partition(":")
+        w, _, h = size.partition("x")
+        out.append((int(w), int(h), int(weight or 1)))
+    return out
 
 
 def _images() -> list[bytes]:
     out = []
-    for w, h, weight in SIZE_MIX:
+    for w, h, weight in size_mix(os.environ.get("LOADTEST_SIZES", DEFAULT_SIZES)):
         out += [jpeg(w, h, seed) for seed in range(weight)]
     return out
 

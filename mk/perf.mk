@@ -14,7 +14,7 @@ LOADTEST_OUT := $(ROOT)/loadtest/results/locust-$(shell date +%Y%m%d-%H%M%S)
 loadtest: $(SETUP_STAMP) ## Headless Locust vs `make up` (USERS SPAWN_RATE DURATION TARGET RPS_PER_USER KAFKA); fails on SLO breach
 	mkdir -p $(LOADTEST_OUT)
 	LOADTEST_RPS_PER_USER=$(RPS_PER_USER) LOADTEST_KAFKA=$(KAFKA) $(VENV)/bin/locust -f loadtest/locustfile.py \
-	  --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) -H $(TARGET) --only-summary \
+	  --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) -H $(TARGET) --only-summary --stop-timeout 30 \
 	  --csv $(LOADTEST_OUT)/locust --html $(LOADTEST_OUT)/report.html
 	@echo "reports: $(LOADTEST_OUT)"
 
