@@ -79,8 +79,11 @@ def rows(consumer: Consumer, dlq_topic: str, timeout_s: float | None = None) -> 
 
 def table(seen: list[Row], title: str, limit: int = 30) -> Table:
     t = Table(title=title, expand=False)
-    for col in ("id", "model", "label", "harmful score / thr", "inference ms", "end-to-end ms"):
-        t.add_column(col, justify="right" if "ms" in col or "score" in col else "left")
+    t.add_column("id", overflow="fold")  # ids are the point of the table: wrap them, never cut them
+    t.add_column("model", no_wrap=True)
+    t.add_column("label", no_wrap=True)
+    for col in ("score / thr", "inference ms", "end-to-end ms"):
+        t.add_column(col, justify="right", no_wrap=True)
     for r in seen[-limit:]:
         if r.dlq:
             t.add_row(r.id, r.model, f"[red]DLQ: {r.reason}[/red]", "", "", f"[red]{r.error[:60]}[/red]")
