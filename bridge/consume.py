@@ -79,17 +79,17 @@ def rows(consumer: Consumer, dlq_topic: str, timeout_s: float | None = None) -> 
 
 def table(seen: list[Row], title: str, limit: int = 30) -> Table:
     t = Table(title=title, expand=False)
-    t.add_column("id", overflow="fold")  # ids are the point of the table: wrap them, never cut them
+    t.add_column("id", overflow="fold", min_width=18)  # ids are the point of the table: wrap, never cut
     t.add_column("model", no_wrap=True)
     t.add_column("label", no_wrap=True)
-    for col in ("score / thr", "inference ms", "end-to-end ms"):
+    for col in ("score/thr", "infer ms", "e2e ms"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in seen[-limit:]:
         if r.dlq:
             t.add_row(r.id, r.model, f"[red]DLQ: {r.reason}[/red]", "", "", f"[red]{r.error[:60]}[/red]")
         else:
             style = "bold red" if r.label == "harmful" else "green"
-            t.add_row(r.id, r.model, f"[{style}]{r.label}[/{style}]", f"{r.score:.3f} / {r.threshold:.2f}",
+            t.add_row(r.id, r.model, f"[{style}]{r.label}[/{style}]", f"{r.score:.3f}/{r.threshold:.2f}",
                       f"{r.inference_ms:.0f}", f"{r.end_to_end_ms:.0f}")
     return t
 
