@@ -55,3 +55,25 @@ def test_one_training_run_then_evaluate_end_to_end(tmp_path: Path, capsys: pytes
     assert set(groups["groups"]) == {"fire", "knife", "sky", "grass"} and groups["groups"]["sky"]["n"] == 6
     for png in ("roc_curve.png", "precision_recall_curve.png", "confusion_matrix.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.usefixtures("restore_determinism")
+def test_training_is_deterministic_and_resumes_from_its_state(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_dataset(tmp_path / "data", per_subclass=4, corrupt=False)
+    config = tmp_path / "mobilenet_v2.yaml"
+    shutil.copy(ROOT / "model-archive" / "config" / "mobilenet_v2.yaml", config)
+
+    def run(out: str, cache: str) -> dict[str, torch.Tensor]:
+        train.main(["--model", "mobilenet_v2", "--data", str(data), "--out", str(tmp_path / out), "--config",
+                    str(config), "--random-init", "--tune-from", "features.18", "--views", "1", "--epochs", "1",
+                    "--batch-size", "4", "--bn-calibration", "8", "--cache-dir", str(tmp_path / cache)])
+        return torch.load(tmp_path / out / "model.pt", weights_only=True)["state_dict"]
+
+    first = run("a", "cache-a")
+    second = run("b", "cache-b")  # from scratch in a fresh cache: the same weights
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    capsys.readouterr()
+    again = run("c", "cache-a")  # the finished run's cached stems, probe and epoch state are reused
+    assert "resumed after epoch 1" in capsys.readouterr().out
+    assert all(torch.equal(first[k], again[k]) for k in first)
