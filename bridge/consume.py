@@ -123,6 +123,18 @@ def follow(consumer: Consumer, cfg: Config, expect: set[str] | None, timeout_s: 
     return seen
 
 
+def follow_then_summarise(consumer: Consumer, cfg: Config, ids: set[str] | None, timeout: float | None,
+                          console: Console) -> list[Row]:
+    """Live table until `ids` are all seen (or the timeout / Ctrl-C), then close and print the summary."""
+    try:
+        seen = follow(consumer, cfg, ids, timeout, console)
+    finally:
+        consumer.close()
+    console.print()
+    console.print(summary(seen))
+    return seen
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = Config.from_env()
     ap = argparse.ArgumentParser(prog="python -m bridge.consume", description=__doc__.splitlines()[0])
@@ -130,13 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, help="stop after this many seconds")
     args = ap.parse_args(argv)
     consumer = open_consumer(cfg, [cfg.output_topic, cfg.dlq_topic], args.from_beginning)
-    console = Console()
-    try:
-        seen = follow(consumer, cfg, None, args.timeout, console)
-    finally:
-        consumer.close()
-    console.print()
-    console.print(summary(seen))
+    follow_then_summarise(consumer, cfg, None, args.timeout, Console())
     return 0
 
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import jsonschema
 
+from handlers.envelopes import is_json_body, media_type
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
-JSON_TYPES = ("application/json",)
 IMAGE_TYPES_PREFIX = "image/"
 # Headers added to a DLQ record (the original headers are kept before them).
 DLQ_HEADERS = ("error", "error_class", "error_status", "attempts", "model",
@@ -86,13 +87,6 @@ def _metadata_header(raw: bytes | None) -> dict[str, Any]:
     return value
 
 
-def _is_json(content_type: str | None, value: bytes) -> bool:
-    """Envelope when typed JSON, or untyped and starting with "{" (no image format starts that way)."""
-    if content_type in JSON_TYPES:
-        return True
-    return content_type in (None, "", "application/octet-stream") and value.lstrip()[:1] == b"{"
-
-
 def parse_record(key: bytes | None, value: bytes | None, headers: Headers | None, fallback_id: str) -> ImageRecord:
     """A consumed `image_data` record -> ImageRecord, or ContractError naming why it can't be classified.
 
@@ -107,9 +101,8 @@ def parse_record(key: bytes | None, value: bytes | None, headers: Headers | None
             key_id = key.hex()
     if value is None or value == b"":
         raise ContractError("empty", "record has no value")
-    ctype = _text(header(headers, "content-type"))
-    ctype = ctype.split(";")[0].strip().lower() if ctype else None
-    if _is_json(ctype, value):
+    ctype = media_type(_text(header(headers, "content-type"))) or None
+    if is_json_body(ctype, value):
         return _parse_envelope(key_id, value, headers, fallback_id)
     if ctype and not (ctype.startswith(IMAGE_TYPES_PREFIX) or ctype == "application/octet-stream"):
         raise ContractError("unsupported_content_type", f"content-type {ctype!r} is neither an image type nor JSON")

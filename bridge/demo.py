@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from rich.console import Console
 
 from bridge.config import Config
-from bridge.consume import follow, open_consumer, summary
+from bridge.consume import follow_then_summarise, open_consumer
 from bridge.produce import content_type, encode, files_from
 
 
@@ -37,12 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         ids.add(run + image_id)
     producer.flush(30)
     console.print(f"sent {len(ids)} images to {cfg.input_topic}; waiting for {cfg.output_topic} ...")
-    try:
-        seen = follow(consumer, cfg, ids, args.timeout, console)
-    finally:
-        consumer.close()
-    console.print()
-    console.print(summary(seen))
+    seen = follow_then_summarise(consumer, cfg, ids, args.timeout, console)
     missing = ids - {r.id for r in seen}
     if missing:
         console.print(f"[red]{len(missing)} ids not seen within {args.timeout:.0f}s (is the bridge up? make status)")

@@ -9,6 +9,7 @@ probes is answered here from its management API, with kserve's own v2 data model
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -31,7 +32,6 @@ log = logging.getLogger("gateway")
 PLATFORM = "pytorch_torchserve"
 SERVER_NAME = "image-moderation"
 MAX_BODY_BYTES = int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(40 * 1024 * 1024)))
-_OUTPUT_TYPES = {"label": "BYTES", "harmful_score": "FP32", "threshold": "FP32"}
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -43,10 +43,6 @@ def _json(model: Any, status: int = 200) -> web.Response:
     return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 async def _describe(request: web.Request, model: str) -> list[dict[str, Any]] | None:
     """TorchServe's description of one model (all versions), or None when it is not registered."""
     async with request.app[SESSION].get(f"{request.app[MANAGEMENT]}/models/{model}/all") as resp:
@@ -54,6 +50,22 @@ async def _describe(request: web.Request, model: str) -> list[dict[str, Any]] | 
             return None
         resp.raise_for_status()
         return await resp.json(content_type=None)
+
+
+async def _registered(request: web.Request) -> tuple[str, list[dict[str, Any]]]:
+    """(name, TorchServe description) of the model in the path; 503 if TorchServe is down, 404 if unknown."""
+    name = request.match_info["model"]
+    try:
+        description = await _describe(request, name)
+    except aiohttp.ClientError as exc:
+        raise _http_error(web.HTTPServiceUnavailable, f"inference server unavailable: {exc}") from None
+    if description is None:
+        raise _http_error(web.HTTPNotFound, f"model {name} not found")
+    return name, description
+
+
+def _http_error(kind: type[web.HTTPException], message: str) -> web.HTTPException:
+    return kind(text=json.dumps({"error": message}), content_type="application/json")
 
 
 def _ready(description: list[dict[str, Any]] | None) -> bool:
@@ -84,7 +96,7 @@ async def forward(request: web.Request) -> web.Response:
             ctype = resp.headers.get("Content-Type", "application/json")
             return web.Response(body=payload, status=resp.status, headers={"Content-Type": ctype})
     except aiohttp.ClientConnectionError as exc:
-        return _error(503, f"inference server unavailable: {exc}")
+        raise _http_error(web.HTTPServiceUnavailable, f"inference server unavailable: {exc}") from None
 
 
 async def live(_: web.Request) -> web.Response:
@@ -105,31 +117,19 @@ async def server_metadata(_: web.Request) -> web.Response:
 
 
 async def model_ready(request: web.Request) -> web.Response:
-    name = request.match_info["model"]
-    try:
-        description = await _describe(request, name)
-    except aiohttp.ClientError as exc:
-        return _error(503, f"inference server unavailable: {exc}")
-    if description is None:
-        return _error(404, f"model {name} not found")
+    name, description = await _registered(request)
     ready = _ready(description)
     return _json(ModelReadyResponse(name=name, ready=ready), 200 if ready else 503)
 
 
 async def model_metadata(request: web.Request) -> web.Response:
-    name = request.match_info["model"]
-    try:
-        description = await _describe(request, name)
-    except aiohttp.ClientError as exc:
-        return _error(503, f"inference server unavailable: {exc}")
-    if description is None:
-        return _error(404, f"model {name} not found")
+    name, description = await _registered(request)
     meta = ModelMetadataResponse(
         name=name,
         versions=[str(v.get("modelVersion")) for v in description],
         platform=PLATFORM,
         inputs=[MetadataTensor(name=V2_INPUT_NAME, datatype="BYTES", shape=[-1])],
-        outputs=[MetadataTensor(name=o, datatype=_OUTPUT_TYPES[o], shape=[-1]) for o in V2_OUTPUTS],
+        outputs=[MetadataTensor(name=name, datatype=dt, shape=[-1]) for name, dt in V2_OUTPUTS.items()],
     )
     return _json(meta)
 
@@ -138,18 +138,12 @@ async def v1_models(request: web.Request) -> web.Response:
     try:
         return web.json_response({"models": await _models(request)})
     except aiohttp.ClientError as exc:
-        return _error(503, f"inference server unavailable: {exc}")
+        raise _http_error(web.HTTPServiceUnavailable, f"inference server unavailable: {exc}") from None
 
 
 async def v1_model_status(request: web.Request) -> web.Response:
     """KServe v1 `GET /v1/models/{m}`: {"name", "ready"}; 503 while loading so probes can use it."""
-    name = request.match_info["model"]
-    try:
-        description = await _describe(request, name)
-    except aiohttp.ClientError as exc:
-        return _error(503, f"inference server unavailable: {exc}")
-    if description is None:
-        return _error(404, f"model {name} not found")
+    name, description = await _registered(request)
     ready = _ready(description)
     return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
 

@@ -18,7 +18,7 @@ from handlers.errors import ModerationError
 
 Protocol = Literal["raw", "v1", "v2"]
 V2_INPUT_NAME = "image"
-V2_OUTPUTS = ("label", "harmful_score", "threshold")
+V2_OUTPUTS: dict[str, str] = {"label": "BYTES", "harmful_score": "FP32", "threshold": "FP32"}  # name -> datatype
 MAX_IMAGES_PER_REQUEST = int(os.environ.get("MODERATION_MAX_IMAGES_PER_REQUEST", "64"))
 
 
@@ -102,18 +102,30 @@ def _prod(shape: list[Any]) -> int:
     return n
 
 
+def media_type(content_type: str | None) -> str:
+    """`Image/JPEG; q=1` -> `image/jpeg`; missing -> ""."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def is_json_body(content_type: str | None, body: bytes) -> bool:
+    """JSON when typed so, or untyped/octet-stream and starting with "{" (no image format starts that way),
+    so clients that omit the type (tritonclient, bare Kafka producers) still mean JSON. Shared by the
+    handler and the Kafka bridge's record contract."""
+    ctype = media_type(content_type)
+    if ctype == "application/json":
+        return True
+    return ctype in ("", "application/octet-stream") and body.lstrip()[:1] == b"{"
+
+
 def parse_request(body: Any, content_type: str | None) -> ParsedRequest:
     """One TorchServe request body -> the images it carries, whatever the protocol."""
-    ctype = (content_type or "").split(";")[0].strip().lower()
+    ctype = media_type(content_type)
     if isinstance(body, str):
         body = body.encode()
     if isinstance(body, bytearray):
         body = bytes(body)
     if isinstance(body, bytes):
-        # No image format starts with "{": clients that omit the type (tritonclient) still mean JSON.
-        untyped = ctype in ("", "application/octet-stream")
-        looks_json = ctype == "application/json" or (untyped and body.lstrip()[:1] == b"{")
-        if not looks_json:
+        if not is_json_body(ctype, body):
             if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
                 raise ModerationError(
                     "unsupported_content_type",
@@ -144,14 +156,12 @@ def render_response(request: ParsedRequest, preds: list[Prediction], model: str,
         return asdict(preds[0])
     if request.protocol == "v1":
         return {"predictions": [asdict(p) for p in preds]}
-    n = len(preds)
     response: dict[str, Any] = {
         "model_name": model,
         "model_version": version,
         "outputs": [
-            {"name": "label", "datatype": "BYTES", "shape": [n], "data": [p.label for p in preds]},
-            {"name": "harmful_score", "datatype": "FP32", "shape": [n], "data": [p.harmful_score for p in preds]},
-            {"name": "threshold", "datatype": "FP32", "shape": [n], "data": [p.threshold for p in preds]},
+            {"name": name, "datatype": datatype, "shape": [len(preds)], "data": [getattr(p, name) for p in preds]}
+            for name, datatype in V2_OUTPUTS.items()
         ],
     }
     if request.request_id is not None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +176,7 @@ class ImageModerationHandler(BaseHandler):
     def postprocess(self, batch: ImageModerationHandler.Batch, scores: torch.Tensor) -> list[str]:
         threshold = self.settings.threshold
         responses: list[Any] = []
+        label_counts: Counter[str] = Counter()
         for idx, (row, (start, end)) in enumerate(zip(batch.rows, batch.spans, strict=True)):
             self.context.set_response_content_type(idx, "application/json")
             if isinstance(row, ModerationError):
@@ -188,9 +190,11 @@ class ImageModerationHandler(BaseHandler):
             preds = []
             for score in scores[start:end].tolist():
                 label = LABELS[HARMFUL_INDEX] if score >= threshold else LABELS[1 - HARMFUL_INDEX]
-                self.metrics.predicted(label)
+                label_counts[label] += 1
                 preds.append(Prediction(label, round(score, 6), threshold, self.model_name, self.model_version))
             if row.protocol == "v2" and row.request_id is None:
                 row = ParsedRequest(row.protocol, row.images, self.context.get_request_id(idx))
             responses.append(json.dumps(render_response(row, preds, self.model_name, self.model_version)))
+        for label, count in label_counts.items():  # one metric line per label and batch, not per image
+            self.metrics.predicted(label, count)
         return responses  # compact JSON strings: TorchServe would pretty-print dicts

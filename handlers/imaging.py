@@ -19,7 +19,6 @@ from handlers.registry import IMAGE_SIZE
 # We enforce our own pixel cap before decoding; Pillow's bomb check would only warn or raise later.
 Image.MAX_IMAGE_PIXELS = None
 
-_MARKUP_PREFIXES = (b"<?xml", b"<svg", b"<!doctype", b"<html", b"<")
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,7 @@ def decode_image(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise ModerationError("empty", "empty image payload")
     if len(data) > limits.max_bytes:
         raise ModerationError("too_large", f"image is {len(data)} bytes, over the {limits.max_bytes}-byte cap")
-    head = data[:64].lstrip().lower()
-    if head.startswith(_MARKUP_PREFIXES):
+    if data[:64].lstrip().startswith(b"<"):  # SVG/HTML/XML; no raster format starts with "<"
         raise ModerationError("not_an_image", "payload is markup (SVG/HTML/XML), not a raster image")
     try:
         with warnings.catch_warnings():

@@ -234,8 +234,13 @@ def test_custom_metrics_reach_prometheus_endpoint(client: httpx.Client) -> None:
 
 def test_secure_defaults_of_the_local_stack() -> None:
     s = stack()
-    register = httpx.post(f"{url('TORCHSERVE_MANAGEMENT_PORT')}/models?url=http://example.com/x.mar", timeout=10)
-    assert register.status_code >= 400, "model registration API must be off"
+    # An archive from the local store under a new name: registration would succeed if the API were on.
+    register = httpx.post(
+        f"{url('TORCHSERVE_MANAGEMENT_PORT')}/models",
+        params={"url": "resnet50.mar", "model_name": "registration_probe"},
+        timeout=60,
+    )
+    assert register.status_code == 405, f"model registration API must be off: {register.text}"
     config = (ROOT / ".run" / "torchserve" / "config.properties").read_text()
     for key in ("inference_address", "management_address", "metrics_address"):
         assert re.search(rf"^{key}=http://{re.escape(s['STACK_HOST'])}:\d+$", config, re.M), key
