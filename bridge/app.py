@@ -35,6 +35,7 @@ from bridge.config import Config
 from bridge.contract import ContractError, ImageRecord, dlq_headers, parse_record, prediction_value
 from bridge.health import HealthServer
 from bridge.inference import InferenceClient, InferenceError
+from bridge.kafka_poll import consume_available
 from bridge.offsets import OffsetTracker
 from handlers.envelopes import Prediction
 
@@ -281,7 +282,7 @@ class Bridge:
             if want_pause != self._paused:
                 await self._consumer_call(self._set_paused, want_pause)
             try:
-                msgs = await self._consumer_call(self.consumer.consume, max(1, min(room, 500)), 0.2)
+                msgs = await self._consumer_call(consume_available, self.consumer, max(1, min(room, 500)), 0.2)
             except KafkaException as exc:
                 log.warning("consume failed", extra={"error": str(exc)})
                 await asyncio.sleep(0.5)

@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from bridge.config import Config
+from bridge.kafka_poll import consume_available
 
 
 @dataclass
@@ -58,7 +59,7 @@ def rows(consumer: Consumer, dlq_topic: str, timeout_s: float | None = None) -> 
     """Rows as records arrive; None every idle poll so callers can refresh or stop."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while deadline is None or time.monotonic() < deadline:
-        msgs = consumer.consume(100, 0.5)
+        msgs = consume_available(consumer, 100, 0.5)
         if not msgs:
             yield None
         for msg in msgs:

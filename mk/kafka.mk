@@ -6,13 +6,17 @@ KAFKA_STAMP := $(CACHE)/kafka/libs/.fetched-$(KAFKA_VERSION)
 STACK_UP_TARGETS += kafka-up bridge-up
 STACK_DOWN_TARGETS += bridge-down kafka-down
 STACK_STATUS_TARGETS += kafka-status bridge-status
-TEST_PREREQS += kafka-fetch
+TEST_PREREQS += kafka-fetch kcat
 DEMO_STREAM = $(PY) -m bridge.demo $(if $(IMAGES),--images "$(IMAGES)")
 
 .PHONY: kafka-fetch
 kafka-fetch: $(KAFKA_STAMP) ## Fetch the pinned Apache Kafka jars from Maven Central into .cache/kafka (once)
 $(KAFKA_STAMP): kafka/pom.xml
 	scripts/kafka.sh fetch
+
+.PHONY: kcat
+kcat: ## Install Debian's kcat (apt-get, once): a Kafka client not written here, for interop tests and debugging
+	@scripts/kafka.sh kcat
 
 .PHONY: kafka-up
 kafka-up: $(SETUP_STAMP) $(KAFKA_STAMP) ## Start the Kafka broker (127.0.0.1:KAFKA_PORT, stack.env) and create the topics

@@ -9,7 +9,8 @@
 # Then scripts/k8s_schemas.py turns the CRDs and the OpenAPI spec into kubeconform JSON schemas.
 # kube-linter is not served by the module proxy reachable here, so kube-score is the policy linter.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # ROOT, apt_install
 TOOLS="$ROOT/.cache/tools"
 BIN="$TOOLS/bin"
 GOMODS="$TOOLS/gomod"
@@ -59,11 +60,8 @@ cmd_hadolint() {
 }
 
 cmd_promtool() {
-  if command -v promtool >/dev/null && command -v prometheus >/dev/null; then return 0; fi
-  if [[ $(id -u) -ne 0 ]]; then echo "promtool/prometheus missing: run 'sudo apt-get install -y prometheus'" >&2; return 1; fi
-  echo "installing Debian's prometheus package (promtool + prometheus) ..."
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+  command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
+  apt_install prometheus promtool prometheus
   # The package enables a system service on :9090; this project runs its own Prometheus on demand.
   if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then systemctl stop prometheus || true; fi
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local Apache Kafka: one KRaft node (broker + controller) from Maven Central jars, Java 17, loopback only.
-#   scripts/kafka.sh fetch|start|stop|restart|status|topics|reset
+#   scripts/kafka.sh fetch|kcat|start|stop|restart|status|topics|reset
 # fetch: jars pinned in kafka/pom.xml -> .cache/kafka/libs (once; idempotent).
+# kcat: Debian's kcat, a Kafka client not written here (interop tests, debugging).
 # start: fetch, write .run/kafka/server.properties, format the data dir once, start, create the topics.
 # Data lives in .run/kafka/data (`reset` or `make clean` wipes it). Ports come from stack.env.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -104,11 +105,12 @@ status() {
 
 case "${1:-}" in
   fetch) fetch ;;
+  kcat) apt_install kcat kcat ;;
   start) start ;;
   stop) stop ;;
   restart) stop; start ;;
   status) status ;;
   topics) topics ;;
   reset) stop; rm -rf "$KDIR" ;;
-  *) echo "usage: $0 fetch|start|stop|restart|status|topics|reset" >&2; exit 2 ;;
+  *) echo "usage: $0 fetch|kcat|start|stop|restart|status|topics|reset" >&2; exit 2 ;;
 esac

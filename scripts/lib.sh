@@ -14,9 +14,11 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 
 pidfile() { echo "$RUN_DIR/$1.pid"; }
 
-is_running() {  # is_running NAME
-  local f; f="$(pidfile "$1")"
-  [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+is_running() {  # is_running NAME   (a killed process not yet reaped, a zombie, does not count)
+  local f pid; f="$(pidfile "$1")"
+  [[ -f "$f" ]] || return 1
+  pid="$(cat "$f")"
+  kill -0 "$pid" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' "/proc/$pid/status"
 }
 
 start_bg() {  # start_bg NAME CMD...   (own process group so stop kills children too)
@@ -52,4 +54,14 @@ status_line() {  # status_line NAME URL
   if is_running "$1"; then
     if curl -fsS -o /dev/null --max-time 2 "$2"; then echo "$1: running, ready ($2)"; else echo "$1: running, NOT ready ($2)"; fi
   else echo "$1: stopped"; fi
+}
+
+apt_install() {  # apt_install PACKAGE COMMAND... : install a Debian package once, unless its commands exist
+  local pkg="$1" cmd missing=0; shift
+  for cmd in "$@"; do command -v "$cmd" >/dev/null || missing=1; done
+  [[ $missing -eq 0 ]] && return 0
+  if [[ $(id -u) -ne 0 ]]; then echo "$* missing: run 'sudo apt-get install -y $pkg'" >&2; return 1; fi
+  echo "installing Debian's $pkg package ($*) ..."
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >/dev/null; }
 }

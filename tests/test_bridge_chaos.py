@@ -45,6 +45,15 @@ def _report(line: str) -> None:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
 
 
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (a killed process stays in the table until its parent reaps it)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
+
+
 def _run(kafka: str, topics: Topics, serving: str, label: str, fault) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
     ids, records = _records(label)
     bridge = BridgeProcess(topics, kafka, serving).start()
@@ -69,6 +78,8 @@ def test_chaos_torchserve_killed_and_restarted(kafka: str, topics: Topics, servi
     def kill_torchserve(bridge: BridgeProcess) -> None:
         pid = int((ROOT / ".run" / "torchserve.pid").read_text())
         os.killpg(pid, signal.SIGKILL)
+        # SIGKILL is asynchronous: restart only once the old frontend is gone, or `start` sees it "running".
+        wait_for(lambda: not _alive(pid), 60, "TorchServe to exit")
         wait_for(lambda: bridge.metric("bridge_retries_total") > 0, 60, "the bridge to notice")
         subprocess.run([str(SERVING_SH), "start"], check=True)  # restarts TorchServe, waits until ready
 

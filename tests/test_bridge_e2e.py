@@ -1,12 +1,13 @@
 """End to end on the real broker and the real TorchServe stack: both models and protocols, poison records
-to the DLQ while good ones flow, ≥10 MB records, interop with a client not written here (confluent-kafka
-used directly), graceful SIGTERM with committed offsets, and the broker's own topic setup."""
+to the DLQ while good ones flow, ≥10 MB records, interop with clients not written here (Debian's kcat, and
+confluent-kafka used directly), graceful SIGTERM with committed offsets, and the broker's own topic setup."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import shutil
 import subprocess
 
 import jsonschema
@@ -149,5 +150,37 @@ def test_interop_with_a_plain_confluent_kafka_producer_and_consumer(kafka: str, 
         assert got["interop-json"]["metadata"] == {"camera": "back"}
         for doc in got.values():
             _check_prediction(doc, "mobilenet_v2")
+    finally:
+        bridge.stop_quietly()
+
+
+def test_interop_with_kcat_producer_and_consumer(kafka: str, topics: Topics, serving: str,  # noqa: F811
+                                                 tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Debian's kcat (librdkafka's CLI, `make kcat`) produces raw files with headers and reads the predictions."""
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat missing: `make kcat` installs Debian's package"
+    good, bad = tmp_path / "cat.jpg", tmp_path / "notes.txt"
+    good.write_bytes(jpeg(96, 64, seed=11))
+    bad.write_text("not an image at all")
+    bridge = BridgeProcess(topics, kafka, serving).start()
+    try:
+        for key, path, ctype in (("kcat-good", good, "image/jpeg"), ("kcat-bad", bad, "image/jpeg")):
+            subprocess.run([kcat, "-P", "-b", kafka, "-t", topics.input, "-k", key, "-H", f"content-type={ctype}",
+                            "-H", 'metadata={"via": "kcat"}', str(path)], check=True, timeout=60)
+        out = {}
+        for topic in (topics.output, topics.dlq):
+            res = subprocess.run([kcat, "-C", "-b", kafka, "-t", topic, "-o", "beginning", "-c", "1", "-J"],
+                                 check=True, capture_output=True, text=True, timeout=120)
+            out[topic] = json.loads(res.stdout.splitlines()[0])
+        pred = out[topics.output]
+        assert pred["key"] == "kcat-good"
+        doc = json.loads(pred["payload"])
+        _check_prediction(doc, "mobilenet_v2")
+        assert doc["id"] == "kcat-good" and doc["metadata"] == {"via": "kcat"}
+        dead = out[topics.dlq]
+        assert dead["key"] == "kcat-bad" and dead["payload"] == "not an image at all"
+        headers = dict(zip(dead["headers"][::2], dead["headers"][1::2], strict=True))
+        assert headers["error_class"] == "not_an_image", headers
+        assert headers["content-type"] == "image/jpeg"
     finally:
         bridge.stop_quietly()
