@@ -87,7 +87,8 @@ class Bridge:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.tracker = OffsetTracker()
-        self.client = InferenceClient(cfg.inference_url, cfg.model, cfg.protocol, cfg.timeout_s, cfg.max_concurrency)
+        self.client = InferenceClient(cfg.inference_url, cfg.model, cfg.protocol, cfg.timeout_s, cfg.max_concurrency,
+                                      cfg.ready_path)
         self.queue: deque[Item] = deque()
         self.in_flight = 0
         self.stopping = False

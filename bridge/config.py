@@ -33,6 +33,9 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "INFERENCE_MODEL": ("mobilenet_v2", "model name on the endpoint (mobilenet_v2 or resnet50)"),
     "INFERENCE_PROTOCOL": ("v2", "v2 (Open Inference Protocol) or v1 (KServe v1)"),
     "INFERENCE_TIMEOUT_S": ("30", "timeout of one inference request (seconds)"),
+    "INFERENCE_READY_PATH": ("", "readiness path polled before consuming (default: the protocol's model "
+                                 "readiness, /v2/models/{model}/ready or /v1/models/{model}; /ping for a bare "
+                                 "TorchServe, as the Helm chart sets)"),
     "BRIDGE_MAX_IN_FLIGHT": ("64", "records consumed but not yet committed (bounds memory)"),
     "BRIDGE_MAX_CONCURRENCY": ("4", "inference requests in flight at once"),
     "BRIDGE_MAX_BATCH": ("8", "images per inference request when the endpoint is busy (1 = no batching)"),
@@ -74,6 +77,7 @@ class Config:
     model: str
     protocol: str
     timeout_s: float
+    ready_path: str
     max_in_flight: int
     max_concurrency: int
     max_batch: int
@@ -107,6 +111,7 @@ class Config:
             model=e("INFERENCE_MODEL"),
             protocol=protocol,
             timeout_s=float(e("INFERENCE_TIMEOUT_S")),
+            ready_path=e("INFERENCE_READY_PATH"),
             max_in_flight=max(1, int(e("BRIDGE_MAX_IN_FLIGHT"))),
             max_concurrency=max(1, int(e("BRIDGE_MAX_CONCURRENCY"))),
             max_batch=max(1, int(e("BRIDGE_MAX_BATCH"))),

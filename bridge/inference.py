@@ -56,10 +56,12 @@ def classify(status: int, body: bytes) -> InferenceError:
 
 
 class InferenceClient:
-    def __init__(self, base_url: str, model: str, protocol: str, timeout_s: float, max_connections: int) -> None:
+    def __init__(self, base_url: str, model: str, protocol: str, timeout_s: float, max_connections: int,
+                 ready_path: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.protocol = protocol
+        self.ready_path = ready_path
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -72,6 +74,9 @@ class InferenceClient:
 
     @property
     def ready_url(self) -> str:
+        """The model's KServe readiness, unless INFERENCE_READY_PATH names another (a bare TorchServe has /ping)."""
+        if self.ready_path:
+            return f"{self.base_url}/{self.ready_path.lstrip('/')}"
         if self.protocol == "v1":
             return f"{self.base_url}/v1/models/{self.model}"
         return f"{self.base_url}/v2/models/{self.model}/ready"

@@ -1,6 +1,6 @@
-# Optional predictor image (helm value predictor.image): TorchServe 0.12 CPU plus ONNX Runtime for the
-# handler's `backend: onnx`. The eager (PyTorch) backend runs on pytorch/torchserve:0.12.0-cpu unchanged,
-# which is the chart's default. Archives are not baked in: KServe mounts them at /mnt/models.
+# Predictor image (the chart's default predictor.image): TorchServe 0.12 CPU plus ONNX Runtime for the
+# handler's `backend: onnx`, the shipped default. Only an all-eager (PyTorch) deployment could run the stock
+# pytorch/torchserve:0.12.0-cpu unchanged. Archives are not baked in: KServe mounts them at /mnt/models.
 # docker build -f docker/predictor.Dockerfile -t image-moderation/predictor:0.1.0 .
 FROM pytorch/torchserve:0.12.0-cpu
 USER 0

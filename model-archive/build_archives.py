@@ -1,4 +1,5 @@
-"""Build the KServe/TorchServe storage layout: build/config/{config.properties,metrics.yaml} + build/model-store/*.mar.
+"""Build the KServe/TorchServe storage layout: build/config/{config.properties,metrics.yaml,log4j2.xml}
++ build/model-store/*.mar.
 
 Each .mar packs the checkpoint (models/<model>/model.pt from `make train`), our handler with the `handlers`
 package it imports, and the version-controlled model config (batching, workers, threshold). The same
@@ -48,7 +49,8 @@ def render_config(out: Path, values: dict[str, str]) -> None:
     text = Template((CONFIG_DIR / "config.properties.in").read_text()).substitute(values)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    shutil.copy2(CONFIG_DIR / "metrics.yaml", out.parent / "metrics.yaml")
+    for name in ("metrics.yaml", "log4j2.xml"):  # referenced from config.properties by CONFIG_DIR path
+        shutil.copy2(CONFIG_DIR / name, out.parent / name)
 
 
 def checkpoint_for(model: str) -> Path:

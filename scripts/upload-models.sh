@@ -4,7 +4,7 @@
 #   s3://bucket/prefix   aws cli   (aws s3 sync; credentials/endpoint from the usual AWS_* env or profile)
 #   gs://bucket/prefix   gsutil    (gsutil -m rsync -r)
 #   pvc://claim[/path]   kubectl   (a short-lived non-root pod mounts the claim; kubectl cp copies; NAMESPACE=…)
-# The folder then holds config/config.properties, config/metrics.yaml and model-store/<model>.mar.
+# The folder then holds config/config.properties, config/metrics.yaml, config/log4j2.xml and model-store/<model>.mar.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="$ROOT/model-archive/build"

@@ -40,3 +40,5 @@ def test_cluster_config_matches_kserve_layout_with_secure_defaults() -> None:
     assert props["allowed_urls"] == "file:///mnt/models/model-store/.*"
     assert props["metrics_mode"] == "prometheus"
     assert (BUILD / "config" / "metrics.yaml").exists()
+    assert "-Dlog4j.configurationFile=file:///mnt/models/config/log4j2.xml" in props["vmargs"]
+    assert (BUILD / "config" / "log4j2.xml").exists()

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 
+import httpx
 import jsonschema
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -17,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from bridge.contract import schema
 from handlers.registry import LABELS
+from handlers.stack import url
 from tests.image_factory import jpeg, png, refused_variants
 from tests.kafka_support import (
     KAFKA_SH,
@@ -182,5 +184,22 @@ def test_interop_with_kcat_producer_and_consumer(kafka: str, topics: Topics, ser
         headers = dict(zip(dead["headers"][::2], dead["headers"][1::2], strict=True))
         assert headers["error_class"] == "not_an_image", headers
         assert headers["content-type"] == "image/jpeg"
+    finally:
+        bridge.stop_quietly()
+
+
+def test_bridge_on_a_bare_torchserve_as_the_chart_deploys_it(kafka: str, topics: Topics) -> None:  # noqa: F811
+    """On the cluster the bridge talks to TorchServe itself (no gateway: /v2/models/{m}/ready is a 404
+    there), so the chart sets INFERENCE_READY_PATH=/ping. Same here, against TorchServe's own port."""
+    bare = url("TORCHSERVE_INFERENCE_PORT")
+    assert httpx.get(f"{bare}/v2/models/mobilenet_v2/ready", timeout=10).status_code == 404  # why /ping
+    bridge = BridgeProcess(topics, kafka, bare, INFERENCE_READY_PATH="/ping").start()
+    try:
+        ids = {f"bare-{i}" for i in range(6)}
+        produce(kafka, topics.input, [raw_record(i, jpeg(80, 60, seed=n)) for n, i in enumerate(sorted(ids))])
+        out = collect(kafka, topics, ids, timeout_s=120)
+        assert out.seen() == ids and not out.dlq, out.report(ids, "bare")
+        for doc in out.predictions.values():
+            _check_prediction(doc[0], "mobilenet_v2")
     finally:
         bridge.stop_quietly()

@@ -156,6 +156,17 @@ def test_endpoint_down_only_for_unavailability() -> None:
     assert not classify(500, b"").endpoint_down and not classify(429, b"").endpoint_down
 
 
+def test_readiness_url_follows_protocol_unless_a_path_is_set() -> None:
+    from bridge.inference import InferenceClient
+
+    def ready(protocol: str, path: str = "") -> str:
+        return InferenceClient("http://h:80/", "resnet50", protocol, 1, 1, path).ready_url
+
+    assert ready("v2") == "http://h:80/v2/models/resnet50/ready"
+    assert ready("v1") == "http://h:80/v1/models/resnet50"
+    assert ready("v2", "/ping") == ready("v1", "ping") == "http://h:80/ping"
+
+
 def test_backoff_is_exponential_capped_and_jittered() -> None:
     samples = [backoff(a, 0.5, 30) for a in range(1, 12) for _ in range(50)]
     assert all(0 <= s <= 30 for s in samples)

@@ -150,7 +150,8 @@ def test_inference_services_use_current_kserve_fields(default_docs: list[dict[st
         assert model["args"] == ["--models", f"{model_name}={model_name}.mar"]
     (runtime,) = k.find(default_docs, "ServingRuntime")
     (container,) = runtime["spec"]["containers"]
-    assert container["image"] == "pytorch/torchserve:0.12.0-cpu"
+    # docker/predictor.Dockerfile (TorchServe 0.12 + ONNX Runtime), tagged with the chart's appVersion.
+    assert container["image"] == "image-moderation/predictor:0.1.0"
     assert "--model-store=/mnt/models/model-store" in container["args"]
     assert "--ts-config=/mnt/models/config/config.properties" in container["args"]
 
@@ -159,11 +160,33 @@ def test_inference_services_use_current_kserve_fields(default_docs: list[dict[st
     ("cpu", "workers", "threads"), [("2", 1, "2"), ("4", 2, "2"), ("1500m", 1, "1"), ("3", 1, "3")]
 )
 def test_torch_threads_match_cpu_limit(cpu: str, workers: int, threads: str) -> None:
-    sets = [f"models.resnet50.resources.limits.cpu={cpu}", f"predictor.workers={workers}"]
+    sets = [f"models.resnet50.resources.limits.cpu={cpu}", f"models.resnet50.workers={workers}"]
     docs = k.load_docs(k.helm_template(sets=sets))
     (isvc,) = k.find(docs, "InferenceService", "image-moderation-resnet50")
     env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["model"]["env"]}
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["MODERATION_TORCH_THREADS_RESNET50"] == threads
+
+
+def test_chart_workers_are_the_archives_workers() -> None:
+    """Threads per worker are computed from models.<m>.workers: it must be the .mar's worker count."""
+    values = yaml.safe_load((k.ROOT / "helm" / "image-moderation" / "values.yaml").read_text())
+    for model, m in values["models"].items():
+        archive = yaml.safe_load((k.ROOT / "model-archive" / "config" / f"{model}.yaml").read_text())
+        assert m["workers"] == archive["minWorkers"] == archive["maxWorkers"], model
+
+
+def test_predictor_image_is_built_from_the_project_dockerfile() -> None:
+    """The default backend (ONNX) needs onnxruntime, which the stock TorchServe image lacks."""
+    dockerfile = (k.ROOT / "docker" / "predictor.Dockerfile").read_text()
+    assert "FROM pytorch/torchserve:0.12.0-cpu" in dockerfile
+    assert "predictor-requirements.txt" in dockerfile
+    assert "onnxruntime==" in (k.ROOT / "docker" / "predictor-requirements.txt").read_text()
+    images = (k.ROOT / "scripts" / "images.sh").read_text()
+    values = yaml.safe_load((k.ROOT / "helm" / "image-moderation" / "values.yaml").read_text())
+    for name in ("predictor", "bridge"):
+        assert f'image-moderation/{name}:$TAG' in images, name  # `make images` builds the chart's defaults
+        repo = values[name]["image"]["repository"]
+        assert repo == f"image-moderation/{name}", repo
 
 
 def test_bridge_replicas_capped_at_partitions() -> None:
@@ -183,6 +206,8 @@ def test_bridge_settings_are_real_bridge_variables(default_docs: list[dict[str, 
     assert set(cm["data"]) <= set(BRIDGE_DEFAULTS)
     predictor = "image-moderation-mobilenet-v2-predictor"
     assert cm["data"]["INFERENCE_URL"] == f"http://{predictor}.image-moderation.svc.cluster.local"
+    # The predictor is TorchServe itself: its readiness is /ping (tests/test_bridge_e2e.py runs that topology).
+    assert cm["data"]["INFERENCE_READY_PATH"] == "/ping"
     docs = k.load_docs(render("production"))
     (dep,) = k.find(docs, "Deployment")
     env = {e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}

@@ -26,7 +26,7 @@ def _builder():  # model-archive/ is not a package (dash in the name): load the 
     return module
 
 
-@pytest.fixture(scope="module", params=["mobilenet_v2"])
+@pytest.fixture(scope="module", params=["mobilenet_v2", "resnet50"])
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     builder = _builder()
     ckpt = builder.checkpoint_for(request.param)
