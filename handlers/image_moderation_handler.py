@@ -2,7 +2,8 @@
 
 Life cycle as in TorchServe's BaseHandler: initialize once per worker, then per server-side batch
 preprocess -> inference -> postprocess. Unlike the stock kserve envelopes, every row of the batch is
-parsed on its own (raw bytes, KServe v1 or v2), all images of all rows go through ONE forward pass,
+parsed on its own (raw bytes, KServe v1 or v2), all images of all rows go through one forward pass (or
+chunks of `forward_batch` images: large CPU batches are slower per image),
 and a bad row gets its own 4xx while the other rows still get predictions.
 
 Two interchangeable backends, picked by `handler.backend` in the model config: eager PyTorch on
@@ -156,22 +157,25 @@ class ImageModerationHandler(BaseHandler):
         return out
 
     def inference(self, pixels: list[torch.Tensor | np.ndarray], *args: Any, **kwargs: Any) -> torch.Tensor:
-        """P(harmful) for every image of the batch, in one forward pass."""
+        """P(harmful) for every image of the batch: one forward pass, or chunks of `forward_batch` images."""
         if not pixels:
             return torch.empty(0)
         t0 = time.perf_counter()
-        if self.settings.backend == "onnx":
-            logits = self.model.run(None, {"pixels": np.stack(pixels)})[0]
-            scores = torch.softmax(torch.from_numpy(logits).float(), dim=1)[:, HARMFUL_INDEX]
-        else:
-            x = self._normalize(torch.stack(pixels))
-            if self.settings.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                scores = torch.softmax(self.model(x).float(), dim=1)[:, HARMFUL_INDEX]
+        step = self.settings.forward_batch or len(pixels)
+        scores = torch.cat([self._forward(pixels[i:i + step]) for i in range(0, len(pixels), step)])
         self.metrics.stage("inference", time.perf_counter() - t0)
         self.metrics.batch_images(len(pixels))
         return scores
+
+    def _forward(self, pixels: list[torch.Tensor | np.ndarray]) -> torch.Tensor:
+        if self.settings.backend == "onnx":
+            logits = self.model.run(None, {"pixels": np.stack(pixels)})[0]
+            return torch.softmax(torch.from_numpy(logits).float(), dim=1)[:, HARMFUL_INDEX]
+        x = self._normalize(torch.stack(pixels))
+        if self.settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return torch.softmax(self.model(x).float(), dim=1)[:, HARMFUL_INDEX]
 
     def postprocess(self, batch: ImageModerationHandler.Batch, scores: torch.Tensor) -> list[str]:
         threshold = self.settings.threshold

@@ -40,6 +40,10 @@ class HandlerSettings:
     # "eager" (PyTorch) or "onnx" (ONNX Runtime on model.onnx, exported into the .mar by `make models`):
     # ONNX Runtime runs MobileNetV2 ~3x faster than eager PyTorch on CPU, same scores within 1e-3.
     backend: str = "eager"
+    # Images per forward call; a server-side batch with more is run in chunks (0 = all at once). On CPU,
+    # per-image throughput falls for large batches (cache-bound): MobileNetV2/ONNX ~367 img/s up to batch 4,
+    # 310 at 8, 288 at 16 (loadtest/README.md), and a bridge request alone carries up to 8 images.
+    forward_batch: int = 0
 
     @classmethod
     def load(
@@ -64,6 +68,8 @@ class HandlerSettings:
         settings = cls(**values)
         if not 0.0 <= settings.threshold <= 1.0:
             raise ValueError(f"threshold for {model} must be within [0, 1], got {settings.threshold}")
+        if settings.forward_batch < 0:
+            raise ValueError(f"forward_batch for {model} must be >= 0, got {settings.forward_batch}")
         if settings.backend not in BACKENDS:
             raise ValueError(f"backend for {model} must be one of {', '.join(BACKENDS)}, got {settings.backend!r}")
         return settings

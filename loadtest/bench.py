@@ -162,9 +162,10 @@ def build_stock_store(model: str, workdir: Path) -> Path:
 
 def serve_and_load(name: str, store: Path, model: str, ports: Any, workdir: Path, env: dict[str, str],
                    bodies: list[loadgen.Body], concurrency: int, seconds: float,
-                   half_rate: float | None) -> dict[str, Any]:
+                   half_rate: float | None, builtin_logging: bool = False) -> dict[str, Any]:
     """Start a TorchServe with one model, time the cold start, saturate it, then run the half-load point."""
-    inst = TorchServeInstance(f"{name}-{model}", store, ports, workdir / f"ts-{name}-{model}", env)
+    inst = TorchServeInstance(f"{name}-{model}", store, ports, workdir / f"ts-{name}-{model}", env,
+                              builtin_logging=builtin_logging)
     inst.proc = None
     try:
         inst.start()
@@ -192,7 +193,8 @@ def one_model_store(store: Path, model: str, workdir: Path, tag: str) -> Path:
     return single
 
 
-def run_served(models: list[str], seconds: float, concurrency: int, workdir: Path, stock: bool) -> dict[str, Any]:
+def run_served(models: list[str], seconds: float, concurrency: int, workdir: Path, stock: bool,
+               builtin_logging: bool = False) -> dict[str, Any]:
     bodies = [loadgen.Body(b, "image/jpeg") for b in corpus()]
     out: dict[str, Any] = {}
     for model in models:
@@ -201,13 +203,14 @@ def run_served(models: list[str], seconds: float, concurrency: int, workdir: Pat
         # Same intra-op threads for the stock handler (it never sets them itself): equal footing.
         env = {"OMP_NUM_THREADS": str(threads)} if threads > 0 else {}
         ours = serve_and_load("ours", one_model_store(OUR_STORE, model, workdir, "ours"), model, OURS_PORTS,
-                              workdir, {}, bodies, concurrency, seconds, None)
+                              workdir, {}, bodies, concurrency, seconds, None, builtin_logging)
         out[model] = {"config": serving_config(model), "ours": ours}
         if stock:
             store = one_model_store(build_stock_store(model, workdir), model, workdir, "stock")
             # the stock run gets the same open-loop rate as ours so the p95 values compare
             out[model]["stock"] = serve_and_load("stock", store, model, STOCK_PORTS, workdir, env, bodies,
-                                                 concurrency, seconds, ours["half_load"]["target_rps"])
+                                                 concurrency, seconds, ours["half_load"]["target_rps"],
+                                                 builtin_logging)
     return out
 
 
@@ -230,6 +233,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"Host: {res['host']['cpus']} CPUs, {res['host']['platform']}; load average before/after: "
         f"{res['host']['loadavg_before']} / {res['host']['loadavg_after']} (shared machine: expect noise).",
         "Images: 640x480 photo-like JPEGs. Load generator (aiohttp) runs on the same cores as the server.",
+        f"TorchServe frontend logging: {res.get('torchserve_logging', 'quiet')} "
+        "(quiet = model-archive/config/log4j2.xml, builtin = TorchServe's own DEBUG config).",
         "",
         "## 1. In-process ceiling (decode + preprocess + forward), images/s",
         "",
@@ -334,6 +339,9 @@ def main() -> None:
     parser.add_argument("--no-stock", action="store_true")
     parser.add_argument("--no-kafka", action="store_true")
     parser.add_argument("--no-ceiling", action="store_true")
+    parser.add_argument("--torchserve-logging", choices=("quiet", "builtin"), default="quiet",
+                        help="frontend log4j2: ours (model-archive/config/log4j2.xml) or TorchServe's built-in "
+                             "DEBUG config, to measure that lever; builtin runs do not replace loadtest/BENCHMARKS.md")
     args = parser.parse_args()
     # a killed bench must still stop the TorchServe it started (the finally blocks run on SystemExit)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -345,9 +353,11 @@ def main() -> None:
         "started": stamp,
         "host": {"cpus": os.cpu_count(), "platform": platform.platform(),
                  "loadavg_before": [round(x, 2) for x in os.getloadavg()]},
+        "torchserve_logging": args.torchserve_logging,
     }
     res["ceiling"] = [] if args.no_ceiling else run_ceilings(args.models, args.ceiling_seconds, workdir)
-    res["served"] = run_served(args.models, args.seconds, args.concurrency, workdir, not args.no_stock)
+    res["served"] = run_served(args.models, args.seconds, args.concurrency, workdir, not args.no_stock,
+                               args.torchserve_logging == "builtin")
     if args.no_kafka:
         res["kafka"] = {"skipped": "--no-kafka"}
     else:
@@ -359,7 +369,8 @@ def main() -> None:
     md = markdown(res)
     (workdir / "BENCHMARKS.md").write_text(md)
     chart(res, workdir / "chart.png")
-    shutil.copy2(workdir / "BENCHMARKS.md", ROOT / "loadtest" / "BENCHMARKS.md")
+    if args.torchserve_logging == "quiet":
+        shutil.copy2(workdir / "BENCHMARKS.md", ROOT / "loadtest" / "BENCHMARKS.md")
     for tmp in workdir.glob("st*-*"):  # staged archives and stores: large and reproducible
         shutil.rmtree(tmp, ignore_errors=True)
     print(md)

@@ -79,7 +79,7 @@ def naive_consumer(cfg: Config, model: str, stop: threading.Event) -> None:
                          "enable.auto.commit": False, "auto.offset.reset": "latest"})
     consumer.subscribe([NAIVE_IN])
     producer = Producer(cfg.producer_settings())
-    endpoint = f"{url('INFERENCE_PORT')}/v1/models/{model}:predict"
+    endpoint = f"{url('TORCHSERVE_INFERENCE_PORT')}/v1/models/{model}:predict"  # what `make up`'s bridge calls
     with httpx.Client(timeout=60) as http:
         while not stop.is_set():
             msg = consumer.poll(0.2)
@@ -113,7 +113,10 @@ def run(models: list[str], seconds: float, served: dict[str, Any]) -> dict[str, 
         return {"skipped": "bridge not running (`make up` starts broker + bridge)"}
     out: dict[str, Any] = {}
     model = cfg.model
-    n = max(50, int(seconds * 20))
+    # As many records as direct HTTP serves in `seconds`, so the ramp-up (group join, first fetches) is a
+    # small part of the run and the throughputs compare.
+    direct = (served.get(model) or {}).get("ours", {}).get("saturation", {}).get("images_per_s") or 20.0
+    n = max(200, int(seconds * direct))
     bridge = _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic, n, None, 300)
     half = _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic,
                                 max(20, n // 2), max(1.0, bridge["images_per_s"] / 2), 300)

@@ -8,6 +8,7 @@ other ports plus `initial_worker_port`, because TorchServe names its worker sock
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -51,6 +52,7 @@ class TorchServeInstance:
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     tmpdir: Path | None = None
+    builtin_logging: bool = False  # TorchServe's own log4j2 config instead of ours (bench --torchserve-logging)
 
     @property
     def url(self) -> str:
@@ -71,6 +73,9 @@ class TorchServeInstance:
                 "WORKERS": "1",
             },
         )
+        if self.builtin_logging:
+            text = config.read_text()
+            config.write_text(re.sub(r" -Dlog4j\.configurationFile=\S+", "", text))
         with config.open("a") as fh:
             fh.write(f"initial_worker_port={self.ports.worker}\n")
             fh.write(f"grpc_inference_port={self.ports.grpc}\ngrpc_management_port={self.ports.grpc + 1}\n")

@@ -80,7 +80,8 @@ def test_raw_v1_v2_agree_and_carry_every_field(client: httpx.Client, model: str)
 
 @pytest.mark.parametrize("model", MODELS)
 def test_several_images_per_request_keep_their_order(client: httpx.Client, model: str) -> None:
-    images = [jpeg(320 + 40 * i, 240, seed=10 + i) for i in range(5)]
+    # 7 > forward_batch (model config): the forward pass runs in uneven chunks and must still match solo scores.
+    images = [jpeg(320 + 40 * i, 240, seed=10 + i) for i in range(7)]
     solo = [score_of(client, model, img) for img in images]
     v2 = client.post(f"/v2/models/{model}/infer", json=v2_request(images))
     v1 = client.post(f"/v1/models/{model}:predict", json=v1_request(images[:3]))

@@ -24,3 +24,11 @@ def test_types_are_parsed() -> None:
 def test_threshold_outside_unit_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="threshold"):
         HandlerSettings.load("mobilenet_v2", {"threshold": 1.5}, env={})
+
+
+def test_forward_batch_is_parsed_and_never_negative() -> None:
+    assert HandlerSettings.load("mobilenet_v2", None, env={}).forward_batch == 0  # one forward pass
+    env = {"MODERATION_FORWARD_BATCH_MOBILENET_V2": "2"}
+    assert HandlerSettings.load("mobilenet_v2", {"forward_batch": 4}, env=env).forward_batch == 2
+    with pytest.raises(ValueError, match="forward_batch"):
+        HandlerSettings.load("mobilenet_v2", {"forward_batch": -1}, env={})
