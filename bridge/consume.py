@@ -55,11 +55,16 @@ def open_consumer(cfg: Config, topics: list[str], from_beginning: bool) -> Consu
     return consumer
 
 
-def rows(consumer: Consumer, dlq_topic: str, timeout_s: float | None = None) -> Iterator[Row | None]:
-    """Rows as records arrive; None every idle poll so callers can refresh or stop."""
+def rows(consumer: Consumer, dlq_topic: str, timeout_s: float | None = None,
+         wait_s: float = 0.5) -> Iterator[Row | None]:
+    """Rows as records arrive; None every idle poll so callers can refresh or stop.
+
+    `wait_s` is how long one poll may block in librdkafka; a gevent caller (Locust) passes 0 and sleeps
+    cooperatively on None, because a blocking C call would freeze every greenlet of its process.
+    """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while deadline is None or time.monotonic() < deadline:
-        msgs = consume_available(consumer, 100, 0.5)
+        msgs = consume_available(consumer, 100, wait_s)
         if not msgs:
             yield None
         for msg in msgs:

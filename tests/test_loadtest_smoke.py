@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.slo import Slo, check
+from tests.kafka_support import BridgeProcess, Topics, kafka, topics  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,14 +24,14 @@ def test_slo_gate_both_ways() -> None:
     assert not check(slo, 0, 0, None).ok  # nothing measured
 
 
-def _locust(tmp: Path, serving: str, p95_ms: str) -> tuple[int, Path]:
+def _locust(tmp: Path, serving: str, p95_ms: str, *users: str, **env: str) -> tuple[int, Path]:
     # small images: the smoke test checks the machinery, not speed, and must not time out on a busy machine
-    env = {**os.environ, "LOADTEST_P95_MS": p95_ms, "LOADTEST_KAFKA": "0", "LOADTEST_SIZES": "320x240:1"}
+    env = {**os.environ, "LOADTEST_P95_MS": p95_ms, "LOADTEST_KAFKA": "0", "LOADTEST_SIZES": "320x240:1", **env}
     prefix = tmp / f"locust-{p95_ms}"
     proc = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "locust"), "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
          "-u", "2", "-r", "2", "-t", "10s", "--stop-timeout", "20", "-H", serving, "--only-summary",
-         "--csv", str(prefix)],
+         "--csv", str(prefix), *users],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=90,
     )
     return proc.returncode, Path(f"{prefix}_stats.csv")
@@ -43,3 +44,20 @@ def test_headless_run_writes_csv_and_gates(serving: str, tmp_path: Path, p95_ms:
     rows = {r["Name"]: r for r in csv.DictReader(stats.open())}
     assert int(rows["Aggregated"]["Request Count"]) > 0
     assert int(rows["Aggregated"]["Failure Count"]) == 0
+
+
+def test_kafka_user_measures_end_to_end_through_a_real_bridge(kafka: str, topics: Topics, serving: str,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    """The Kafka user (gevent: it must never block the hub in librdkafka) on private topics and a bridge."""
+    bridge = BridgeProcess(topics, kafka, serving).start()
+    try:
+        code, stats = _locust(tmp_path, serving, "60000", "KafkaUser", LOADTEST_KAFKA="1",
+                              KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_INPUT_TOPIC=topics.input,
+                              KAFKA_OUTPUT_TOPIC=topics.output, KAFKA_DLQ_TOPIC=topics.dlq)
+    finally:
+        bridge.stop_quietly()
+    assert code == 0
+    rows = {r["Name"]: r for r in csv.DictReader(stats.open())}
+    kafka_row = rows["image_data -> image_predictions"]
+    assert int(kafka_row["Request Count"]) > 5, kafka_row
+    assert int(kafka_row["Failure Count"]) == 0, kafka_row
