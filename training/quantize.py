@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--calibration", type=int, default=300, help="train images used for calibration")
     p.add_argument("--method", choices=sorted(METHODS), default="percentile")
     p.add_argument("--target-recall", type=float, default=0.90)
+    p.add_argument("--speed-seconds", type=float, default=5.0, help="duration of each forward-speed measurement")
     args = p.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
         session = _session(path)
         s_val, s_test = scores(session, x_val), scores(session, x_test)
         report[name] = {"test_at_served_threshold": compute_metrics(y_test, s_test, served),
-                        "forward_images_per_s_1_thread": forward_rate(session, x_test),
+                        "test_scores": s_test.tolist(),
+                        "forward_images_per_s_1_thread": forward_rate(session, x_test, args.speed_seconds),
                         "size_mb": path.stat().st_size / 1e6}
         rows[f"{args.model} {name} (test, served threshold)"] = report[name]["test_at_served_threshold"]
         if name == "int8":
