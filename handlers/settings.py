@@ -41,8 +41,8 @@ class HandlerSettings:
     # ONNX Runtime runs MobileNetV2 ~3x faster than eager PyTorch on CPU, same scores within 1e-3.
     backend: str = "eager"
     # Images per forward call; a server-side batch with more is run in chunks (0 = all at once). On CPU,
-    # per-image throughput falls for large batches (cache-bound): MobileNetV2/ONNX ~367 img/s up to batch 4,
-    # 310 at 8, 288 at 16 (loadtest/README.md), and a bridge request alone carries up to 8 images.
+    # per-image throughput falls for large batches (cache-bound; MobileNetV2/ONNX numbers in loadtest/README.md),
+    # and a bridge request alone carries up to 8 images.
     forward_batch: int = 0
 
     @classmethod

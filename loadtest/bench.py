@@ -1,6 +1,7 @@
 """`make bench`: one run, same cores, side by side (issue 6).
 
-1. ceiling  - in-process decode + preprocess + forward, both models, each backend, batch 1 and batch 8,
+1. ceiling  - in-process decode + preprocess + forward, both models, each backend, batch 1 and batch 8
+              (ONNX also 4 and 16),
               one process with all threads or one process per core (what TorchServe workers do);
 2. ours     - our handler in a fresh TorchServe (own ports, see torchserve_instance.Ports) at saturation,
               then open loop at half that throughput (the latency SLO point);
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtest import loadgen  # noqa: E402
+from loadtest.cpu import LOADGEN, ROLES, cores_by_role  # noqa: E402
 from loadtest.torchserve_instance import OURS_PORTS, STOCK_PORTS, TorchServeInstance, build_archives  # noqa: E402
 
 RESULTS = ROOT / "loadtest" / "results"
@@ -121,7 +123,8 @@ def run_ceilings(models: list[str], seconds: float, workdir: Path) -> list[dict[
     for model in models:
         onnx_path = build_archives.export_onnx(model, build_archives.checkpoint_for(model), workdir / f"{model}.onnx")
         for backend in ("eager", "channels_last", "onnx"):
-            for batch in (1, 8):
+            # ONNX also at 4 and 16: where per-image speed falls with batch size (handler.forward_batch)
+            for batch in (1, 4, 8, 16) if backend == "onnx" else (1, 8):
                 # plain eager is only the baseline: one layout is enough
                 for procs, threads in ((1, cores),) if backend == "eager" else ((1, cores), (cores, 1)):
                     rate = ceiling(model, backend, batch, threads, procs, seconds, str(onnx_path))
@@ -172,7 +175,8 @@ def serve_and_load(name: str, store: Path, model: str, ports: Any, workdir: Path
         # load only this model: `--models all` would start every archive of the store
         cold = inst.wait_first_prediction(model, bodies[0].data)
         url = f"{inst.url}/predictions/{model}"
-        sat = loadgen.run(lambda: loadgen.closed_loop(url, bodies, concurrency, seconds))
+        with cores_by_role() as cores:
+            sat = loadgen.run(lambda: loadgen.closed_loop(url, bodies, concurrency, seconds))
         rate = half_rate if half_rate is not None else sat.images_per_s / 2
         half = loadgen.run(lambda: loadgen.open_loop(url, bodies, rate, seconds))
         memory = inst.worker_memory_mb()
@@ -182,7 +186,8 @@ def serve_and_load(name: str, store: Path, model: str, ports: Any, workdir: Path
           f"{sat.images_per_s:6.1f} img/s p50/p95/p99 {sat.p50_ms:.0f}/{sat.p95_ms:.0f}/{sat.p99_ms:.0f} ms "
           f"err {sat.errors} | open loop {rate:.0f}/s p95 {half.p95_ms:.0f} ms err {half.errors} | "
           f"RSS/worker {[round(m['rss']) for m in memory]} MB", flush=True)
-    return {"cold_start_s": cold, "saturation": sat.as_dict(), "half_load": half.as_dict(), "workers": memory}
+    return {"cold_start_s": cold, "saturation": sat.as_dict(), "half_load": half.as_dict(), "workers": memory,
+            "saturation_cores": cores}
 
 
 def one_model_store(store: Path, model: str, workdir: Path, tag: str) -> Path:
@@ -217,9 +222,10 @@ def run_served(models: list[str], seconds: float, concurrency: int, workdir: Pat
 # ---- report -------------------------------------------------------------------------------------
 
 
-def best(rows: list[dict[str, Any]], model: str, batch: int | None = None) -> dict[str, Any]:
-    cands = [r for r in rows if r["model"] == model and (batch is None or r["batch"] == batch)]
-    return max(cands, key=lambda r: r["images_per_s"])
+def best(rows: list[dict[str, Any]], model: str, batch: int | None = None) -> float:
+    """Best in-process images/s for `model` (0.0 when the ceiling was not measured: --no-ceiling)."""
+    return max((r["images_per_s"] for r in rows if r["model"] == model and (batch is None or r["batch"] == batch)),
+               default=0.0)
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -267,15 +273,26 @@ def markdown(res: dict[str, Any]) -> str:
         stock = m.get("stock", {}).get("saturation", {})
         k = kafka.get(model, {})
         lines.append(
-            f"| {model} | {ratio(ours['images_per_s'], best(res['ceiling'], model)['images_per_s'])} "
-            f"| {ratio(ours['images_per_s'], best(res['ceiling'], model, 1)['images_per_s'])} "
+            f"| {model} | {ratio(ours['images_per_s'], best(res['ceiling'], model))} "
+            f"| {ratio(ours['images_per_s'], best(res['ceiling'], model, 1))} "
             f"| {ratio(ours['images_per_s'], stock.get('images_per_s'))} "
             f"| {ratio(ours['p95_ms'], stock.get('p95_ms'))} "
             f"| {ratio(k.get('bridge', {}).get('images_per_s'), ours['images_per_s'])} "
             f"| {ratio(k.get('bridge', {}).get('images_per_s'), k.get('naive', {}).get('images_per_s'))} |")
+    lines += ["", "## CPU by role at saturation (cores, psutil; 2 in all)", "",
+              "| load point | " + " | ".join(role for role, _ in ROLES) + f" | {LOADGEN} |",
+              "|---|" + "---|" * (len(ROLES) + 1)]
+    points = [(f"{model} {who} over HTTP", m[who].get("saturation_cores", {}))
+              for model, m in res["served"].items() for who in ("ours", "stock") if who in m]
+    points += [(f"{model} through the bridge", k["bridge"].get("cores", {}))
+               for model, k in kafka.items() if isinstance(k, dict) and "bridge" in k]
+    for name, cores in points:
+        lines.append(f"| {name} | " + " | ".join(f"{cores.get(role, 0.0):.2f}" for role, _ in ROLES)
+                     + f" | {cores.get(LOADGEN, 0.0):.2f} |")
     lines += ["", "## 4. Kafka end to end", "",
-              "Through the `make up` stack (gateway + TorchServe with the archives it was started with, broker, "
-              "bridge); records are 640x480 JPEGs.", ""]
+              "Through the `make up` stack (TorchServe with the archives it was started with, broker, and the bridge "
+              "of scripts/bridge.sh: TorchServe directly, as on the cluster, unless INFERENCE_URL says otherwise); "
+              "records are 640x480 JPEGs.", ""]
     if kafka.get("skipped"):
         lines.append(f"Not measured: {kafka['skipped']}")
     else:
@@ -304,7 +321,7 @@ def chart(res: dict[str, Any], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.25
     for i, (label, get) in enumerate([
-        ("in-process ceiling", lambda m: best(res["ceiling"], m)["images_per_s"]),
+        ("in-process ceiling", lambda m: best(res["ceiling"], m)),
         ("ours (TorchServe)", lambda m: res["served"][m]["ours"]["saturation"]["images_per_s"]),
         ("stock image_classifier",
          lambda m: res["served"][m].get("stock", {}).get("saturation", {}).get("images_per_s", 0)),

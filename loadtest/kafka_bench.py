@@ -22,6 +22,7 @@ from bridge.config import Config
 from bridge.consume import open_consumer, rows
 from handlers.stack import url
 from loadtest.bench import corpus
+from loadtest.cpu import cores_by_role
 
 NAIVE_IN, NAIVE_OUT = "bench.naive.image_data", "bench.naive.image_predictions"
 
@@ -117,7 +118,10 @@ def run(models: list[str], seconds: float, served: dict[str, Any]) -> dict[str, 
     # small part of the run and the throughputs compare.
     direct = (served.get(model) or {}).get("ours", {}).get("saturation", {}).get("images_per_s") or 20.0
     n = max(200, int(seconds * direct))
-    bridge = _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic, n, None, 300)
+    with cores_by_role() as cores:
+        bridge = _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic, n,
+                                      None, 300)
+    bridge["cores"] = cores
     half = _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic,
                                 max(20, n // 2), max(1.0, bridge["images_per_s"] / 2), 300)
     bridge["half_p95_ms"] = half["p95_ms"]

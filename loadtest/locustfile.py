@@ -128,7 +128,7 @@ class _Predictions:
 
     def _run(self) -> None:
         # Under Locust every thread is a greenlet: never block in librdkafka (wait_s=0), yield to the hub
-        # instead. A 2 ms idle sleep bounds the added latency; a busy stream yields after every batch too.
+        # instead. A 2 ms idle sleep bounds the added latency; a busy stream yields after every record too.
         for row in self._rows(self._consumer, self.cfg.dlq_topic, None, wait_s=0):
             if row is None:
                 gevent.sleep(0.002)

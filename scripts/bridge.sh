@@ -6,8 +6,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HEALTH="http://$STACK_HOST:${BRIDGE_PORT}"
 
 start() {
-  # Same topology as the Helm chart: the bridge calls TorchServe itself (no gateway hop; +9% bridge
-  # throughput measured, loadtest/README.md), whose readiness is /ping. Either can be overridden.
+  # Same topology as the Helm chart: the bridge calls TorchServe itself (no gateway hop: 218.6 -> 249.5
+  # img/s through the bridge, loadtest/README.md), whose readiness is /ping. Either can be overridden.
   INFERENCE_URL="${INFERENCE_URL:-http://$STACK_HOST:$TORCHSERVE_INFERENCE_PORT}" \
   INFERENCE_READY_PATH="${INFERENCE_READY_PATH-/ping}" \
     start_bg bridge "$PY" -m bridge

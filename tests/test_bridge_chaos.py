@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import psutil
 import pytest
 
 from tests.image_factory import jpeg
@@ -48,9 +49,8 @@ def _report(line: str) -> None:
 def _alive(pid: int) -> bool:
     """Running and not a zombie (a killed process stays in the table until its parent reaps it)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 

@@ -61,3 +61,16 @@ def test_kafka_user_measures_end_to_end_through_a_real_bridge(kafka: str, topics
     kafka_row = rows["image_data -> image_predictions"]
     assert int(kafka_row["Request Count"]) > 5, kafka_row
     assert int(kafka_row["Failure Count"]) == 0, kafka_row
+
+
+def test_cpu_by_role_counts_the_process_that_burns_it() -> None:
+    """`make bench`'s CPU table: a busy loop in this process shows up as ~1 core of the load generator."""
+    import time
+
+    from loadtest.cpu import LOADGEN, cores_by_role
+
+    with cores_by_role() as cores:
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end:
+            pass
+    assert 0.5 < cores[LOADGEN] <= 1.2, cores

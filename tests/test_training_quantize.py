@@ -11,6 +11,9 @@ import onnx
 
 from tests.training_support import make_dataset
 from training import quantize
+from training.thresholds import read_threshold
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_int8_graph_is_quantized_scored_and_reported(tmp_path: Path) -> None:
@@ -29,7 +32,7 @@ def test_int8_graph_is_quantized_scored_and_reported(tmp_path: Path) -> None:
     assert np.all((int8_scores >= 0) & (int8_scores <= 1))
     # same function up to quantization error (8 synthetic calibration images: coarse, but not garbage)
     assert np.max(np.abs(fp32_scores - int8_scores)) < 0.1, (fp32_scores, int8_scores)
-    change = 100 * (report["int8"]["test_at_served_threshold"]["accuracy"]
-                    - report["fp32"]["test_at_served_threshold"]["accuracy"])
-    assert report["accuracy_change_points"] == change
+    # the threshold re-picked on val really reaches the target recall there (its whole point)
     assert 0 <= report["int8"]["val_threshold_for_target_recall"] <= 1
+    assert report["int8"]["val_recall_at_that_threshold"] >= 0.90
+    assert report["served_threshold"] == read_threshold(ROOT / "model-archive" / "config" / "mobilenet_v2.yaml")

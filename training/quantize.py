@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import yaml
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
+from handlers.errors import ModerationError
 from handlers.imaging import DecodeLimits, decode_image
 from handlers.registry import HARMFUL_INDEX, MODEL_NAMES, input_array
 from training.data import Sample, by_split, load_dataset
 from training.evaluation import compute_metrics, markdown_table
-from training.thresholds import threshold_for_recall
+from training.thresholds import read_threshold, threshold_for_recall
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "model-archive"))
@@ -45,8 +45,8 @@ def pixels(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
     for s in tqdm(samples, desc="decode", unit="img"):
         try:
             xs.append(input_array(decode_image(s.path.read_bytes(), limits)))
-        except Exception as exc:  # noqa: BLE001 - the server would refuse it too; report and go on
-            print(f"skipped unreadable image: {s.path} ({exc})")
+        except ModerationError as exc:  # the server would refuse it too: report and go on
+            print(f"skipped unreadable image: {s.path} ({exc.message})")
             continue
         ys.append(s.label == HARMFUL_INDEX)
     return np.stack(xs), np.array(ys, dtype=int)
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                     calibrate_method=METHODS[args.method], extra_options=extra)
     x_val, y_val = pixels(by_split(samples, "val"))
     x_test, y_test = pixels(by_split(samples, "test"))
-    served = float(yaml.safe_load((ROOT / "model-archive" / "config" / f"{args.model}.yaml").read_text())
-                   ["handler"]["threshold"])
+    served = read_threshold(ROOT / "model-archive" / "config" / f"{args.model}.yaml")
     report: dict = {"model": args.model, "method": args.method, "calibration_images": len(x_cal),
                     "served_threshold": served}
     rows = {}
@@ -123,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         if name == "int8":
             t = threshold_for_recall(y_val, s_val, args.target_recall)
             report[name]["val_threshold_for_target_recall"] = t
+            report[name]["val_recall_at_that_threshold"] = compute_metrics(y_val, s_val, t)["recall"]
             report[name]["test_at_val_threshold"] = compute_metrics(y_test, s_test, t)
             rows[f"{args.model} int8 (test, threshold re-picked on val)"] = report[name]["test_at_val_threshold"]
     f32, i8 = report["fp32"], report["int8"]
