@@ -37,7 +37,7 @@ from handlers.registry import (
     load_checkpoint,
     normalize,
 )
-from handlers.settings import ONNX_FILE, HandlerSettings
+from handlers.settings import HandlerSettings, graph_file
 from handlers.telemetry import ModerationMetrics
 
 logger = logging.getLogger(__name__)
@@ -79,10 +79,11 @@ class ImageModerationHandler(BaseHandler):
             torch.set_num_threads(self.settings.torch_threads)
         architecture = str(config.get("architecture", self.model_name))
         model_dir = context.system_properties["model_dir"]
-        if self.settings.backend == "onnx":
-            self.model = self._onnx_session(os.path.join(model_dir, ONNX_FILE))
+        graph = graph_file(self.settings.backend)
+        if graph is not None:
+            self.model = self._onnx_session(os.path.join(model_dir, graph))
             self._to_pixels = input_array
-            weights = ONNX_FILE
+            weights = graph
         else:
             model = build_model(architecture)
             meta = load_checkpoint(model, os.path.join(model_dir, CHECKPOINT_FILE))
@@ -168,7 +169,7 @@ class ImageModerationHandler(BaseHandler):
         return scores
 
     def _forward(self, pixels: list[torch.Tensor | np.ndarray]) -> torch.Tensor:
-        if self.settings.backend == "onnx":
+        if graph_file(self.settings.backend) is not None:
             logits = self.model.run(None, {"pixels": np.stack(pixels)})[0]
             return torch.softmax(torch.from_numpy(logits).float(), dim=1)[:, HARMFUL_INDEX]
         x = self._normalize(torch.stack(pixels))

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from handlers.imaging import DecodeLimits
 
-BACKENDS: tuple[str, ...] = ("eager", "onnx")
-ONNX_FILE = "model.onnx"  # packed into the .mar next to model.pt when the config asks for backend: onnx
+BACKENDS: tuple[str, ...] = ("eager", "onnx", "onnx_int8")
+ONNX_FILE = "model.onnx"  # packed into the .mar next to model.pt when the config asks for an ONNX backend
+INT8_ONNX_FILE = "model.int8.onnx"  # calibrated by `make quantize` (models/<model>/), packed for backend: onnx_int8
+# The int8 graph scores differently from the fp32 weights, so it has its own decision threshold, picked on
+# validation by `make quantize`; it is served exactly when backend is onnx_int8.
+INT8_THRESHOLD_KEY = "threshold_int8"
+
+
+def graph_file(backend: str) -> str | None:
+    """The ONNX file a backend runs (None for eager PyTorch)."""
+    return {"onnx": ONNX_FILE, "onnx_int8": INT8_ONNX_FILE}.get(backend)
 
 
 def _env(key: str, model: str, env: Mapping[str, str]) -> str | None:
@@ -33,12 +42,15 @@ def _as_bool(value: Any) -> bool:
 class HandlerSettings:
     """What the handler reads once at initialize(); every field is documented in the README."""
 
-    threshold: float = 0.5  # P(harmful) at or above which an image is labelled harmful
+    # P(harmful) at or above which an image is labelled harmful; backend onnx_int8 serves handler.threshold_int8
+    # instead (MODERATION_THRESHOLD[_<MODEL>] still overrides whichever is served)
+    threshold: float = 0.5
     torch_threads: int = 0  # intra-op threads per worker; 0 keeps torch's default
     channels_last: bool = True  # NHWC memory format: faster convolutions on x86 CPUs
     fast_jpeg: bool = True  # decode large JPEGs at reduced size (DCT scaling) before resizing to 224
-    # "eager" (PyTorch) or "onnx" (ONNX Runtime on model.onnx, exported into the .mar by `make models`):
-    # ONNX Runtime runs MobileNetV2 ~3x faster than eager PyTorch on CPU, same scores within 1e-3.
+    # "eager" (PyTorch), "onnx" (ONNX Runtime on model.onnx, exported into the .mar by `make models`:
+    # ~3x eager PyTorch for MobileNetV2 on CPU, same scores within 1e-3) or "onnx_int8" (the static int8
+    # graph of `make quantize`, with its own threshold `threshold_int8`).
     backend: str = "eager"
     # Images per forward call; a server-side batch with more is run in chunks (0 = all at once). On CPU,
     # per-image throughput falls for large batches (cache-bound; MobileNetV2/ONNX numbers in loadtest/README.md),
@@ -66,6 +78,12 @@ class HandlerSettings:
             else:
                 values[f.name] = float(raw)
         settings = cls(**values)
+        if settings.backend == "onnx_int8" and _env("threshold", model, env) is None:
+            int8 = (config or {}).get(INT8_THRESHOLD_KEY)
+            if int8 is None:
+                raise ValueError(f"backend onnx_int8 for {model} needs handler.{INT8_THRESHOLD_KEY} "
+                                 "(written by `make quantize`)")
+            settings = replace(settings, threshold=float(int8))
         if not 0.0 <= settings.threshold <= 1.0:
             raise ValueError(f"threshold for {model} must be within [0, 1], got {settings.threshold}")
         if settings.forward_batch < 0:

@@ -70,7 +70,7 @@ def _ceiling_worker(model: str, backend: str, batch: int, threads: int, seconds:
 
     torch.set_num_threads(threads)
     images, limits = corpus(), DecodeLimits()
-    if backend == "onnx":
+    if backend in ("onnx", "onnx_int8"):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -117,17 +117,28 @@ def ceiling(model: str, backend: str, batch: int, threads: int, procs: int, seco
     return sum(rates)
 
 
+def _int8_graph(model: str) -> Path | None:
+    """The committed int8 graph of `make quantize`, when it belongs to the committed checkpoint."""
+    try:
+        return build_archives.int8_graph_for(model, build_archives.checkpoint_for(model))
+    except SystemExit:
+        return None
+
+
 def run_ceilings(models: list[str], seconds: float, workdir: Path) -> list[dict[str, Any]]:
     cores = os.cpu_count() or 1
     rows = []
     for model in models:
-        onnx_path = build_archives.export_onnx(model, build_archives.checkpoint_for(model), workdir / f"{model}.onnx")
-        for backend in ("eager", "channels_last", "onnx"):
+        graphs = {"onnx": build_archives.export_onnx(model, build_archives.checkpoint_for(model),
+                                                     workdir / f"{model}.onnx")}
+        if (int8 := _int8_graph(model)) is not None:
+            graphs["onnx_int8"] = int8
+        for backend in ("eager", "channels_last", *graphs):
             # ONNX also at 4 and 16: where per-image speed falls with batch size (handler.forward_batch)
-            for batch in (1, 4, 8, 16) if backend == "onnx" else (1, 8):
+            for batch in (1, 4, 8, 16) if backend in graphs else (1, 8):
                 # plain eager is only the baseline: one layout is enough
                 for procs, threads in ((1, cores),) if backend == "eager" else ((1, cores), (cores, 1)):
-                    rate = ceiling(model, backend, batch, threads, procs, seconds, str(onnx_path))
+                    rate = ceiling(model, backend, batch, threads, procs, seconds, str(graphs.get(backend, "")))
                     rows.append({"model": model, "backend": backend, "batch": batch, "procs": procs,
                                  "threads": threads, "images_per_s": rate})
                     print(f"ceiling {model:13s} {backend:13s} batch {batch} {procs}x{threads} threads: "

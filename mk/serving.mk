@@ -1,6 +1,6 @@
 ##@ Serving (TorchServe + KServe-protocol gateway)
 ARCHIVE_STAMP := model-archive/build/.built
-ARCHIVE_INPUTS := $(wildcard handlers/*.py model-archive/config/* models/*/model.pt) model-archive/build_archives.py
+ARCHIVE_INPUTS := $(wildcard handlers/*.py model-archive/config/* models/*/model.pt models/*/model.int8.onnx models/*/quantization.json) model-archive/build_archives.py
 
 .PHONY: models
 models: $(ARCHIVE_STAMP) ## Build model-store/{mobilenet_v2,resnet50}.mar + config/ (KServe layout) in model-archive/build

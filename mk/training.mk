@@ -25,6 +25,10 @@ evaluate: $(SETUP_STAMP) ## Evaluate MODEL on DATA=DIR into OUT=DIR (metrics.jso
 quantize-eval: $(SETUP_STAMP) ## Measure static int8 ONNX quantization of MODEL vs fp32 on DATA (accuracy, recall, speed) into OUT
 	$(PY) -m training.quantize --model $(MODEL) --data "$(DATA)" --out "$(or $(QUANT_OUT),$(ROOT)/.run/quantize/$(MODEL))"
 
+.PHONY: quantize
+quantize: $(SETUP_STAMP) ## Adopt int8 for MODEL: as quantize-eval, then graph + report into models/MODEL, threshold_int8 into its config
+	$(PY) -m training.quantize --model $(MODEL) --data "$(DATA)" --out "$(or $(QUANT_OUT),$(ROOT)/.run/quantize/$(MODEL))" --install
+
 .PHONY: data-openimages
 data-openimages: $(SETUP_STAMP) ## Fetch a balanced Open Images V7 subset (reference classes) into DATA_OUT=DIR (online only)
 	$(PY) -m training.openimages --out "$(or $(DATA_OUT),$(ROOT)/data/openimages)" $(OPENIMAGES_ARGS)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from handlers.registry import MODEL_NAMES, PixelGraph, build_model, load_checkpoint  # noqa: E402
-from handlers.settings import ONNX_FILE  # noqa: E402
+from handlers.settings import INT8_ONNX_FILE, ONNX_FILE  # noqa: E402
 
 ARCHIVE_DIR = ROOT / "model-archive"
 CONFIG_DIR = ARCHIVE_DIR / "config"
@@ -108,13 +108,39 @@ def export_onnx(model: str, ckpt: Path, out: Path) -> Path:
     return out
 
 
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def int8_graph_for(model: str, ckpt: Path) -> Path:
+    """The committed int8 graph of `make quantize`, refused unless it was calibrated from this very checkpoint
+    (a retrained model.pt with an old int8 graph would serve the old model under the new version)."""
+    import json
+
+    folder = ckpt.parent
+    graph, report = folder / INT8_ONNX_FILE, folder / "quantization.json"
+    if not graph.exists() or not report.exists():
+        raise SystemExit(f"{model}: backend onnx_int8 needs {graph} and {report}: run `make quantize MODEL={model}`")
+    calibrated_from = json.loads(report.read_text()).get("checkpoint_sha256")
+    if calibrated_from != sha256(ckpt):
+        raise SystemExit(f"{model}: {graph} was calibrated from another checkpoint than {ckpt}: "
+                         f"run `make quantize MODEL={model}` again")
+    return graph
+
+
 def build_archive(model: str, store: Path) -> Path:
     ckpt = checkpoint_for(model)
     version = str(load_checkpoint(build_model(model), str(ckpt)).get("version", "1.0"))
     stage = stage_handler_package(model)
-    if str(handler_config(model).get("backend", "eager")).lower() == "onnx":
+    backend = str(handler_config(model).get("backend", "eager")).lower()
+    if backend in ("onnx", "onnx_int8"):
         # TorchServe copies --extra-files folder contents to the model dir: model.onnx lands beside model.pt.
+        # An int8 archive keeps the fp32 graph too, so MODERATION_BACKEND=onnx switches back without a rebuild.
         export_onnx(model, ckpt, stage / ONNX_FILE)
+    if backend == "onnx_int8":
+        shutil.copy2(int8_graph_for(model, ckpt), stage / INT8_ONNX_FILE)
     cmd = [
         str(Path(sys.executable).parent / "torch-model-archiver"),
         "--model-name", model,

@@ -25,6 +25,12 @@ def test_archive_packs_checkpoint_handler_package_and_config(model: str) -> None
     assert manifest["model"]["handler"] == "image_moderation_handler.py"
     assert config["batchSize"] >= 1 and config["maxBatchDelay"] >= 0 and config["responseTimeout"] > 0
     assert 0.0 <= config["handler"]["threshold"] <= 1.0
+    backend = config["handler"].get("backend", "eager")
+    if backend in ("onnx", "onnx_int8"):
+        assert "model.onnx" in names
+    if backend == "onnx_int8":  # the calibrated graph, and the threshold picked for it
+        assert "model.int8.onnx" in names
+        assert 0.0 <= config["handler"]["threshold_int8"] <= 1.0
 
 
 def test_cluster_config_matches_kserve_layout_with_secure_defaults() -> None:

@@ -18,6 +18,7 @@ import yaml
 
 from handlers.envelopes import predictions_from, v1_request, v2_request
 from handlers.registry import LABELS, MODEL_NAMES
+from handlers.settings import HandlerSettings
 from handlers.stack import stack, url
 from tests.image_factory import accepted_variants, jpeg, refused_variants
 
@@ -26,8 +27,9 @@ MODELS = list(MODEL_NAMES)
 
 
 def configured_threshold(model: str) -> float:
+    """The threshold the handler serves: its backend's (threshold, or threshold_int8 for onnx_int8)."""
     config = yaml.safe_load((ROOT / "model-archive" / "config" / f"{model}.yaml").read_text())
-    return float(config["handler"]["threshold"])
+    return HandlerSettings.load(model, config["handler"], env={}).threshold
 
 
 def metrics_text() -> str:

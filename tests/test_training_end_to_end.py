@@ -50,7 +50,7 @@ def test_one_training_run_then_evaluate_end_to_end(tmp_path: Path, capsys: pytes
     assert written["n_images"] == 24 and written["threshold"] == pytest.approx(meta["threshold"])
     printed = capsys.readouterr().out
     assert "skipped unreadable image" in printed and "broken.jpg" in printed  # reported and skipped
-    assert "| mobilenet_v2 (data) |" in printed
+    assert "| mobilenet_v2 eager (data) |" in printed
     groups = json.loads((tmp_path / "eval" / "per_subclass.json").read_text())
     assert set(groups["groups"]) == {"fire", "knife", "sky", "grass"} and groups["groups"]["sky"]["n"] == 6
     for png in ("roc_curve.png", "precision_recall_curve.png", "confusion_matrix.png"):
@@ -77,3 +77,27 @@ def test_training_is_deterministic_and_resumes_from_its_state(tmp_path: Path,
     again = run("c", "cache-a")  # the finished run's cached stems, probe and epoch state are reused
     assert "resumed after epoch 1" in capsys.readouterr().out
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_evaluate_a_mar_scores_the_graph_it_serves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make evaluate MAR=...` measures what clients get: the archive's backend and that backend's threshold."""
+    import yaml
+    from PIL import Image
+
+    from handlers.settings import HandlerSettings
+
+    mar = ROOT / "model-archive" / "build" / "model-store" / "mobilenet_v2.mar"
+    config = yaml.safe_load((ROOT / "model-archive" / "config" / "mobilenet_v2.yaml").read_text())["handler"]
+    served = HandlerSettings.load("mobilenet_v2", config, env={})
+    data = make_dataset(tmp_path / "data")
+    metrics = evaluate.main(["--model", "mobilenet_v2", "--data", str(data), "--out", str(tmp_path / "eval"),
+                             "--mar", str(mar)])
+    assert metrics["threshold"] == pytest.approx(served.threshold) and metrics["n_images"] == 24
+    assert f"| mobilenet_v2 {served.backend} (data) |" in capsys.readouterr().out
+    # the served graph computes the committed model: close to the eager weights (int8 within quantization error)
+    scorer = evaluate.load_scorer("mobilenet_v2", None, mar, tmp_path / "mar")
+    reference = evaluate.load_scorer("mobilenet_v2", ROOT / "models" / "mobilenet_v2" / "model.pt", None, tmp_path)
+    images = [Image.open(p).convert("RGB") for p in sorted(data.rglob("*.jpg")) if p.name != "broken.jpg"][:8]
+    got = scorer.forward(torch.stack([scorer.transform(i) for i in images]))
+    want = reference.forward(torch.stack([reference.transform(i) for i in images]))
+    assert abs(got - want).max() < 0.1, (got, want)

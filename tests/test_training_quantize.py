@@ -3,24 +3,41 @@ scored next to the fp32 graph and reported (the numbers for the real data are in
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
+import yaml
 
+from handlers.settings import HandlerSettings
 from tests.training_support import make_dataset
 from training import quantize
 from training.thresholds import read_threshold
 
 ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "model-archive" / "config" / "mobilenet_v2.yaml"
+
+
+def _build_archives():
+    spec = importlib.util.spec_from_file_location("build_archives", ROOT / "model-archive" / "build_archives.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("build_archives", module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_int8_graph_is_quantized_scored_and_reported(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", per_subclass=10)
-    out = tmp_path / "quant"
+    out, installed, config = tmp_path / "quant", tmp_path / "installed", tmp_path / "mobilenet_v2.yaml"
+    shutil.copy2(CONFIG, config)
     report = quantize.main(["--model", "mobilenet_v2", "--data", str(data), "--out", str(out),
-                            "--calibration", "8", "--speed-seconds", "0.3"])
+                            "--calibration", "8", "--speed-seconds", "0.3",
+                            "--install", "--install-dir", str(installed), "--config", str(config)])
     assert json.loads((out / "quantization.json").read_text()) == report
     int8 = onnx.load(str(out / "model.int8.onnx"))
     ops = {n.op_type for n in int8.graph.node}
@@ -35,4 +52,28 @@ def test_int8_graph_is_quantized_scored_and_reported(tmp_path: Path) -> None:
     # the threshold re-picked on val really reaches the target recall there (its whole point)
     assert 0 <= report["int8"]["val_threshold_for_target_recall"] <= 1
     assert report["int8"]["val_recall_at_that_threshold"] >= 0.90
-    assert report["served_threshold"] == read_threshold(ROOT / "model-archive" / "config" / "mobilenet_v2.yaml")
+    assert report["fp32_threshold"] == read_threshold(CONFIG)
+
+    # --install: the graph, a compact report and its own threshold, which backend onnx_int8 serves
+    assert (installed / "model.int8.onnx").read_bytes() == (out / "model.int8.onnx").read_bytes()
+    kept = json.loads((installed / "quantization.json").read_text())
+    assert "test_scores" not in kept["int8"] and kept["int8"]["test_at_val_threshold"]
+    card = (installed / "MODEL_CARD.md").read_text()
+    assert card.count("Served int8 graph") == 1 and "int8 (test, threshold re-picked on val)" in card
+    written = read_threshold(config, "threshold_int8")
+    assert written == pytest.approx(report["int8"]["val_threshold_for_target_recall"], abs=1e-6)
+    assert read_threshold(config) == read_threshold(CONFIG)  # the fp32 threshold is untouched
+    handler = yaml.safe_load(config.read_text())["handler"]
+    assert HandlerSettings.load("mobilenet_v2", {**handler, "backend": "onnx_int8"}, env={}).threshold == written
+    fp32 = HandlerSettings.load("mobilenet_v2", {**handler, "backend": "onnx"}, env={})
+    assert fp32.threshold == handler["threshold"]
+
+    # make models packs the graph only for the checkpoint it was calibrated from
+    builder = _build_archives()
+    ckpt = installed / "model.pt"
+    shutil.copy2(ROOT / "models" / "mobilenet_v2" / "model.pt", ckpt)
+    assert builder.int8_graph_for("mobilenet_v2", ckpt) == installed / "model.int8.onnx"
+    with ckpt.open("ab") as f:
+        f.write(b"retrained")
+    with pytest.raises(SystemExit, match="calibrated from another checkpoint"):
+        builder.int8_graph_for("mobilenet_v2", ckpt)

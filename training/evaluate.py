@@ -1,11 +1,12 @@
-"""Evaluate a checkpoint (or a built .mar's weights) on every image of a class-folder data set.
+"""Evaluate a checkpoint (or a built .mar, through the graph it serves) on every image of a class-folder data set.
 
     python -m training.evaluate --model mobilenet_v2 --data DIR --out DIR [--checkpoint PATH | --mar PATH]
         [--split test]   # with a manifest.csv or train/val/test folders: only that split
 
 Writes OUT/metrics.json (exactly the keys of training.evaluation.METRIC_KEYS), OUT/per_subclass.json,
 ROC / precision-recall / confusion-matrix PNGs, and prints the reference-style table. Unreadable images
-are reported and skipped, exactly as the server would refuse them.
+are reported and skipped, exactly as the server would refuse them. A .mar is scored the way its handler
+config serves it: its backend (eager weights, fp32 or int8 ONNX graph) and that backend's threshold.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ import io
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
+from PIL import Image
 from tqdm import tqdm
 
-from handlers.registry import LABELS, MODEL_NAMES, build_model, eval_transform, load_checkpoint
+from handlers.registry import LABELS, MODEL_NAMES, build_model, eval_transform, input_array, load_checkpoint
+from handlers.settings import HandlerSettings, graph_file
 from training.data import ClassMap, Sample, load_dataset, subclass_group
 from training.evaluation import REFERENCE, compute_metrics, error_table, markdown_table, per_subclass, subclass_table
 from training.features import ImageDataset, skip_unreadable
@@ -32,22 +37,63 @@ ROOT = Path(__file__).resolve().parent.parent
 HARMFUL = LABELS.index("harmful")
 
 
-def load_model(name: str, checkpoint: Path | None, mar: Path | None) -> tuple[torch.nn.Module, float]:
-    """The model and its served threshold: from the .mar's packed config, else the checkpoint's meta."""
+@dataclass(frozen=True)
+class Scorer:
+    """How one served model turns images into P(harmful): per-image transform, batch forward, threshold."""
+
+    transform: Callable
+    forward: Callable[[torch.Tensor], np.ndarray]
+    threshold: float
+    backend: str
+
+
+def eager(model: torch.nn.Module, threshold: float) -> Scorer:
+    model.eval()
+
+    def forward(x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(model(x), 1)[:, HARMFUL].numpy()
+
+    return Scorer(eval_transform(), forward, threshold, "eager")
+
+
+def onnx_graph(path: Path, threshold: float, backend: str) -> Scorer:
+    """The packed ONNX graph on uint8 NHWC pixels, exactly the handler's ONNX path (same resize, same graph)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def forward(x: torch.Tensor) -> np.ndarray:
+        return torch.softmax(torch.from_numpy(session.run(None, {"pixels": x.numpy()})[0]), 1)[:, HARMFUL].numpy()
+
+    return Scorer(_uint8_pixels, forward, threshold, backend)
+
+
+def _uint8_pixels(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(input_array(image).copy())  # PIL-backed arrays are read-only
+
+
+def load_scorer(name: str, checkpoint: Path | None, mar: Path | None, workdir: Path) -> Scorer:
+    """What is served: a .mar through its handler settings (backend and its threshold), else the checkpoint
+    (eager) with the threshold from its meta or the model config."""
     model = build_model(name)
     if mar is not None:
-        with zipfile.ZipFile(mar) as z, tempfile.TemporaryDirectory() as tmp:
-            z.extract("model.pt", tmp)
-            load_checkpoint(model, str(Path(tmp) / "model.pt"))
+        with zipfile.ZipFile(mar) as z:
             config = yaml.safe_load(io.BytesIO(z.read(f"{name}.yaml")))
-        return model.eval(), float(config["handler"]["threshold"])
+            settings = HandlerSettings.load(name, config.get("handler") or {}, env={})
+            graph = graph_file(settings.backend)
+            z.extract(graph or "model.pt", workdir)
+        if graph is not None:
+            return onnx_graph(workdir / graph, settings.threshold, settings.backend)
+        load_checkpoint(model, str(workdir / "model.pt"))
+        return eager(model, settings.threshold)
     path = checkpoint or ROOT / "models" / name / "model.pt"
     meta = load_checkpoint(model, str(path))
     threshold = meta.get("threshold")
     if threshold is None:
         config = yaml.safe_load((ROOT / "model-archive" / "config" / f"{name}.yaml").read_text())
         threshold = config["handler"]["threshold"]
-    return model.eval(), float(threshold)
+    return eager(model, float(threshold))
 
 
 def plot(out: Path, y: np.ndarray, s: np.ndarray, metrics: dict, title: str) -> None:
@@ -89,28 +135,28 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="split seed for class folders without manifest/split folders")
     args = p.parse_args(argv)
 
-    model, threshold = load_model(args.model, args.checkpoint, args.mar)
-    threshold = args.threshold if args.threshold is not None else threshold
+    tmp = tempfile.TemporaryDirectory()
+    scorer = load_scorer(args.model, args.checkpoint, args.mar, Path(tmp.name))
+    threshold = args.threshold if args.threshold is not None else scorer.threshold
     classes = ClassMap(tuple(args.harmful_classes.split(",")), tuple(args.benign_classes.split(",")))
     samples = load_dataset(args.data, classes, seed=args.seed)
     if args.split:
         samples = [s for s in samples if s.split == args.split]
-    name = f"{args.model} ({args.data.name}{'/' + args.split if args.split else ''})"
-    metrics, _, _ = evaluate(model, args.model, samples, threshold, args.out, name, args.batch_size)
+    name = f"{args.model} {scorer.backend} ({args.data.name}{'/' + args.split if args.split else ''})"
+    metrics, _, _ = evaluate(scorer, args.model, samples, threshold, args.out, name, args.batch_size)
+    tmp.cleanup()
     return metrics
 
 
-def evaluate(model: torch.nn.Module, model_name: str, samples: list[Sample], threshold: float, out: Path,
+def evaluate(scorer: Scorer, model_name: str, samples: list[Sample], threshold: float, out: Path,
              name: str, batch_size: int = 32) -> tuple[dict, dict, dict]:
     """Score `samples` through the whole model as the server would; write metrics, breakdowns and plots to `out`."""
-    loader = torch.utils.data.DataLoader(ImageDataset(samples, eval_transform()), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(ImageDataset(samples, scorer.transform), batch_size=batch_size,
                                          num_workers=1, collate_fn=skip_unreadable)
     scores = np.full(len(samples), np.nan)
-    model.eval()
-    with torch.inference_mode():
-        for idx, x in tqdm(loader, desc=f"evaluate {model_name}", unit="batch"):
-            if len(idx):
-                scores[idx.numpy()] = torch.softmax(model(x), 1)[:, HARMFUL].numpy()
+    for idx, x in tqdm(loader, desc=f"evaluate {model_name} ({scorer.backend})", unit="batch"):
+        if len(idx):
+            scores[idx.numpy()] = scorer.forward(x)
     readable = ~np.isnan(scores)
     for i in np.flatnonzero(~readable):
         print(f"skipped unreadable image: {samples[i].path}")

@@ -1,13 +1,18 @@
 """Measure static int8 quantization (ONNX Runtime, QDQ, per-channel) against the fp32 ONNX graph.
 
     python -m training.quantize --model mobilenet_v2 --data DIR --out DIR [--calibration 300]
-        [--method percentile|minmax|entropy] [--target-recall 0.90]
+        [--method percentile|minmax|entropy] [--target-recall 0.90] [--install]
 
 The fp32 graph is the one `make models` packs (normalisation folded in, uint8 pixels in). Calibration uses
 every k-th image of the train split; both graphs then score the val and test splits through the server's
 own decode path. Reported, for the issue's "accuracy change <= 1 point" rule and for recall (which matters
-most): test metrics at the served threshold, test metrics of int8 at a threshold re-picked on val for the
-target recall, and forward-only speed on one thread. Writes OUT/quantization.json and OUT/model.int8.onnx.
+most): test metrics at the fp32 threshold (handler.threshold), test metrics of int8 at a threshold re-picked
+on val for the target recall (what backend onnx_int8 serves), and forward-only speed on one thread.
+Writes OUT/quantization.json and OUT/model.int8.onnx.
+
+--install (`make quantize`) adopts the result for serving: the graph and its report (with the sha256 of the
+checkpoint it was calibrated from, which `make models` checks) go to models/<model>/, and the re-picked
+threshold becomes `handler.threshold_int8` in model-archive/config/<model>.yaml, served by backend onnx_int8.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from tqdm import tqdm
 from handlers.errors import ModerationError
 from handlers.imaging import DecodeLimits, decode_image
 from handlers.registry import HARMFUL_INDEX, MODEL_NAMES, input_array
+from handlers.settings import INT8_ONNX_FILE, INT8_THRESHOLD_KEY
 from training.data import Sample, by_split, load_dataset
 from training.evaluation import compute_metrics, markdown_table
-from training.thresholds import read_threshold, threshold_for_recall
+from training.thresholds import read_threshold, threshold_for_recall, write_threshold
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "model-archive"))
@@ -91,11 +97,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--method", choices=sorted(METHODS), default="percentile")
     p.add_argument("--target-recall", type=float, default=0.90)
     p.add_argument("--speed-seconds", type=float, default=5.0, help="duration of each forward-speed measurement")
+    p.add_argument("--install", action="store_true",
+                   help="adopt for serving: graph + report into --install-dir, threshold_int8 into --config")
+    p.add_argument("--install-dir", type=Path, help="default models/<model> (beside the checkpoint)")
+    p.add_argument("--config", type=Path, help="default model-archive/config/<model>.yaml")
     args = p.parse_args(argv)
+    config = args.config or ROOT / "model-archive" / "config" / f"{args.model}.yaml"
 
     args.out.mkdir(parents=True, exist_ok=True)
     fp32, pre, int8 = args.out / "model.fp32.onnx", args.out / "model.pre.onnx", args.out / "model.int8.onnx"
-    build_archives.export_onnx(args.model, build_archives.checkpoint_for(args.model), fp32)
+    checkpoint = build_archives.checkpoint_for(args.model)
+    build_archives.export_onnx(args.model, checkpoint, fp32)
     samples = load_dataset(args.data)
     train = by_split(samples, "train")
     step = max(1, len(train) // args.calibration)
@@ -107,18 +119,20 @@ def main(argv: list[str] | None = None) -> dict:
                     calibrate_method=METHODS[args.method], extra_options=extra)
     x_val, y_val = pixels(by_split(samples, "val"))
     x_test, y_test = pixels(by_split(samples, "test"))
-    served = read_threshold(ROOT / "model-archive" / "config" / f"{args.model}.yaml")
+    fp32_threshold = read_threshold(config)
     report: dict = {"model": args.model, "method": args.method, "calibration_images": len(x_cal),
-                    "served_threshold": served}
+                    "target_recall": args.target_recall, "fp32_threshold": fp32_threshold,
+                    "checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint),
+                    "checkpoint_sha256": build_archives.sha256(checkpoint)}
     rows = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
         session = _session(path)
         s_val, s_test = scores(session, x_val), scores(session, x_test)
-        report[name] = {"test_at_served_threshold": compute_metrics(y_test, s_test, served),
+        report[name] = {"test_at_fp32_threshold": compute_metrics(y_test, s_test, fp32_threshold),
                         "test_scores": s_test.tolist(),
                         "forward_images_per_s_1_thread": forward_rate(session, x_test, args.speed_seconds),
                         "size_mb": path.stat().st_size / 1e6}
-        rows[f"{args.model} {name} (test, served threshold)"] = report[name]["test_at_served_threshold"]
+        rows[f"{args.model} {name} (test, fp32 threshold)"] = report[name]["test_at_fp32_threshold"]
         if name == "int8":
             t = threshold_for_recall(y_val, s_val, args.target_recall)
             report[name]["val_threshold_for_target_recall"] = t
@@ -126,15 +140,72 @@ def main(argv: list[str] | None = None) -> dict:
             report[name]["test_at_val_threshold"] = compute_metrics(y_test, s_test, t)
             rows[f"{args.model} int8 (test, threshold re-picked on val)"] = report[name]["test_at_val_threshold"]
     f32, i8 = report["fp32"], report["int8"]
-    report["accuracy_change_points"] = 100 * (i8["test_at_served_threshold"]["accuracy"]
-                                              - f32["test_at_served_threshold"]["accuracy"])
+    report["accuracy_change_points"] = 100 * (i8["test_at_fp32_threshold"]["accuracy"]
+                                              - f32["test_at_fp32_threshold"]["accuracy"])
+    # what changes for a client when the archive switches from backend onnx to onnx_int8
+    report["accuracy_change_points_as_served"] = 100 * (i8["test_at_val_threshold"]["accuracy"]
+                                                        - f32["test_at_fp32_threshold"]["accuracy"])
+    report["recall_change_points_as_served"] = 100 * (i8["test_at_val_threshold"]["recall"]
+                                                      - f32["test_at_fp32_threshold"]["recall"])
     report["forward_speedup"] = i8["forward_images_per_s_1_thread"] / f32["forward_images_per_s_1_thread"]
     (args.out / "quantization.json").write_text(json.dumps(report, indent=2))
-    print(markdown_table(rows))
+    table = markdown_table(rows)
+    if args.install:
+        install(report, int8, args.install_dir or checkpoint.parent, config, table)
+    print(table)
     print(f"forward-only, batch 1, 1 thread: fp32 {f32['forward_images_per_s_1_thread']:.0f} img/s, "
           f"int8 {i8['forward_images_per_s_1_thread']:.0f} img/s ({report['forward_speedup']:.2f}x); "
-          f"accuracy change {report['accuracy_change_points']:+.2f} points; report {args.out / 'quantization.json'}")
+          f"accuracy change {report['accuracy_change_points']:+.2f} points at the fp32 threshold, "
+          f"{report['accuracy_change_points_as_served']:+.2f} as served (recall "
+          f"{report['recall_change_points_as_served']:+.2f}); report {args.out / 'quantization.json'}")
     return report
+
+
+CARD_BEGIN, CARD_END = "<!-- make quantize: begin -->", "<!-- make quantize: end -->"
+
+
+def card_section(report: dict, table: str) -> str:
+    i8 = report["int8"]
+    return "\n".join([
+        CARD_BEGIN,
+        "## Served int8 graph (`make quantize`)",
+        f"Static int8 ONNX Runtime graph (QDQ, per-channel weights, {report['method']} calibration on "
+        f"{report['calibration_images']} train images), calibrated from `{report['checkpoint']}` "
+        f"(sha256 {report['checkpoint_sha256'][:12]}…; `make models` refuses it for any other checkpoint). "
+        f"Served with `handler.backend: onnx_int8` at its own threshold "
+        f"{i8['val_threshold_for_target_recall']:.4f}, picked on val for harmful recall "
+        f"≥ {report['target_recall']:.2f} (val recall {i8['val_recall_at_that_threshold']:.3f}). "
+        f"Forward-only {report['forward_speedup']:.2f}× the fp32 graph (batch 1, 1 thread). "
+        f"As served, test accuracy {report['accuracy_change_points_as_served']:+.1f} points and harmful recall "
+        f"{report['recall_change_points_as_served']:+.1f} points against the fp32 graph at its threshold.",
+        "",
+        table,
+        "",
+        "Reproduce: `make quantize MODEL=" + report["model"] + "` (measure only: `make quantize-eval`); the "
+        "served archive itself: `make evaluate MODEL=" + report["model"] + " SPLIT=test "
+        "MAR=model-archive/build/model-store/" + report["model"] + ".mar`.",
+        CARD_END,
+    ])
+
+
+def install(report: dict, graph: Path, folder: Path, config: Path, table: str) -> None:
+    """Adopt the int8 graph: copy it and a compact report beside the checkpoint, write its threshold, and put
+    its numbers in the model card (a section of its own, replaced on every run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / INT8_ONNX_FILE).write_bytes(graph.read_bytes())
+    compact = {k: v for k, v in report.items() if k not in ("fp32", "int8")}
+    for name in ("fp32", "int8"):  # per-image scores stay in OUT: the versioned copy keeps the metrics
+        compact[name] = {k: v for k, v in report[name].items() if k != "test_scores"}
+    (folder / "quantization.json").write_text(json.dumps(compact, indent=2) + "\n")
+    threshold = report["int8"]["val_threshold_for_target_recall"]
+    write_threshold(config, threshold, INT8_THRESHOLD_KEY)
+    card = folder / "MODEL_CARD.md"
+    text = card.read_text() if card.exists() else ""
+    if CARD_BEGIN in text:
+        text = text[:text.index(CARD_BEGIN)] + text[text.index(CARD_END) + len(CARD_END):].lstrip("\n")
+    card.write_text(text.rstrip("\n") + "\n\n" + card_section(report, table) + "\n")
+    print(f"installed {folder / INT8_ONNX_FILE} and quantization.json; {config}: {INT8_THRESHOLD_KEY} "
+          f"{threshold:.6f} (serve it with handler.backend: onnx_int8)")
 
 
 if __name__ == "__main__":

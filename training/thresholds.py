@@ -12,7 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-THRESHOLD_LINE = re.compile(r"^(\s*threshold:\s*)[0-9.eE+-]+", re.M)
+THRESHOLD_KEY = "threshold"
+
+
+def _line(key: str) -> re.Pattern[str]:
+    return re.compile(rf"^(\s*{re.escape(key)}:\s*)[0-9.eE+-]+", re.M)
 
 
 def threshold_for_recall(y_true: Sequence[int], scores: Sequence[float], target_recall: float) -> float:
@@ -28,18 +32,24 @@ def threshold_for_recall(y_true: Sequence[int], scores: Sequence[float], target_
     return float(positives[needed - 1])
 
 
-def write_threshold(config: Path, threshold: float) -> None:
-    """Rewrite only the `threshold:` value in the model config the handler reads; comments and keys stay."""
+def write_threshold(config: Path, threshold: float, key: str = THRESHOLD_KEY) -> None:
+    """Rewrite only the `key:` value (`threshold`, or `threshold_int8` of `make quantize`) in the model config
+    the handler reads; comments and other keys stay. A missing `threshold_int8:` goes right after `threshold:`."""
     text = config.read_text()
-    new, n = THRESHOLD_LINE.subn(rf"\g<1>{threshold:.6f}", text, count=1)
+    new, n = _line(key).subn(rf"\g<1>{threshold:.6f}", text, count=1)
+    if n != 1 and key != THRESHOLD_KEY:
+        anchor = _line(THRESHOLD_KEY).search(text)
+        if anchor is not None:
+            end = text.index("\n", anchor.end()) + 1 if "\n" in text[anchor.end():] else len(text)
+            new, n = f"{text[:end]}{anchor.group(1).replace(THRESHOLD_KEY, key)}{threshold:.6f}\n{text[end:]}", 1
     if n != 1:
-        raise ValueError(f"no `threshold:` line in {config}")
+        raise ValueError(f"no `{key}:` line in {config}")
     config.write_text(new)
 
 
-def read_threshold(config: Path) -> float:
+def read_threshold(config: Path, key: str = THRESHOLD_KEY) -> float:
     """The threshold currently in a model config (the value `write_threshold` wrote)."""
-    match = THRESHOLD_LINE.search(config.read_text())
+    match = _line(key).search(config.read_text())
     if match is None:
-        raise ValueError(f"no `threshold:` line in {config}")
+        raise ValueError(f"no `{key}:` line in {config}")
     return float(match.group(0)[len(match.group(1)):])

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from handlers.registry import LABELS, MODEL_NAMES, build_model, eval_transform, load_checkpoint
 from training.data import ClassMap, Sample, by_split, load_dataset, subclass_group
-from training.evaluate import evaluate
+from training.evaluate import eager, evaluate
 from training.evaluation import compute_metrics
 from training.features import DEFAULT_TUNE_FROM, ImageDataset, cache_stem, skip_unreadable, split_model
 from training.finetune import ProbeResult, auc, choose_alpha, linear_probe, scores
@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     # `make evaluate MODEL=... SPLIT=test CHECKPOINT=.../model.pt` reproduces.
     shipped = build_model(args.model)
     load_checkpoint(shipped, str(out / "model.pt"))
-    test_metrics, groups, fine = evaluate(shipped, args.model, test, threshold, out, f"{args.model} (test)")
+    test_metrics, groups, fine = evaluate(eager(shipped, threshold), args.model, test, threshold, out,
+                                         f"{args.model} (test)")
     photos = score_photos(shipped, args.cache_dir / "unseen")
     print(f"unseen benign photos flagged harmful: {sum(p >= threshold for _, _, p in photos)}/{len(photos)}")
     write_model_card(out, args.model, meta, test_metrics, val_metrics, groups, fine, command,
