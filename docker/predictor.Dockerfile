@@ -1,5 +1,6 @@
 # Predictor image (the chart's default predictor.image): TorchServe 0.12 CPU plus ONNX Runtime for the
-# handler's `backend: onnx`, the shipped default. Only an all-eager (PyTorch) deployment could run the stock
+# handler's ONNX backends (`onnx_int8` for MobileNetV2, `onnx` for ResNet50), the shipped defaults.
+# Only an all-eager (PyTorch) deployment could run the stock
 # pytorch/torchserve:0.12.0-cpu unchanged. Archives are not baked in: KServe mounts them at /mnt/models.
 # docker build -f docker/predictor.Dockerfile -t image-moderation/predictor:0.1.0 .
 FROM pytorch/torchserve:0.12.0-cpu

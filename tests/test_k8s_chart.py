@@ -21,7 +21,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "knative": {"sets": ["predictor.deploymentMode=Knative", "models.mobilenet_v2.scaleMetric=concurrency",
                          "models.resnet50.scaleMetric=rps"]},
     "cluster-runtime": {"sets": ["predictor.runtime.cluster=true", "models.resnet50.enabled=false",
-                                 "models.mobilenet_v2.threshold=0.41"]},
+                                 "models.mobilenet_v2.threshold=0.41", "models.mobilenet_v2.backend=onnx"]},
     "keda-sasl-inline-mtls": {"sets": ["bridge.keda.enabled=true", "bridge.kafka.securityProtocol=SASL_SSL",
                                        "bridge.kafka.sasl.username=u", "bridge.kafka.sasl.password=p",
                                        "bridge.kafka.tls.caSecret=ca", "bridge.kafka.tls.clientSecret=client",
@@ -167,6 +167,20 @@ def test_torch_threads_match_cpu_limit(cpu: str, workers: int, threads: str) -> 
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["MODERATION_TORCH_THREADS_RESNET50"] == threads
 
 
+def test_backend_override_reaches_the_handler_variable(default_docs: list[dict[str, Any]]) -> None:
+    """Empty keeps the archive's backend (no variable); a value becomes MODERATION_BACKEND_<MODEL>."""
+    from handlers.settings import BACKENDS
+
+    (isvc,) = k.find(default_docs, "InferenceService", "image-moderation-mobilenet-v2")
+    assert not any(e["name"].startswith("MODERATION_BACKEND") for e in isvc["spec"]["predictor"]["model"]["env"])
+    (isvc,) = k.find(k.load_docs(render("cluster-runtime")), "InferenceService", "image-moderation-mobilenet-v2")
+    env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["model"]["env"]}
+    assert env["MODERATION_BACKEND_MOBILENET_V2"] == "onnx" and env["MODERATION_THRESHOLD_MOBILENET_V2"] == "0.41"
+    schema = json.loads((k.CHART / "values.schema.json").read_text())
+    allowed = schema["properties"]["models"]["additionalProperties"]["properties"]["backend"]["enum"]
+    assert set(allowed) == {"", *BACKENDS}  # the chart offers exactly what the handler accepts
+
+
 def test_chart_workers_are_the_archives_workers() -> None:
     """Threads per worker are computed from models.<m>.workers: it must be the .mar's worker count."""
     values = yaml.safe_load((k.ROOT / "helm" / "image-moderation" / "values.yaml").read_text())
@@ -224,7 +238,8 @@ def test_no_secret_by_default_and_sasl_needs_credentials(default_docs: list[dict
 
 def test_values_schema_rejects_bad_values() -> None:
     for bad in ["predictor.deploymentMode=Serverless", "models.resnet50.scaleMetric=gpu", "bridge.protocol=v3",
-                "bridge.kafka.securityProtocol=TLS", "monitoring.prometheusRule.latencySeconds=0.4"]:
+                "bridge.kafka.securityProtocol=TLS", "monitoring.prometheusRule.latencySeconds=0.4",
+                "models.mobilenet_v2.backend=tensorrt"]:
         res = k.run([k.tool("helm"), "template", "x", str(k.CHART), "--set", bad])
         assert res.returncode != 0 and "values don't meet the specifications of the schema" in res.stderr, bad
 
