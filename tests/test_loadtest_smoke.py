@@ -74,3 +74,20 @@ def test_cpu_by_role_counts_the_process_that_burns_it() -> None:
         while time.perf_counter() < end:
             pass
     assert 0.5 < cores[LOADGEN] <= 1.2, cores
+
+
+def test_cpu_by_role_splits_out_the_frontend_jit(serving: str) -> None:
+    """A JVM that has served requests has spent CPU compiling them; the bench reports that share apart."""
+    import httpx
+    import psutil
+
+    from loadtest.cpu import JIT, JIT_OF, _jit_seconds, cores_by_role
+    from tests.image_factory import jpeg
+
+    (java,) = [p for p in psutil.process_iter(["cmdline"]) if "org.pytorch.serve" in " ".join(p.info["cmdline"] or [])]
+    assert _jit_seconds(java.pid) > 0
+    with cores_by_role() as cores, httpx.Client(base_url=serving, timeout=30) as client:
+        for seed in range(10):
+            assert client.post("/v1/models/mobilenet_v2:predict", content=jpeg(64, 48, seed),
+                               headers={"Content-Type": "image/jpeg"}).status_code == 200
+    assert 0.0 <= cores[JIT] <= cores[JIT_OF], cores
