@@ -271,7 +271,7 @@ def markdown(res: dict[str, Any]) -> str:
                      f"| {r['images_per_s']:.1f} |")
     lines += ["", "## 2./3. Served over HTTP: our handler vs the stock image_classifier handler", "",
               "| model | handler | cold start s | saturation img/s | p50 / p95 / p99 ms | errors "
-              "| half-load rate /s | half-load p95 ms | RSS per worker MB (PSS) |",
+              "| half-load rate /s | half-load p95 ms | RSS per worker MB (PSS; CUDA libraries in the RSS) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for model, m in res["served"].items():
         for who in ("ours", "stock"):
@@ -279,7 +279,8 @@ def markdown(res: dict[str, Any]) -> str:
                 continue
             r = m[who]
             s, h = r["saturation"], r["half_load"]
-            mem = ", ".join(f"{w['rss']:.0f} ({w['pss']:.0f})" for w in r["workers"])
+            mem = ", ".join(f"{w['rss']:.0f} ({w['pss']:.0f}; {w.get('cuda_libs', float('nan')):.0f})"
+                            for w in r["workers"])
             lines.append(f"| {model} | {who} | {r['cold_start_s']:.1f} | {s['images_per_s']:.1f} | "
                          f"{s['p50_ms']:.0f} / {s['p95_ms']:.0f} / {s['p99_ms']:.0f} | {s['errors'] + h['errors']} | "
                          f"{h['target_rps']:.0f} | {h['p95_ms']:.0f} | {mem} |")

@@ -122,14 +122,16 @@ class TorchServeInstance:
         return [p for p in procs if "model_service_worker" in " ".join(p.cmdline())]
 
     def worker_memory_mb(self) -> list[dict[str, float]]:
-        """RSS (what `ps` shows), PSS (shared library pages split between workers) and USS (private) per worker."""
+        """RSS (what `ps` shows), PSS (shared library pages split between workers), USS (private) per worker,
+        and the RSS of the CUDA libraries the PyPI torch wheel maps although nothing here uses a GPU."""
         out = []
         for p in self.workers():
             try:
                 info = p.memory_full_info()
+                cuda = cuda_library_rss_mb(p.pid)
             except psutil.Error:
                 continue
-            out.append({"rss": info.rss / 2**20, "pss": info.pss / 2**20, "uss": info.uss / 2**20})
+            out.append({"rss": info.rss / 2**20, "pss": info.pss / 2**20, "uss": info.uss / 2**20, "cuda_libs": cuda})
         return out
 
     def stop(self) -> None:
@@ -142,3 +144,23 @@ class TorchServeInstance:
                 self.proc.wait(timeout=10)
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+CUDA_LIBRARY_MARKERS = ("/nvidia/", "libtorch_cuda", "libc10_cuda", "libcaffe2_nvrtc", "libtorch_nvshmem")
+
+
+def cuda_library_rss_mb(pid: int) -> float:
+    """Resident MB of a process's CUDA library mappings (their file pages and the pages relocation dirtied):
+    what a CPU-only torch build would not map (/proc/<pid>/smaps; raises psutil.Error like psutil)."""
+    total_kb, cuda = 0, False
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head = line.split(maxsplit=6)
+                if "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
+                    cuda = len(head) > 5 and any(m in head[5] for m in CUDA_LIBRARY_MARKERS)
+                elif cuda and head[0] == "Rss:":
+                    total_kb += int(head[1])
+    except OSError as exc:
+        raise psutil.AccessDenied(pid) if isinstance(exc, PermissionError) else psutil.NoSuchProcess(pid) from exc
+    return total_kb / 1024

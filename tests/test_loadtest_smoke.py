@@ -91,3 +91,22 @@ def test_cpu_by_role_splits_out_the_frontend_jit(serving: str) -> None:
             assert client.post("/v1/models/mobilenet_v2:predict", content=jpeg(64, 48, seed),
                                headers={"Content-Type": "image/jpeg"}).status_code == 200
     assert 0.0 <= cores[JIT] <= cores[JIT_OF], cores
+
+
+def test_cuda_library_rss_is_counted_only_where_mapped() -> None:
+    """The bench's "CUDA libraries in the RSS": the torch wheel's CUDA mappings, nothing for a process without."""
+    import os
+    import subprocess
+
+    import torch
+
+    from loadtest.torchserve_instance import cuda_library_rss_mb
+
+    mine = cuda_library_rss_mb(os.getpid())
+    assert (mine > 10) if torch.version.cuda else (mine == 0), mine
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        assert cuda_library_rss_mb(sleeper.pid) == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
