@@ -301,7 +301,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {ratio(k.get('bridge', {}).get('images_per_s'), k.get('naive', {}).get('images_per_s'))} |")
     columns = [c for role, _ in ROLES for c in ((role, JIT) if role == JIT_OF else (role,))] + [LOADGEN]
     warm = res.get("warmup_s", 0)
-    lines += ["", f"## CPU by role at saturation (cores, psutil; 2 in all; served after a {warm:.0f} s warm-up)", "",
+    lines += ["", f"## CPU by role at saturation (cores, psutil; 2 in all; each after a {warm:.0f} s warm-up)", "",
               "| load point | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     points = [(f"{model} {who} over HTTP", m[who].get("saturation_cores", {}))
               for model, m in res["served"].items() for who in ("ours", "stock") if who in m]
@@ -402,7 +402,7 @@ def main() -> None:
     else:
         from loadtest import kafka_bench
 
-        res["kafka"] = kafka_bench.run(args.models[:1], args.seconds, res["served"])
+        res["kafka"] = kafka_bench.run(args.models[:1], args.seconds, res["served"], args.warmup)
     res["host"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     (workdir / "results.json").write_text(json.dumps(res, indent=2))
     md = markdown(res)

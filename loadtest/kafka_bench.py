@@ -104,8 +104,11 @@ def _ensure_topics(cfg: Config) -> None:
     ensure_topics(AdminClient(cfg.client_settings()), {NAIVE_IN: 1, NAIVE_OUT: 1}, cfg.max_message_bytes)
 
 
-def run(models: list[str], seconds: float, served: dict[str, Any]) -> dict[str, Any]:
-    """Bridge at saturation and at half its rate, then the naive consumer; skipped when `make up` lacks Kafka."""
+def run(models: list[str], seconds: float, served: dict[str, Any], warmup_s: float = 40.0) -> dict[str, Any]:
+    """Bridge at saturation and at half its rate, then the naive consumer; skipped when `make up` lacks Kafka.
+
+    `make up`'s TorchServe may not have served anything yet: the bridge first runs `warmup_s` worth of
+    records at saturation, unmeasured, so its JVM has compiled the inference path (as in the served runs)."""
     cfg = Config.from_env()
     try:
         if httpx.get(f"http://{cfg.host}:{cfg.port}/readyz", timeout=3).status_code != 200:
@@ -118,6 +121,9 @@ def run(models: list[str], seconds: float, served: dict[str, Any]) -> dict[str, 
     # small part of the run and the throughputs compare.
     direct = (served.get(model) or {}).get("ours", {}).get("saturation", {}).get("images_per_s") or 20.0
     n = max(200, int(seconds * direct))
+    if warmup_s > 0:
+        _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic,
+                             int(warmup_s * direct), None, 300)
     with cores_by_role() as cores:
         bridge = _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic, n,
                                       None, 300)
