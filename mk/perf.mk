@@ -21,3 +21,7 @@ loadtest: $(SETUP_STAMP) ## Headless Locust vs `make up` (USERS SPAWN_RATE DURAT
 .PHONY: bench
 bench: $(SETUP_STAMP) models ## Side-by-side benchmark: in-process ceiling, our handler, stock handler, Kafka (results in loadtest/results/)
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
+
+.PHONY: bench-levers
+bench-levers: $(SETUP_STAMP) models ## Each speed lever alone, one thread: JPEG decode paths, eager/TorchScript/torch.compile/ONNX fp32/int8 (loadtest/LEVERS.md)
+	$(PY) -m loadtest.levers $(LEVERS_ARGS)
