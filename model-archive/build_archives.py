@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from handlers.registry import MODEL_NAMES, PixelGraph, build_model, load_checkpoint  # noqa: E402
-from handlers.settings import INT8_ONNX_FILE, ONNX_FILE  # noqa: E402
+from handlers.settings import INT8_ONNX_FILE, ONNX_FILE, graph_file  # noqa: E402
 
 ARCHIVE_DIR = ROOT / "model-archive"
 CONFIG_DIR = ARCHIVE_DIR / "config"
@@ -135,11 +135,11 @@ def build_archive(model: str, store: Path) -> Path:
     version = str(load_checkpoint(build_model(model), str(ckpt)).get("version", "1.0"))
     stage = stage_handler_package(model)
     backend = str(handler_config(model).get("backend", "eager")).lower()
-    if backend in ("onnx", "onnx_int8"):
+    if graph_file(backend) is not None:
         # TorchServe copies --extra-files folder contents to the model dir: model.onnx lands beside model.pt.
         # An int8 archive keeps the fp32 graph too, so MODERATION_BACKEND=onnx switches back without a rebuild.
         export_onnx(model, ckpt, stage / ONNX_FILE)
-    if backend == "onnx_int8":
+    if graph_file(backend) == INT8_ONNX_FILE:
         shutil.copy2(int8_graph_for(model, ckpt), stage / INT8_ONNX_FILE)
     cmd = [
         str(Path(sys.executable).parent / "torch-model-archiver"),
