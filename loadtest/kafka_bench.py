@@ -5,10 +5,16 @@ and publish JSON predictions. The bridge is the one `make up` runs (image_data -
 The naive consumer is the reference system's loop: poll one record, POST it to the inference endpoint,
 wait, produce the prediction, commit, next; it runs here on private topics so the bridge never sees them.
 Throughput = N records / (first produce -> last prediction); latency = produce -> prediction per id.
+
+One point alone, against whatever bridge `make up` runs (e.g. after `BRIDGE_MAX_CONCURRENCY=8
+scripts/bridge.sh restart`), for A/B runs of a bridge setting:
+
+    python -m loadtest.kafka_bench --records 4000 [--rate 150]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 import time
@@ -145,3 +151,19 @@ def run(models: list[str], seconds: float, served: dict[str, Any], warmup_s: flo
           f"(half load p95 {bridge['half_p95_ms']:.0f} ms) | naive {naive['images_per_s']:.1f} img/s "
           f"p95 {naive['p95_ms']:.0f} ms", flush=True)
     return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = argparse.ArgumentParser(description="one bridge load point: produce N records, time each prediction")
+    p.add_argument("--records", type=int, default=4000)
+    p.add_argument("--rate", type=float, help="records/s (default: as fast as possible = saturation)")
+    args = p.parse_args(argv)
+    cfg = Config.from_env()
+    point = _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic,
+                                 args.records, args.rate, 300)
+    print(json.dumps({k: round(v, 1) for k, v in point.items()}))
+    return point
+
+
+if __name__ == "__main__":
+    main()
