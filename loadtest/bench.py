@@ -275,7 +275,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['procs']}x{r['threads']} "
                      f"| {r['images_per_s']:.1f} |")
     lines += ["", "## 2./3. Served over HTTP: our handler vs the stock image_classifier handler", "",
-              "| model | handler | cold start s | saturation img/s | p50 / p95 / p99 ms | errors "
+              "| model | handler | cold start s | saturation img/s (requests in flight) | p50 / p95 / p99 ms | errors "
               "| half-load rate /s | half-load p95 ms | RSS per worker MB (PSS; CUDA libraries in the RSS) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for model, m in res["served"].items():
@@ -286,8 +286,8 @@ def markdown(res: dict[str, Any]) -> str:
             s, h = r["saturation"], r["half_load"]
             mem = ", ".join(f"{w['rss']:.0f} ({w['pss']:.0f}; {w.get('cuda_libs', float('nan')):.0f})"
                             for w in r["workers"])
-            lines.append(f"| {model} | {who} | {r['cold_start_s']:.1f} | {s['images_per_s']:.1f} | "
-                         f"{s['p50_ms']:.0f} / {s['p95_ms']:.0f} / {s['p99_ms']:.0f} | {s['errors'] + h['errors']} | "
+            lines.append(f"| {model} | {who} | {r['cold_start_s']:.1f} | {s['images_per_s']:.1f} ({s['concurrency']}) "
+                         f"| {s['p50_ms']:.0f} / {s['p95_ms']:.0f} / {s['p99_ms']:.0f} | {s['errors'] + h['errors']} | "
                          f"{h['target_rps']:.0f} | {h['p95_ms']:.0f} | {mem} |")
     lines += ["", "## Ratios", "", "| model | served / ceiling (best batch) | served / ceiling (batch 1) "
               "| ours / stock throughput | ours / stock p95 at saturation | bridge / direct HTTP | bridge / naive |",
