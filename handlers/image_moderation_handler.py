@@ -80,6 +80,7 @@ class ImageModerationHandler(BaseHandler):
         architecture = str(config.get("architecture", self.model_name))
         model_dir = context.system_properties["model_dir"]
         graph = graph_file(self.settings.backend)
+        self._onnx = graph is not None  # decided once: _forward runs per chunk of every batch
         if graph is not None:
             self.model = self._onnx_session(os.path.join(model_dir, graph))
             self._to_pixels = input_array
@@ -169,7 +170,7 @@ class ImageModerationHandler(BaseHandler):
         return scores
 
     def _forward(self, pixels: list[torch.Tensor | np.ndarray]) -> torch.Tensor:
-        if graph_file(self.settings.backend) is not None:
+        if self._onnx:
             logits = self.model.run(None, {"pixels": np.stack(pixels)})[0]
             return torch.softmax(torch.from_numpy(logits).float(), dim=1)[:, HARMFUL_INDEX]
         x = self._normalize(torch.stack(pixels))

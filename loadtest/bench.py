@@ -35,6 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from handlers.settings import graph_file  # noqa: E402
 from loadtest import loadgen  # noqa: E402
 from loadtest.cpu import JIT, JIT_OF, LOADGEN, ROLES, cores_by_role  # noqa: E402
 from loadtest.torchserve_instance import OURS_PORTS, STOCK_PORTS, TorchServeInstance, build_archives  # noqa: E402
@@ -70,7 +71,7 @@ def _ceiling_worker(model: str, backend: str, batch: int, threads: int, seconds:
 
     torch.set_num_threads(threads)
     images, limits = corpus(), DecodeLimits()
-    if backend in ("onnx", "onnx_int8"):
+    if graph_file(backend) is not None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -117,21 +118,13 @@ def ceiling(model: str, backend: str, batch: int, threads: int, procs: int, seco
     return sum(rates)
 
 
-def _int8_graph(model: str) -> Path | None:
-    """The committed int8 graph of `make quantize`, when it belongs to the committed checkpoint."""
-    try:
-        return build_archives.int8_graph_for(model, build_archives.checkpoint_for(model))
-    except SystemExit:
-        return None
-
-
 def run_ceilings(models: list[str], seconds: float, workdir: Path) -> list[dict[str, Any]]:
     cores = os.cpu_count() or 1
     rows = []
     for model in models:
         graphs = {"onnx": build_archives.export_onnx(model, build_archives.checkpoint_for(model),
                                                      workdir / f"{model}.onnx")}
-        if (int8 := _int8_graph(model)) is not None:
+        if (int8 := build_archives.committed_int8_graph(model)) is not None:
             graphs["onnx_int8"] = int8
         for backend in ("eager", "channels_last", *graphs):
             # ONNX also at 4 and 16: where per-image speed falls with batch size (handler.forward_batch)
@@ -174,15 +167,30 @@ def build_stock_store(model: str, workdir: Path) -> Path:
     return store
 
 
+def warm_up(url: str, bodies: list[loadgen.Body], concurrency: int, seconds: float,
+            slice_s: float = 5.0) -> list[dict[str, float]]:
+    """Unmeasured load at saturation, in slices that each record the frontend's cores and its JIT share: the
+    results show how long the JVM compiled and that the measured window came after it."""
+    trace: list[dict[str, float]] = []
+    done = 0.0
+    while done < seconds:
+        length = min(slice_s, seconds - done)
+        with cores_by_role() as cores:
+            loadgen.run(lambda n=length: loadgen.closed_loop(url, bodies, concurrency, n, warmup=0))
+        done += length
+        trace.append({"t_s": round(done, 1), "frontend": cores.get(JIT_OF, 0.0), "jit": cores.get(JIT, 0.0)})
+    return trace
+
+
 def serve_and_load(name: str, store: Path, model: str, ports: Any, workdir: Path, env: dict[str, str],
                    bodies: list[loadgen.Body], concurrency: int, seconds: float,
                    half_rate: float | None, builtin_logging: bool = False,
                    warmup_s: float = 40.0) -> dict[str, Any]:
     """Start a TorchServe with one model, time the cold start, warm it up, saturate it, then run half load.
 
-    The warm-up is for the JVM: a fresh frontend compiles its hot paths during its first ~35 s under load
-    (measured: its compiler threads take 0.37 -> 0.15 -> 0.02 cores over 5 / 15 / 35 s, the frontend 0.57 ->
-    0.13), which would otherwise be billed to serving. The CPU table's JIT column shows what is left of it.
+    The warm-up is for the JVM: a fresh frontend compiles its hot paths during its first ~35 s under load,
+    which would otherwise be billed to serving; `warm_up` records that decay ("JIT warm-up" in the report)
+    and the CPU table's JIT column shows what is left of it in the measured window.
     """
     inst = TorchServeInstance(f"{name}-{model}", store, ports, workdir / f"ts-{name}-{model}", env,
                               builtin_logging=builtin_logging)
@@ -192,8 +200,7 @@ def serve_and_load(name: str, store: Path, model: str, ports: Any, workdir: Path
         # load only this model: `--models all` would start every archive of the store
         cold = inst.wait_first_prediction(model, bodies[0].data)
         url = f"{inst.url}/predictions/{model}"
-        if warmup_s > 0:
-            loadgen.run(lambda: loadgen.closed_loop(url, bodies, concurrency, warmup_s, warmup=0))
+        trace = warm_up(url, bodies, concurrency, warmup_s)
         with cores_by_role() as cores:
             sat = loadgen.run(lambda: loadgen.closed_loop(url, bodies, concurrency, seconds, warmup=1))
         rate = half_rate if half_rate is not None else sat.images_per_s / 2
@@ -206,7 +213,7 @@ def serve_and_load(name: str, store: Path, model: str, ports: Any, workdir: Path
           f"err {sat.errors} | open loop {rate:.0f}/s p95 {half.p95_ms:.0f} ms err {half.errors} | "
           f"RSS/worker {[round(m['rss']) for m in memory]} MB", flush=True)
     return {"cold_start_s": cold, "saturation": sat.as_dict(), "half_load": half.as_dict(), "workers": memory,
-            "saturation_cores": cores}
+            "saturation_cores": cores, "warmup_trace": trace}
 
 
 def one_model_store(store: Path, model: str, workdir: Path, tag: str) -> Path:
@@ -314,6 +321,13 @@ def markdown(res: dict[str, Any]) -> str:
                for model, k in kafka.items() if isinstance(k, dict) and "bridge" in k]
     for name, cores in points:
         lines.append(f"| {name} | " + " | ".join(f"{cores.get(c, 0.0):.2f}" for c in columns) + " |")
+    traces = [(f"{model} {who}", m[who]["warmup_trace"]) for model, m in res["served"].items()
+              for who in ("ours", "stock") if m.get(who, {}).get("warmup_trace")]
+    if traces:
+        lines += ["", "JIT warm-up of each fresh TorchServe (unmeasured load at saturation before the point above): "
+                  "frontend cores / of which JIT compiler, per slice ending at t seconds", ""]
+        lines += [f"- {name}: " + ", ".join(f"t={x['t_s']:.0f} {x['frontend']:.2f}/{x['jit']:.2f}" for x in trace)
+                  for name, trace in traces]
     lines += ["", "## 4. Kafka end to end", "",
               "Through the `make up` stack (TorchServe with the archives it was started with, broker, and the bridge "
               "of scripts/bridge.sh: TorchServe directly, as on the cluster, unless INFERENCE_URL says otherwise); "
@@ -385,7 +399,7 @@ def main() -> None:
     parser.add_argument("--no-ceiling", action="store_true")
     parser.add_argument("--torchserve-logging", choices=("quiet", "builtin"), default="quiet",
                         help="frontend log4j2: ours (model-archive/config/log4j2.xml) or TorchServe's built-in "
-                             "DEBUG config, to measure that lever; builtin runs do not replace loadtest/BENCHMARKS.md")
+                             "DEBUG config, to measure that lever (only whole quiet runs replace BENCHMARKS.md)")
     args = parser.parse_args()
     # a killed bench must still stop the TorchServe it started (the finally blocks run on SystemExit)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -413,7 +427,9 @@ def main() -> None:
     md = markdown(res)
     (workdir / "BENCHMARKS.md").write_text(md)
     chart(res, workdir / "chart.png")
-    if args.torchserve_logging == "quiet":
+    full = (set(args.models) == set(MODELS) and not (args.no_stock or args.no_kafka or args.no_ceiling)
+            and args.torchserve_logging == "quiet" and "skipped" not in res["kafka"])
+    if full:  # a partial or A/B run never replaces the committed results of a whole one
         shutil.copy2(workdir / "BENCHMARKS.md", ROOT / "loadtest" / "BENCHMARKS.md")
     for tmp in workdir.glob("st*-*"):  # staged archives and stores: large and reproducible
         shutil.rmtree(tmp, ignore_errors=True)

@@ -110,6 +110,11 @@ def _ensure_topics(cfg: Config) -> None:
     ensure_topics(AdminClient(cfg.client_settings()), {NAIVE_IN: 1, NAIVE_OUT: 1}, cfg.max_message_bytes)
 
 
+def bridge_point(cfg: Config, n: int, rate: float | None) -> dict[str, float]:
+    """n records through the bridge `make up` runs (image_data -> image_predictions, or the DLQ)."""
+    return _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic, n, rate, 300)
+
+
 def run(models: list[str], seconds: float, served: dict[str, Any], warmup_s: float = 40.0) -> dict[str, Any]:
     """Bridge at saturation and at half its rate, then the naive consumer; skipped when `make up` lacks Kafka.
 
@@ -128,16 +133,12 @@ def run(models: list[str], seconds: float, served: dict[str, Any], warmup_s: flo
     direct = (served.get(model) or {}).get("ours", {}).get("saturation", {}).get("images_per_s") or 20.0
     n = max(200, int(seconds * direct))
     if warmup_s > 0:
-        _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic,
-                             int(warmup_s * direct), None, 300)
+        bridge_point(cfg, int(warmup_s * direct), None)
     with cores_by_role() as cores:
-        bridge = _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic, n,
-                                      None, 300)
+        bridge = bridge_point(cfg, n, None)
     bridge["cores"] = cores
-    half = _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic,
-                                max(20, n // 2), max(1.0, bridge["images_per_s"] / 2), 300)
-    bridge["half_p95_ms"] = half["p95_ms"]
     bridge["half_rate"] = max(1.0, bridge["images_per_s"] / 2)
+    bridge["half_p95_ms"] = bridge_point(cfg, max(20, n // 2), bridge["half_rate"])["p95_ms"]
     _ensure_topics(cfg)
     stop = threading.Event()
     worker = threading.Thread(target=naive_consumer, args=(cfg, model, stop), daemon=True)
@@ -158,9 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--records", type=int, default=4000)
     p.add_argument("--rate", type=float, help="records/s (default: as fast as possible = saturation)")
     args = p.parse_args(argv)
-    cfg = Config.from_env()
-    point = _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic,
-                                 args.records, args.rate, 300)
+    point = bridge_point(Config.from_env(), args.records, args.rate)
     print(json.dumps({k: round(v, 1) for k, v in point.items()}))
     return point
 

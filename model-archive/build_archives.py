@@ -130,6 +130,15 @@ def int8_graph_for(model: str, ckpt: Path) -> Path:
     return graph
 
 
+def committed_int8_graph(model: str) -> Path | None:
+    """The int8 graph that `make models` would pack for the committed checkpoint, or None (none made, or stale):
+    what the benchmarks measure next to fp32."""
+    try:
+        return int8_graph_for(model, checkpoint_for(model))
+    except SystemExit:
+        return None
+
+
 def build_archive(model: str, store: Path) -> Path:
     ckpt = checkpoint_for(model)
     version = str(load_checkpoint(build_model(model), str(ckpt)).get("version", "1.0"))

@@ -110,3 +110,17 @@ def test_cuda_library_rss_is_counted_only_where_mapped() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_warm_up_records_the_frontend_per_slice(serving: str) -> None:
+    """`make bench`'s JIT warm-up trace: one entry per slice, the JIT share within the frontend's cores."""
+    from handlers.stack import url
+    from loadtest import loadgen
+    from loadtest.bench import warm_up
+    from tests.image_factory import jpeg
+
+    endpoint = f"{url('TORCHSERVE_INFERENCE_PORT')}/predictions/mobilenet_v2"
+    trace = warm_up(endpoint, [loadgen.Body(jpeg(64, 48, 0), "image/jpeg")], 2, 1.0, slice_s=0.5)
+    assert [x["t_s"] for x in trace] == [0.5, 1.0]
+    assert all(0.0 <= x["jit"] <= x["frontend"] for x in trace), trace
+    assert any(x["frontend"] > 0 for x in trace), trace  # requests were served: the frontend did work

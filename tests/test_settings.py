@@ -32,3 +32,15 @@ def test_forward_batch_is_parsed_and_never_negative() -> None:
     assert HandlerSettings.load("mobilenet_v2", {"forward_batch": 4}, env=env).forward_batch == 2
     with pytest.raises(ValueError, match="forward_batch"):
         HandlerSettings.load("mobilenet_v2", {"forward_batch": -1}, env={})
+
+
+def test_int8_backend_serves_its_own_threshold() -> None:
+    config = {"backend": "onnx_int8", "threshold": 0.8, "threshold_int8": 0.7}
+    assert HandlerSettings.load("mobilenet_v2", config, env={}).threshold == 0.7
+    # the fp32 threshold goes with the fp32 graph, also when the env switches back to it
+    assert HandlerSettings.load("mobilenet_v2", config, env={"MODERATION_BACKEND": "onnx"}).threshold == 0.8
+    # an explicit operator threshold wins over both
+    env = {"MODERATION_THRESHOLD_MOBILENET_V2": "0.6"}
+    assert HandlerSettings.load("mobilenet_v2", config, env=env).threshold == 0.6
+    with pytest.raises(ValueError, match="threshold_int8"):
+        HandlerSettings.load("mobilenet_v2", {"backend": "onnx_int8", "threshold": 0.8}, env={})

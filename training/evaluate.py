@@ -135,22 +135,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="split seed for class folders without manifest/split folders")
     args = p.parse_args(argv)
 
-    tmp = tempfile.TemporaryDirectory()
-    scorer = load_scorer(args.model, args.checkpoint, args.mar, Path(tmp.name))
-    threshold = args.threshold if args.threshold is not None else scorer.threshold
     classes = ClassMap(tuple(args.harmful_classes.split(",")), tuple(args.benign_classes.split(",")))
     samples = load_dataset(args.data, classes, seed=args.seed)
     if args.split:
         samples = [s for s in samples if s.split == args.split]
-    name = f"{args.model} {scorer.backend} ({args.data.name}{'/' + args.split if args.split else ''})"
-    metrics, _, _ = evaluate(scorer, args.model, samples, threshold, args.out, name, args.batch_size)
-    tmp.cleanup()
+    with tempfile.TemporaryDirectory() as tmp:
+        scorer = load_scorer(args.model, args.checkpoint, args.mar, Path(tmp))
+        name = f"{args.model} {scorer.backend} ({args.data.name}{'/' + args.split if args.split else ''})"
+        metrics, _, _ = evaluate(scorer, args.model, samples, args.out, name, args.batch_size, args.threshold)
     return metrics
 
 
-def evaluate(scorer: Scorer, model_name: str, samples: list[Sample], threshold: float, out: Path,
-             name: str, batch_size: int = 32) -> tuple[dict, dict, dict]:
-    """Score `samples` through the whole model as the server would; write metrics, breakdowns and plots to `out`."""
+def evaluate(scorer: Scorer, model_name: str, samples: list[Sample], out: Path, name: str, batch_size: int = 32,
+             threshold: float | None = None) -> tuple[dict, dict, dict]:
+    """Score `samples` through the whole model as the server would; write metrics, breakdowns and plots to `out`.
+    `threshold` overrides the scorer's (the served one)."""
+    threshold = scorer.threshold if threshold is None else threshold
     loader = torch.utils.data.DataLoader(ImageDataset(samples, scorer.transform), batch_size=batch_size,
                                          num_workers=1, collate_fn=skip_unreadable)
     scores = np.full(len(samples), np.nan)

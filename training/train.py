@@ -263,8 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     # `make evaluate MODEL=... SPLIT=test CHECKPOINT=.../model.pt` reproduces.
     shipped = build_model(args.model)
     load_checkpoint(shipped, str(out / "model.pt"))
-    test_metrics, groups, fine = evaluate(eager(shipped, threshold), args.model, test, threshold, out,
-                                         f"{args.model} (test)")
+    test_metrics, groups, fine = evaluate(eager(shipped, threshold), args.model, test, out, f"{args.model} (test)")
     photos = score_photos(shipped, args.cache_dir / "unseen")
     print(f"unseen benign photos flagged harmful: {sum(p >= threshold for _, _, p in photos)}/{len(photos)}")
     write_model_card(out, args.model, meta, test_metrics, val_metrics, groups, fine, command,
