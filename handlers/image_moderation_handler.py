@@ -67,6 +67,7 @@ class ImageModerationHandler(BaseHandler):
         rows: list[ParsedRequest | ModerationError | Exception] = field(default_factory=list)
         spans: list[tuple[int, int]] = field(default_factory=list)  # row -> [start, end) in pixels
         pixels: list[torch.Tensor | np.ndarray] = field(default_factory=list)
+        seconds: Counter[str] = field(default_factory=Counter)  # stage -> seconds spent on this batch
 
     def initialize(self, context: Any) -> None:
         manifest = context.manifest["model"]
@@ -130,7 +131,7 @@ class ImageModerationHandler(BaseHandler):
             try:
                 body, ctype = _body_and_content_type(row, self.context, idx)
                 request = parse_request(body, ctype)
-                batch.pixels.extend(self._pixels(request))
+                batch.pixels.extend(self._pixels(request, batch.seconds))
                 batch.rows.append(request)
             except ModerationError as err:
                 del batch.pixels[start:]
@@ -141,10 +142,13 @@ class ImageModerationHandler(BaseHandler):
                 del batch.pixels[start:]
                 batch.rows.append(exc)
             batch.spans.append((start, len(batch.pixels)))
+        for stage, seconds in batch.seconds.items():  # per batch, not per image: each is a worker log line
+            self.metrics.stage(stage, seconds)
         return batch
 
-    def _pixels(self, request: ParsedRequest) -> list[torch.Tensor | np.ndarray]:
-        """Decode + resize every image of one request; the first bad image fails the request, naming its index."""
+    def _pixels(self, request: ParsedRequest, seconds: Counter[str]) -> list[torch.Tensor | np.ndarray]:
+        """Decode + resize every image of one request, adding the time to `seconds`; the first bad image fails
+        the request, naming its index."""
         out = []
         for i, raw in enumerate(request.images):
             t0 = time.perf_counter()
@@ -154,8 +158,8 @@ class ImageModerationHandler(BaseHandler):
                 raise err.at(i) if len(request.images) > 1 else err from None
             t1 = time.perf_counter()
             out.append(self._to_pixels(image))
-            self.metrics.stage("decode", t1 - t0)
-            self.metrics.stage("preprocess", time.perf_counter() - t1)
+            seconds["decode"] += t1 - t0
+            seconds["preprocess"] += time.perf_counter() - t1
         return out
 
     def inference(self, pixels: list[torch.Tensor | np.ndarray], *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -3,6 +3,9 @@
 TorchServe's own latency metrics are cumulative counters (no percentiles), so the handler adds
 histograms per stage. They only reach `/metrics` in Prometheus mode when declared under
 `model_metrics` in the metrics config (model-archive/config/metrics.yaml); names are defined here once.
+Stage times are observed once per server-side batch (all its images): TorchServe ships every observation
+from the worker to the Java frontend as a log line that the frontend parses, so per-image observations
+cost two lines per image on both sides (3.4 % of worker samples and ~20 % of the frontend's in a profile).
 """
 
 from __future__ import annotations

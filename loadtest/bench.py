@@ -3,7 +3,9 @@
 1. ceiling  - in-process decode + preprocess + forward, both models, each backend, batch 1 and batch 8
               (ONNX also 4 and 16),
               one process with all threads or one process per core (what TorchServe workers do);
+              loadtest/ceiling.py;
 2. ours     - our handler in a fresh TorchServe (own ports, see torchserve_instance.Ports) at saturation,
+              then the sweep's fastest configurations interleaved with served slices (served / ceiling),
               then open loop at half that throughput (the latency SLO point);
 3. stock    - TorchServe's stock image_classifier handler, same weights (TorchScript), same workers,
               threads, batching and load;
@@ -17,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import platform
 import shutil
 import signal
 import subprocess
 import sys
-import time
-import warnings
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from handlers.settings import graph_file  # noqa: E402
 from loadtest import loadgen  # noqa: E402
+from loadtest.ceiling import best_row, interleaved, run_ceilings  # noqa: E402
 from loadtest.cpu import JIT, JIT_OF, LOADGEN, ROLES, cores_by_role  # noqa: E402
+from loadtest.loadgen import corpus  # noqa: E402
 from loadtest.torchserve_instance import OURS_PORTS, STOCK_PORTS, TorchServeInstance, build_archives  # noqa: E402
 
 RESULTS = ROOT / "loadtest" / "results"
@@ -45,98 +46,8 @@ OUR_STORE = ROOT / "model-archive" / "build" / "model-store"
 MODELS = ("mobilenet_v2", "resnet50")
 
 
-def corpus(n: int = 16, width: int = 640, height: int = 480) -> list[bytes]:
-    """Photo-like JPEGs generated on the spot (no image files in git), 640x480 as in the issue's targets."""
-    from tests.image_factory import jpeg
-
-    return [jpeg(width, height, seed) for seed in range(n)]
-
-
 def serving_config(model: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / "model-archive" / "config" / f"{model}.yaml").read_text())
-
-
-# ---- 1. in-process ceiling -------------------------------------------------------------------------
-
-
-def _ceiling_worker(model: str, backend: str, batch: int, threads: int, seconds: float, onnx_path: str,
-                    barrier: Any, out: Any) -> None:
-    """Decode + preprocess + forward in a loop; runs in its own process so thread settings are clean."""
-    warnings.filterwarnings("ignore")
-    import numpy as np
-    import torch
-
-    from handlers.imaging import DecodeLimits, decode_image
-    from handlers.registry import build_model, input_array, input_transform, load_checkpoint, normalize
-
-    torch.set_num_threads(threads)
-    images, limits = corpus(), DecodeLimits()
-    if graph_file(backend) is not None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
-
-        def step(raw: list[bytes]) -> None:
-            session.run(None, {"pixels": np.stack([input_array(decode_image(b, limits)) for b in raw])})
-    else:
-        net = build_model(model)
-        load_checkpoint(net, str(build_archives.checkpoint_for(model)))
-        net.eval()
-        fmt = torch.channels_last if backend == "channels_last" else torch.contiguous_format
-        net = net.to(memory_format=fmt)
-        to_pixels, norm = input_transform(), normalize()
-
-        def step(raw: list[bytes]) -> None:
-            x = norm(torch.stack([to_pixels(decode_image(b, limits)) for b in raw])).contiguous(memory_format=fmt)
-            with torch.inference_mode():
-                torch.softmax(net(x), 1)
-
-    batches = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
-    step(batches[0])  # warm-up (allocations, ORT graph)
-    barrier.wait()  # every process imported and warmed up before the common start
-    n, t0, i = 0, time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        step(batches[i % len(batches)])
-        n, i = n + batch, i + 1
-    out.put(n / (time.perf_counter() - t0))
-
-
-def ceiling(model: str, backend: str, batch: int, threads: int, procs: int, seconds: float, onnx_path: str) -> float:
-    """Images/s summed over `procs` processes started together, each with `threads` intra-op threads."""
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    barrier = ctx.Barrier(procs)
-    ps = [ctx.Process(target=_ceiling_worker, args=(model, backend, batch, threads, seconds, onnx_path, barrier, out))
-          for _ in range(procs)]
-    for p in ps:
-        p.start()
-    rates = [out.get(timeout=300) for _ in ps]
-    for p in ps:
-        p.join()
-    return sum(rates)
-
-
-def run_ceilings(models: list[str], seconds: float, workdir: Path) -> list[dict[str, Any]]:
-    cores = os.cpu_count() or 1
-    rows = []
-    for model in models:
-        graphs = {"onnx": build_archives.export_onnx(model, build_archives.checkpoint_for(model),
-                                                     workdir / f"{model}.onnx")}
-        if (int8 := build_archives.committed_int8_graph(model)) is not None:
-            graphs["onnx_int8"] = int8
-        for backend in ("eager", "channels_last", *graphs):
-            # ONNX also at 4 and 16: where per-image speed falls with batch size (handler.forward_batch)
-            for batch in (1, 4, 8, 16) if backend in graphs else (1, 8):
-                # plain eager is only the baseline: one layout is enough
-                for procs, threads in ((1, cores),) if backend == "eager" else ((1, cores), (cores, 1)):
-                    rate = ceiling(model, backend, batch, threads, procs, seconds, str(graphs.get(backend, "")))
-                    rows.append({"model": model, "backend": backend, "batch": batch, "procs": procs,
-                                 "threads": threads, "images_per_s": rate})
-                    print(f"ceiling {model:13s} {backend:13s} batch {batch} {procs}x{threads} threads: "
-                          f"{rate:7.1f} img/s", flush=True)
-    return rows
 
 
 # ---- 2./3. served: ours vs stock ------------------------------------------------------------------
@@ -185,12 +96,14 @@ def warm_up(url: str, bodies: list[loadgen.Body], concurrency: int, seconds: flo
 def serve_and_load(name: str, store: Path, model: str, ports: Any, workdir: Path, env: dict[str, str],
                    bodies: list[loadgen.Body], concurrency: int, seconds: float,
                    half_rate: float | None, builtin_logging: bool = False,
-                   warmup_s: float = 40.0) -> dict[str, Any]:
+                   warmup_s: float = 40.0, side_by_side: Callable[[str], dict[str, Any]] | None = None,
+                   ) -> dict[str, Any]:
     """Start a TorchServe with one model, time the cold start, warm it up, saturate it, then run half load.
 
     The warm-up is for the JVM: a fresh frontend compiles its hot paths during its first ~35 s under load,
     which would otherwise be billed to serving; `warm_up` records that decay ("JIT warm-up" in the report)
-    and the CPU table's JIT column shows what is left of it in the measured window.
+    and the CPU table's JIT column shows what is left of it in the measured window. `side_by_side(url)`
+    runs on the warm server after the saturation window (the ceiling interleaved with served slices).
     """
     inst = TorchServeInstance(f"{name}-{model}", store, ports, workdir / f"ts-{name}-{model}", env,
                               builtin_logging=builtin_logging)
@@ -203,6 +116,7 @@ def serve_and_load(name: str, store: Path, model: str, ports: Any, workdir: Path
         trace = warm_up(url, bodies, concurrency, warmup_s)
         with cores_by_role() as cores:
             sat = loadgen.run(lambda: loadgen.closed_loop(url, bodies, concurrency, seconds, warmup=1))
+        paired = side_by_side(url) if side_by_side is not None else None
         rate = half_rate if half_rate is not None else sat.images_per_s / 2
         half = loadgen.run(lambda: loadgen.open_loop(url, bodies, rate, seconds))
         memory = inst.worker_memory_mb()
@@ -213,7 +127,7 @@ def serve_and_load(name: str, store: Path, model: str, ports: Any, workdir: Path
           f"err {sat.errors} | open loop {rate:.0f}/s p95 {half.p95_ms:.0f} ms err {half.errors} | "
           f"RSS/worker {[round(m['rss']) for m in memory]} MB", flush=True)
     return {"cold_start_s": cold, "saturation": sat.as_dict(), "half_load": half.as_dict(), "workers": memory,
-            "saturation_cores": cores, "warmup_trace": trace}
+            "saturation_cores": cores, "warmup_trace": trace, "interleaved": paired}
 
 
 def one_model_store(store: Path, model: str, workdir: Path, tag: str) -> Path:
@@ -225,8 +139,12 @@ def one_model_store(store: Path, model: str, workdir: Path, tag: str) -> Path:
 
 
 def run_served(models: list[str], seconds: float, concurrency: int, workdir: Path, stock: bool,
-               builtin_logging: bool = False, warmup_s: float = 40.0) -> dict[str, Any]:
+               builtin_logging: bool = False, warmup_s: float = 40.0, ceiling_rows: list[dict[str, Any]] = (),
+               interleave: tuple[int, float] = (6, 3.0)) -> dict[str, Any]:
+    """Ours then stock per model; ours also interleaved with the sweep's fastest in-process configurations
+    (best batch and batch 1), `interleave` = (rounds, seconds per slice)."""
     bodies = [loadgen.Body(b, "image/jpeg") for b in corpus()]
+    rounds, slice_s = interleave
     out: dict[str, Any] = {}
     for model in models:
         config = serving_config(model)
@@ -238,8 +156,15 @@ def run_served(models: list[str], seconds: float, concurrency: int, workdir: Pat
         threads = int(handler.get("torch_threads") or 0)
         # Same intra-op threads for the stock handler (it never sets them itself): equal footing.
         env = {"OMP_NUM_THREADS": str(threads)} if threads > 0 else {}
+        configs = {name: row for name, row in (("best batch", best_row(ceiling_rows, model)),
+                                               ("batch 1", best_row(ceiling_rows, model, 1))) if row}
+
+        def side_by_side(url: str, configs: dict = configs, conc: int = conc) -> dict[str, Any]:
+            return interleaved(configs, url, bodies, conc, rounds, slice_s)
+
         ours = serve_and_load("ours", one_model_store(OUR_STORE, model, workdir, "ours"), model, OURS_PORTS,
-                              workdir, {}, bodies, conc, seconds, None, builtin_logging, warmup_s)
+                              workdir, {}, bodies, conc, seconds, None, builtin_logging, warmup_s,
+                              side_by_side if configs and rounds > 0 else None)
         out[model] = {"config": serving_config(model), "ours": ours}
         if stock:
             store = one_model_store(build_stock_store(model, workdir), model, workdir, "stock")
@@ -296,21 +221,26 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {model} | {who} | {r['cold_start_s']:.1f} | {s['images_per_s']:.1f} ({s['concurrency']}) "
                          f"| {s['p50_ms']:.0f} / {s['p95_ms']:.0f} / {s['p99_ms']:.0f} | {s['errors'] + h['errors']} | "
                          f"{h['target_rps']:.0f} | {h['p95_ms']:.0f} | {mem} |")
-    lines += ["", "## Ratios", "", "| model | served / ceiling (best batch) | served / ceiling (batch 1) "
+    lines += ["", "## Ratios", "",
+              "served / ceiling: the interleaved rounds below (same moments of the machine); the sequential value "
+              "divides by the sweep's maximum, measured minutes earlier, for comparison.", "",
+              "| model | served / ceiling (best batch) | served / ceiling (batch 1) | sequential (best batch) "
               "| ours / stock throughput | ours / stock p95 at saturation | bridge / direct HTTP | bridge / naive |",
-              "|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|"]
     kafka = res.get("kafka") or {}
     for model, m in res["served"].items():
         ours = m["ours"]["saturation"]
+        paired = (m["ours"].get("interleaved") or {}).get("ratio", {})
         stock = m.get("stock", {}).get("saturation", {})
         k = kafka.get(model, {})
         lines.append(
-            f"| {model} | {ratio(ours['images_per_s'], best(res['ceiling'], model))} "
-            f"| {ratio(ours['images_per_s'], best(res['ceiling'], model, 1))} "
+            f"| {model} | {ratio(paired.get('best batch'), 1.0)} | {ratio(paired.get('batch 1'), 1.0)} "
+            f"| {ratio(ours['images_per_s'], best(res['ceiling'], model))} "
             f"| {ratio(ours['images_per_s'], stock.get('images_per_s'))} "
             f"| {ratio(ours['p95_ms'], stock.get('p95_ms'))} "
             f"| {ratio(k.get('bridge', {}).get('images_per_s'), ours['images_per_s'])} "
             f"| {ratio(k.get('bridge', {}).get('images_per_s'), k.get('naive', {}).get('images_per_s'))} |")
+    lines += interleaved_section(res)
     columns = [c for role, _ in ROLES for c in ((role, JIT) if role == JIT_OF else (role,))] + [LOADGEN]
     warm = res.get("warmup_s", 0)
     lines += ["", f"## CPU by role at saturation (cores, psutil; 2 in all; each after a {warm:.0f} s warm-up)", "",
@@ -348,6 +278,29 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{cfg.get('batchSize')}, maxBatchDelay {cfg.get('maxBatchDelay')} ms, "
                      f"handler {cfg.get('handler')}")
     return "\n".join(lines) + "\n"
+
+
+def interleaved_section(res: dict[str, Any]) -> list[str]:
+    """Per round: each in-process configuration's slice, then the served slice right after it."""
+    runs = [(model, m["ours"]["interleaved"]) for model, m in res["served"].items() if m["ours"].get("interleaved")]
+    if not runs:
+        return []
+    lines = ["", "## Served vs ceiling, interleaved (images/s)", "",
+             f"Rounds of {runs[0][1]['slice_s']:.0f} s slices: each in-process configuration (the server idle), then "
+             "our server at saturation (the in-process processes waiting), so every pair shares the machine's "
+             "speed of that minute.", ""]
+    for model, run in runs:
+        names = list(run["configs"])
+        label = {n: f"{n}: {c['backend']} batch {c['batch']} {c['procs']}x{c['threads']}"
+                 for n, c in run["configs"].items()}
+        lines += [f"| {model} round | " + " | ".join(label[n] for n in names) + " | served | served / best batch |",
+                  "|---|" + "---|" * (len(names) + 2)]
+        for i, r in enumerate(run["rounds"], 1):
+            first = r[names[0]]
+            lines.append(f"| {i} | " + " | ".join(f"{r[n]:.1f}" for n in names)
+                         + f" | {r['served']:.1f} | {ratio(r['served'], first)} |")
+        lines.append("")
+    return lines
 
 
 def chart(res: dict[str, Any], path: Path) -> None:
@@ -394,6 +347,9 @@ def main() -> None:
                         help="seconds at saturation before each served measurement: JVM JIT warm-up (default 40)")
     parser.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "0")),
                         help="requests in flight at saturation (default 0: 2 x workers x batchSize of the model)")
+    parser.add_argument("--interleave-rounds", type=int, default=6,
+                        help="rounds of in-process ceiling slices alternating with served slices (0: off)")
+    parser.add_argument("--interleave-slice", type=float, default=3.0, help="seconds per interleaved slice")
     parser.add_argument("--no-stock", action="store_true")
     parser.add_argument("--no-kafka", action="store_true")
     parser.add_argument("--no-ceiling", action="store_true")
@@ -415,7 +371,8 @@ def main() -> None:
     }
     res["ceiling"] = [] if args.no_ceiling else run_ceilings(args.models, args.ceiling_seconds, workdir)
     res["served"] = run_served(args.models, args.seconds, args.concurrency, workdir, not args.no_stock,
-                               args.torchserve_logging == "builtin", args.warmup)
+                               args.torchserve_logging == "builtin", args.warmup, res["ceiling"],
+                               (args.interleave_rounds, args.interleave_slice))
     if args.no_kafka:
         res["kafka"] = {"skipped": "--no-kafka"}
     else:

@@ -27,8 +27,8 @@ import numpy as np
 from bridge.config import Config
 from bridge.consume import open_consumer, rows
 from handlers.stack import url
-from loadtest.bench import corpus
 from loadtest.cpu import cores_by_role
+from loadtest.loadgen import corpus
 
 NAIVE_IN, NAIVE_OUT = "bench.naive.image_data", "bench.naive.image_predictions"
 

@@ -39,7 +39,7 @@ import build_archives  # noqa: E402  (model-archive/ is a script folder)
 
 from handlers.imaging import DecodeLimits, decode_image  # noqa: E402
 from handlers.registry import IMAGE_SIZE, MODEL_NAMES, build_model, input_array, load_checkpoint, normalize  # noqa: E402
-from loadtest.bench import corpus  # noqa: E402
+from loadtest.loadgen import corpus  # noqa: E402
 
 RESULTS = ROOT / "loadtest" / "results"
 

@@ -124,3 +124,24 @@ def test_warm_up_records_the_frontend_per_slice(serving: str) -> None:
     assert [x["t_s"] for x in trace] == [0.5, 1.0]
     assert all(0.0 <= x["jit"] <= x["frontend"] for x in trace), trace
     assert any(x["frontend"] > 0 for x in trace), trace  # requests were served: the frontend did work
+
+
+def test_interleaved_ceiling_pairs_each_served_slice_with_its_own_ceiling(serving: str) -> None:
+    """`make bench`'s served / ceiling: per round every ceiling configuration, then the server; a configuration
+    named twice (best batch = batch 1) runs once and both names get its numbers; ratio = sums over rounds."""
+    from handlers.stack import url
+    from loadtest import loadgen
+    from loadtest.ceiling import interleaved
+    from loadtest.torchserve_instance import build_archives
+    from tests.image_factory import jpeg
+
+    row = {"model": "mobilenet_v2", "backend": "onnx_int8", "batch": 1, "procs": 1, "threads": 1,
+           "onnx_path": str(build_archives.committed_int8_graph("mobilenet_v2"))}
+    endpoint = f"{url('TORCHSERVE_INFERENCE_PORT')}/predictions/mobilenet_v2"
+    bodies = [loadgen.Body(jpeg(640, 480, seed), "image/jpeg") for seed in range(2)]
+    run = interleaved({"best batch": row, "batch 1": dict(row)}, endpoint, bodies, 4, rounds=2, slice_s=0.5)
+    assert len(run["rounds"]) == 2
+    for r in run["rounds"]:
+        assert r["best batch"] == r["batch 1"] > 0 and r["served"] > 0, r
+    served = sum(r["served"] for r in run["rounds"])
+    assert run["ratio"]["best batch"] == pytest.approx(served / sum(r["best batch"] for r in run["rounds"]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -233,6 +234,26 @@ def test_custom_metrics_reach_prometheus_endpoint(client: httpx.Client) -> None:
         assert metric_value(text, "moderation_predictions_total", ModelName=model) > 0
     assert metric_value(text, "moderation_rejected_total", ModelName="mobilenet_v2", reason="not_an_image") >= 1
     assert "# TYPE moderation_inference_seconds histogram" in text
+
+
+def test_stage_times_are_observed_per_batch_not_per_image(client: httpx.Client) -> None:
+    """Every observation is a worker log line the frontend parses: one per stage and batch, not per image."""
+    def counts() -> tuple[float, float, float]:
+        text = metrics_text()
+        return (metric_value(text, "moderation_decode_seconds_count", ModelName="mobilenet_v2"),
+                metric_value(text, "moderation_batch_images_count", ModelName="mobilenet_v2"),
+                metric_value(text, "moderation_batch_images_sum", ModelName="mobilenet_v2"))
+
+    before = counts()
+    images = [jpeg(320, 240, seed) for seed in range(3)]
+    response = client.post("/v2/models/mobilenet_v2/infer", json=v2_request(images))
+    assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 5  # the frontend parses the worker's metric lines on its own thread
+    while (after := counts())[1] == before[1] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    decode, batches, images_seen = (a - b for a, b in zip(after, before, strict=True))
+    assert images_seen >= 3, (before, after)
+    assert decode == batches < images_seen, (before, after)  # one decode observation per batch
 
 
 def test_secure_defaults_of_the_local_stack() -> None:
