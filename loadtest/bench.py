@@ -39,7 +39,13 @@ from loadtest import loadgen  # noqa: E402
 from loadtest.ceiling import best_row, interleaved, run_ceilings  # noqa: E402
 from loadtest.cpu import JIT, JIT_OF, LOADGEN, ROLES, cores_by_role  # noqa: E402
 from loadtest.loadgen import corpus  # noqa: E402
-from loadtest.torchserve_instance import OURS_PORTS, STOCK_PORTS, TorchServeInstance, build_archives  # noqa: E402
+from loadtest.torchserve_instance import (  # noqa: E402
+    OURS_PORTS,
+    STOCK_PORTS,
+    TorchServeInstance,
+    build_archives,
+    import_torch_rss_mb,
+)
 
 RESULTS = ROOT / "loadtest" / "results"
 OUR_STORE = ROOT / "model-archive" / "build" / "model-store"
@@ -221,6 +227,10 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {model} | {who} | {r['cold_start_s']:.1f} | {s['images_per_s']:.1f} ({s['concurrency']}) "
                          f"| {s['p50_ms']:.0f} / {s['p95_ms']:.0f} / {s['p99_ms']:.0f} | {s['errors'] + h['errors']} | "
                          f"{h['target_rps']:.0f} | {h['p95_ms']:.0f} | {mem} |")
+    if floor := res.get("import_torch"):
+        lines += ["", "Floor of every worker: a bare `python -c \"import torch\"` from this venv is "
+                  f"{floor['rss']:.0f} MB RSS, {floor['cuda_libs']:.0f} MB of it CUDA libraries of the PyPI wheel "
+                  "(TorchServe's worker imports torch whatever the handler does)."]
     lines += ["", "## Ratios", "",
               "served / ceiling: the interleaved rounds below (same moments of the machine); the sequential value "
               "divides by the sweep's maximum, measured minutes earlier, for comparison.", "",
@@ -369,6 +379,7 @@ def main() -> None:
                  "loadavg_before": [round(x, 2) for x in os.getloadavg()]},
         "torchserve_logging": args.torchserve_logging, "warmup_s": args.warmup,
     }
+    res["import_torch"] = import_torch_rss_mb()
     res["ceiling"] = [] if args.no_ceiling else run_ceilings(args.models, args.ceiling_seconds, workdir)
     res["served"] = run_served(args.models, args.seconds, args.concurrency, workdir, not args.no_stock,
                                args.torchserve_logging == "builtin", args.warmup, res["ceiling"],

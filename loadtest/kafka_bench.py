@@ -159,8 +159,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--records", type=int, default=4000)
     p.add_argument("--rate", type=float, help="records/s (default: as fast as possible = saturation)")
     args = p.parse_args(argv)
-    point = bridge_point(Config.from_env(), args.records, args.rate)
+    with cores_by_role() as cores:
+        point = bridge_point(Config.from_env(), args.records, args.rate)
     print(json.dumps({k: round(v, 1) for k, v in point.items()}))
+    print("cores by role:", json.dumps({k: round(v, 2) for k, v in cores.items()}))
     return point
 
 

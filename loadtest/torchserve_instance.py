@@ -150,17 +150,35 @@ CUDA_LIBRARY_MARKERS = ("/nvidia/", "libtorch_cuda", "libc10_cuda", "libcaffe2_n
 
 
 def cuda_library_rss_mb(pid: int) -> float:
-    """Resident MB of a process's CUDA library mappings (their file pages and the pages relocation dirtied):
-    what a CPU-only torch build would not map (/proc/<pid>/smaps; raises psutil.Error like psutil)."""
-    total_kb, cuda = 0, False
+    """Resident MB of a process's CUDA library mappings (their file pages, the pages relocation dirtied, and
+    the anonymous mapping right after each one: its .bss, which cuBLASLt's static initialisers fill with
+    ~80 MB): what a CPU-only torch build would not map (/proc/<pid>/smaps; raises psutil.Error like psutil)."""
+    total_kb, cuda, after_cuda_end = 0, False, None
     try:
         with open(f"/proc/{pid}/smaps") as f:
             for line in f:
                 head = line.split(maxsplit=6)
                 if "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
-                    cuda = len(head) > 5 and any(m in head[5] for m in CUDA_LIBRARY_MARKERS)
+                    start, end = head[0].split("-")
+                    # an anonymous mapping is a CUDA library's .bss when it starts where that library ends
+                    named = len(head) > 5
+                    cuda = any(m in head[5] for m in CUDA_LIBRARY_MARKERS) if named else start == after_cuda_end
+                    after_cuda_end = end if cuda and named else None
                 elif cuda and head[0] == "Rss:":
                     total_kb += int(head[1])
     except OSError as exc:
         raise psutil.AccessDenied(pid) if isinstance(exc, PermissionError) else psutil.NoSuchProcess(pid) from exc
     return total_kb / 1024
+
+
+def import_torch_rss_mb() -> dict[str, float]:
+    """RSS of a bare `python -c "import torch"` from this venv, and its CUDA share: the floor of any
+    TorchServe worker, which imports torch whatever the handler does (ts/protocol/otf_message_handler.py)."""
+    code = "import sys, torch; print('imported', flush=True); sys.stdin.read()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if proc.stdout is None or proc.stdout.readline().strip() != "imported":
+            raise RuntimeError("python -c 'import torch' failed")
+        return {"rss": psutil.Process(proc.pid).memory_info().rss / 2**20, "cuda_libs": cuda_library_rss_mb(proc.pid)}
+    finally:
+        proc.communicate("")

@@ -112,6 +112,17 @@ def test_cuda_library_rss_is_counted_only_where_mapped() -> None:
         sleeper.wait()
 
 
+def test_import_torch_floor_is_a_fresh_process_with_only_torch() -> None:
+    """The bench's memory floor: a bare `import torch`, its CUDA share within it (PyPI wheel) or zero."""
+    import torch
+
+    from loadtest.torchserve_instance import import_torch_rss_mb
+
+    floor = import_torch_rss_mb()
+    assert floor["rss"] > 50, floor  # torch's own libraries are resident
+    assert (0 < floor["cuda_libs"] < floor["rss"]) if torch.version.cuda else floor["cuda_libs"] == 0, floor
+
+
 def test_warm_up_records_the_frontend_per_slice(serving: str) -> None:
     """`make bench`'s JIT warm-up trace: one entry per slice, the JIT share within the frontend's cores."""
     from handlers.stack import url
