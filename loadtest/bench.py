@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ def one_model_store(store: Path, model: str, workdir: Path, tag: str) -> Path:
 
 
 def run_served(models: list[str], seconds: float, concurrency: int, workdir: Path, stock: bool,
-               builtin_logging: bool = False, warmup_s: float = 40.0, ceiling_rows: list[dict[str, Any]] = (),
+               builtin_logging: bool = False, warmup_s: float = 40.0, ceiling_rows: Sequence[dict[str, Any]] = (),
                interleave: tuple[int, float] = (6, 3.0)) -> dict[str, Any]:
     """Ours then stock per model; ours also interleaved with the sweep's fastest in-process configurations
     (best batch and batch 1), `interleave` = (rounds, seconds per slice)."""
@@ -186,8 +186,8 @@ def run_served(models: list[str], seconds: float, concurrency: int, workdir: Pat
 
 def best(rows: list[dict[str, Any]], model: str, batch: int | None = None) -> float:
     """Best in-process images/s for `model` (0.0 when the ceiling was not measured: --no-ceiling)."""
-    return max((r["images_per_s"] for r in rows if r["model"] == model and (batch is None or r["batch"] == batch)),
-               default=0.0)
+    row = best_row(rows, model, batch)
+    return row["images_per_s"] if row else 0.0
 
 
 def ratio(a: float | None, b: float | None) -> str:

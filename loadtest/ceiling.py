@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,7 @@ def run_ceilings(models: list[str], seconds: float, workdir: Path) -> list[dict[
     return rows
 
 
-def best_row(rows: list[dict[str, Any]], model: str, batch: int | None = None) -> dict[str, Any] | None:
+def best_row(rows: Sequence[dict[str, Any]], model: str, batch: int | None = None) -> dict[str, Any] | None:
     """The fastest configuration of `model` in the sweep (at `batch`, if given); None without a sweep."""
     mine = [r for r in rows if r["model"] == model and (batch is None or r["batch"] == batch)]
     return max(mine, key=lambda r: r["images_per_s"], default=None)
