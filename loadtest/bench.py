@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtest import loadgen  # noqa: E402
-from loadtest.ceiling import best_row, interleaved, run_ceilings  # noqa: E402
+from loadtest.ceiling import best_row, ceiling_configs, interleaved, run_ceilings  # noqa: E402
 from loadtest.cpu import JIT, JIT_OF, LOADGEN, ROLES, cores_by_role  # noqa: E402
 from loadtest.loadgen import corpus  # noqa: E402
 from loadtest.torchserve_instance import (  # noqa: E402
@@ -147,8 +147,8 @@ def one_model_store(store: Path, model: str, workdir: Path, tag: str) -> Path:
 def run_served(models: list[str], seconds: float, concurrency: int, workdir: Path, stock: bool,
                builtin_logging: bool = False, warmup_s: float = 40.0, ceiling_rows: Sequence[dict[str, Any]] = (),
                interleave: tuple[int, float] = (6, 3.0)) -> dict[str, Any]:
-    """Ours then stock per model; ours also interleaved with the sweep's fastest in-process configurations
-    (best batch and batch 1), `interleave` = (rounds, seconds per slice)."""
+    """Ours then stock per model; ours also interleaved with the sweep's fastest in-process configuration and
+    batch 1 of its backend (`ceiling_configs`), `interleave` = (rounds, seconds per slice)."""
     bodies = [loadgen.Body(b, "image/jpeg") for b in corpus()]
     rounds, slice_s = interleave
     out: dict[str, Any] = {}
@@ -162,8 +162,7 @@ def run_served(models: list[str], seconds: float, concurrency: int, workdir: Pat
         threads = int(handler.get("torch_threads") or 0)
         # Same intra-op threads for the stock handler (it never sets them itself): equal footing.
         env = {"OMP_NUM_THREADS": str(threads)} if threads > 0 else {}
-        configs = {name: row for name, row in (("best batch", best_row(ceiling_rows, model)),
-                                               ("batch 1", best_row(ceiling_rows, model, 1))) if row}
+        configs = ceiling_configs(ceiling_rows, model)
 
         def side_by_side(url: str, configs: dict = configs, conc: int = conc) -> dict[str, Any]:
             return interleaved(configs, url, bodies, conc, rounds, slice_s)

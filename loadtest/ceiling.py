@@ -1,8 +1,9 @@
 """Benchmark part 1: the in-process ceiling (decode + preprocess + forward), and the same ceiling measured
 interleaved with the served rate.
 
-The machine's speed drifts by a third within a minute (2 s buckets of the in-process loop alone: 261-405
-img/s in one minute), so a ceiling measured minutes before the served point says little about their ratio.
+The machine's speed drifts by a fifth or more within minutes (the same configuration across the rounds of
+one `make bench`: 237-319 img/s), so a ceiling measured minutes before the served point says little about
+their ratio.
 `interleaved` alternates short slices of the two, with the ceiling processes kept alive between slices,
 so both see the same machine.
 """
@@ -147,10 +148,21 @@ def run_ceilings(models: list[str], seconds: float, workdir: Path) -> list[dict[
     return rows
 
 
-def best_row(rows: Sequence[dict[str, Any]], model: str, batch: int | None = None) -> dict[str, Any] | None:
-    """The fastest configuration of `model` in the sweep (at `batch`, if given); None without a sweep."""
-    mine = [r for r in rows if r["model"] == model and (batch is None or r["batch"] == batch)]
+def best_row(rows: Sequence[dict[str, Any]], model: str, batch: int | None = None,
+             backend: str | None = None) -> dict[str, Any] | None:
+    """The fastest configuration of `model` in the sweep (at `batch`, of `backend`, if given); None without one."""
+    mine = [r for r in rows if r["model"] == model and (batch is None or r["batch"] == batch)
+            and (backend is None or r["backend"] == backend)]
     return max(mine, key=lambda r: r["images_per_s"], default=None)
+
+
+def ceiling_configs(rows: Sequence[dict[str, Any]], model: str) -> dict[str, dict[str, Any]]:
+    """What `interleaved` pairs the server with: the sweep's fastest configuration, and batch 1 of that same
+    backend (the sweep's fastest batch-1 row of any backend can be another backend by noise alone)."""
+    top = best_row(rows, model)
+    if top is None:
+        return {}
+    return {"best batch": top, "batch 1": best_row(rows, model, 1, top["backend"]) or top}
 
 
 def interleaved(configs: dict[str, dict[str, Any]], url: str, bodies: list[loadgen.Body], concurrency: int,

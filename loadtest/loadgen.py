@@ -49,10 +49,13 @@ def corpus(n: int = 16, width: int = 640, height: int = 480) -> list[bytes]:
     return [jpeg(width, height, seed) for seed in range(n)]
 
 
-def _summary(mode: str, lat: list[float], errors: int, images: int, seconds: float, **kw: float) -> LoadResult:
+def _summary(mode: str, lat: list[float], errors: int, images: int, seconds: float, requests: int | None = None,
+             **kw: float) -> LoadResult:
+    """`requests` defaults to every latency sample plus the errors (true when each success has one)."""
     arr = np.array(lat) * 1000 if lat else np.array([float("nan")])
     p50, p95, p99 = (float(np.percentile(arr, q)) for q in (50, 95, 99))
-    return LoadResult(mode, seconds, len(lat) + errors, errors, images / seconds, p50, p95, p99, **kw)
+    requests = len(lat) + errors if requests is None else requests
+    return LoadResult(mode, seconds, requests, errors, images / seconds, p50, p95, p99, **kw)
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: Body) -> bool:
@@ -75,14 +78,14 @@ async def closed_loop(
     Counting only requests that also started in the window would drop the ~`concurrency` already in flight at
     its start: 3 % of a 3 s slice at 350 img/s."""
     lat: list[float] = []
-    errors = images = 0
+    errors = images = done = 0
     cycle = itertools.cycle(bodies)
     async with _session(concurrency) as session:
         start = time.perf_counter()
         measure_from, stop_at = start + warmup, start + warmup + seconds
 
         async def user() -> None:
-            nonlocal errors, images
+            nonlocal errors, images, done
             while (t0 := time.perf_counter()) < stop_at:
                 body = next(cycle)
                 try:
@@ -92,6 +95,7 @@ async def closed_loop(
                 t1 = time.perf_counter()
                 if not measure_from <= t1 <= stop_at:
                     continue
+                done += 1
                 if ok:  # throughput = what completed in the window; latency only of what also started in it
                     images += body.images
                     if t0 >= measure_from:
@@ -100,7 +104,7 @@ async def closed_loop(
                     errors += 1
 
         await asyncio.gather(*(user() for _ in range(concurrency)))
-    return _summary("closed", lat, errors, images, seconds, concurrency=concurrency)
+    return _summary("closed", lat, errors, images, seconds, done, concurrency=concurrency)
 
 
 async def open_loop(url: str, bodies: Sequence[Body], rate: float, seconds: float, warmup: float = 2.0) -> LoadResult:

@@ -151,8 +151,8 @@ CUDA_LIBRARY_MARKERS = ("/nvidia/", "libtorch_cuda", "libc10_cuda", "libcaffe2_n
 
 def cuda_library_rss_mb(pid: int) -> float:
     """Resident MB of a process's CUDA library mappings (their file pages, the pages relocation dirtied, and
-    the anonymous mapping right after each one: its .bss, which cuBLASLt's static initialisers fill with
-    ~80 MB): what a CPU-only torch build would not map (/proc/<pid>/smaps; raises psutil.Error like psutil)."""
+    the anonymous mapping right after each one: its .bss, which static initialisers fill): what a CPU-only
+    torch build would not map (/proc/<pid>/smaps; raises psutil.Error like psutil)."""
     total_kb, cuda, after_cuda_end = 0, False, None
     try:
         with open(f"/proc/{pid}/smaps") as f:

@@ -156,3 +156,20 @@ def test_interleaved_ceiling_pairs_each_served_slice_with_its_own_ceiling(servin
         assert r["best batch"] == r["batch 1"] > 0 and r["served"] > 0, r
     served = sum(r["served"] for r in run["rounds"])
     assert run["ratio"]["best batch"] == pytest.approx(served / sum(r["best batch"] for r in run["rounds"]))
+
+
+def test_batch_1_ceiling_is_the_best_backend_at_batch_1() -> None:
+    """served / ceiling (batch 1) compares with the same backend as the best batch, not whichever backend's
+    batch-1 row the sweep's noise put first."""
+    from loadtest.ceiling import ceiling_configs
+
+    def row(backend: str, batch: int, rate: float) -> dict:
+        return {"model": "mobilenet_v2", "backend": backend, "batch": batch, "procs": 2, "threads": 1,
+                "onnx_path": "", "images_per_s": rate}
+
+    rows = [row("onnx_int8", 8, 300.0), row("onnx_int8", 1, 250.0), row("onnx", 1, 260.0), row("onnx", 8, 280.0),
+            {**row("onnx_int8", 4, 999.0), "model": "resnet50"}]
+    configs = ceiling_configs(rows, "mobilenet_v2")
+    assert (configs["best batch"]["backend"], configs["best batch"]["batch"]) == ("onnx_int8", 8)
+    assert (configs["batch 1"]["backend"], configs["batch 1"]["batch"]) == ("onnx_int8", 1)
+    assert ceiling_configs([], "mobilenet_v2") == {}
