@@ -6,8 +6,10 @@ Flow and guarantees (details in bridge/README.md):
 - dispatch: up to BRIDGE_MAX_CONCURRENCY requests in flight; a free slot takes every queued record up to
   BRIDGE_MAX_BATCH into one request, so batches grow exactly when the endpoint is busy.
 - outcome: a prediction, or a DLQ record for permanent failures (the handler's 4xx, contract violations,
-  retries exhausted). Transient failures retry with exponential backoff + full jitter; "endpoint down"
-  failures also stop fetching until the model's readiness endpoint answers again.
+  retries exhausted). What follows a failure is `outcome.decide` (a pure function): transient failures retry
+  with exponential backoff + full jitter up to a cap; "endpoint down" failures also stop fetching until the
+  model's readiness endpoint answers again; a DLQ copy that cannot be written goes as metadata only; a
+  record that cannot be dead-lettered at all stalls its partition, loudly (/readyz, metrics, alert).
 - commit: a record is finished when the broker acknowledged its outcome (idempotent producer, acks=all);
   each partition is committed up to its first unfinished record (`offsets.OffsetTracker`).
 - SIGTERM: stop fetching, let in-flight work finish for BRIDGE_SHUTDOWN_TIMEOUT_S, flush, commit, leave.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 import threading
 import time
@@ -36,7 +37,22 @@ from bridge.contract import ContractError, ImageRecord, dlq_headers, parse_recor
 from bridge.health import HealthServer
 from bridge.inference import InferenceClient, InferenceError
 from bridge.kafka_poll import consume_available
+from bridge.logs import PerRecord
 from bridge.offsets import OffsetTracker
+from bridge.outcome import (
+    BOUNDED_VALUE_TYPE,
+    Action,
+    Decision,
+    Failure,
+    Kind,
+    RetryPolicy,
+    Stage,
+    backoff,
+    bounded_record,
+    decide,
+    kafka_error_kind,
+    record_size,
+)
 from handlers.envelopes import Prediction
 
 log = logging.getLogger("bridge")
@@ -59,6 +75,8 @@ class Item:
     record: ImageRecord | None = None
     attempts: int = 0
     solo: bool = False  # send alone (after a multi-image 4xx without an index)
+    produce_attempts: int = 0  # tries of the current produce stage
+    dlq: tuple[str, str, int | None] | None = None  # (reason, error, status) once dead-lettering started
 
     @property
     def tp(self) -> tuple[str, int]:
@@ -67,6 +85,10 @@ class Item:
     @property
     def source(self) -> tuple[str, int, int]:
         return (self.topic, self.partition, self.offset)
+
+    @property
+    def model(self) -> str | None:
+        return self.record.model if self.record is not None and self.record.model else None
 
     @property
     def id(self) -> str:
@@ -78,9 +100,14 @@ class Item:
         return {"image_id": self.id, "topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
-def backoff(attempt: int, base_s: float, max_s: float) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(max, base * 2**(attempt-1)))."""
-    return random.uniform(0, min(max_s, base_s * 2 ** max(0, attempt - 1)))
+@dataclass
+class Stall:
+    """A partition stopped because its record at `offset` could not even be dead-lettered."""
+
+    offset: int
+    stage: str
+    error: str
+    since: float
 
 
 class Bridge:
@@ -109,11 +136,21 @@ class Bridge:
         self._producer_stop = threading.Event()
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        self.inference_policy = RetryPolicy(cfg.retry_max_attempts, cfg.backoff_s, cfg.backoff_max_s)
+        self.produce_policy = RetryPolicy(cfg.produce_max_attempts, cfg.backoff_s, cfg.backoff_max_s)
+        self.warnings = PerRecord(cfg.log_repeat_interval_s)
+        self.stalled: dict[tuple[str, int], Stall] = {}
+        self.stuck: list[dict[str, Any]] = []  # partitions whose oldest unfinished record is too old (/readyz)
+        self._pauses_dirty = False
 
     # ---- readiness -----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.kafka_ok and self._endpoint_ok.is_set() and not self.stopping
+        return self.kafka_ok and self._endpoint_ok.is_set() and not self.stopping and not self.stuck
+
+    @property
+    def endpoint_ok(self) -> bool:
+        return self._endpoint_ok.is_set()
 
     @property
     def live(self) -> bool:
@@ -149,14 +186,22 @@ class Bridge:
             except KafkaException as exc:
                 log.warning("commit on revoke failed", extra={"error": str(exc)})
         self.tracker.revoke(tps)
-        for t, p in tps:
-            with contextlib.suppress(KeyError):
-                m.CONSUMER_LAG.remove(t, str(p))
+        self._forget_partitions(tps)
         log.info("partitions revoked", extra={"partitions": [f"{t}-{p}" for t, p in tps]})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.tracker.revoke([(p.topic, p.partition) for p in partitions])
+        tps = [(p.topic, p.partition) for p in partitions]
+        self.tracker.revoke(tps)
+        self._forget_partitions(tps)
         log.warning("partitions lost", extra={"partitions": [f"{p.topic}-{p.partition}" for p in partitions]})
+
+    def _forget_partitions(self, tps: list[tuple[str, int]]) -> None:
+        """Partitions moved away: their stalls and gauges belong to the next owner now."""
+        for t, p in tps:
+            self.stalled.pop((t, p), None)
+            for gauge in (m.CONSUMER_LAG, m.OLDEST_UNFINISHED, m.STALLED):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(t, str(p))
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -174,40 +219,84 @@ class Bridge:
         while not self._producer_stop.is_set():
             self.producer.poll(0.1)
 
-    def _produce(self, item: Item, topic: str, key: bytes | None, value: bytes | None,
+    def _produce(self, item: Item, stage: Stage, topic: str, key: bytes | None, value: bytes | None,
                  headers: list[tuple[str, bytes]], on_ack: Callable[[], None]) -> None:
         assert self.producer is not None and self._loop is not None
         loop = self._loop
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
-            loop.call_soon_threadsafe(self._delivered, item, err, topic, key, value, headers, on_ack)
+            loop.call_soon_threadsafe(self._delivered, item, stage, err, topic, key, value, headers, on_ack)
 
         try:
             self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
         except BufferError:
-            self._later(0.1, lambda: self._produce(item, topic, key, value, headers, on_ack))
-        except KafkaException as exc:
-            self._delivered(item, exc.args[0], topic, key, value, headers, on_ack)
+            self._later(0.1, lambda: self._produce(item, stage, topic, key, value, headers, on_ack))
+        except KafkaException as exc:  # refused before sending (e.g. over the producer's message.max.bytes)
+            self._delivered(item, stage, exc.args[0], topic, key, value, headers, on_ack)
 
-    def _delivered(self, item: Item, err: KafkaError | None, topic: str, key: bytes | None, value: bytes | None,
-                   headers: list[tuple[str, bytes]], on_ack: Callable[[], None]) -> None:
+    def _delivered(self, item: Item, stage: Stage, err: KafkaError | None, topic: str, key: bytes | None,
+                   value: bytes | None, headers: list[tuple[str, bytes]], on_ack: Callable[[], None]) -> None:
         if err is None:
             on_ack()
             self._finish(item)
             return
-        if err.fatal():
-            log.error("fatal producer error: exiting so a restart resumes from the last commit",
-                      extra={**item.log_fields(), "error": str(err)})
+        if not self.tracker.current(item.tp, item.epoch):
+            self._drop(item)  # the partition moved: its new owner re-processes the record
+            return
+        item.produce_attempts += 1
+        kind = kafka_error_kind(err.code(), err.retriable(), err.fatal())
+        decision = decide(Failure(stage, kind, err.name(), item.produce_attempts), self.produce_policy)
+        error = f"producing to {topic}: {err.name()}: {err.str()}"
+        self._act(item, stage, decision, error, retry=lambda: self._produce(item, stage, topic, key, value,
+                                                                            headers, on_ack))
+
+    def _act(self, item: Item, stage: Stage, decision: Decision, error: str, retry: Callable[[], None],
+             status: int | None = None) -> None:
+        """Carry out `outcome.decide`'s decision for a record whose `stage` failed."""
+        fields = {**item.log_fields(), "stage": str(stage), "reason": decision.reason, "error": error}
+        if decision.action is Action.RETRY:
+            m.RETRIES.labels("produce" if stage is not Stage.INFERENCE else decision.reason).inc()
+            self.warnings.log(log, logging.WARNING if stage is not Stage.INFERENCE else logging.INFO,
+                              (item.source, stage), f"{stage} failed, retrying",
+                              {**fields, "attempts": item.produce_attempts or item.attempts,
+                               "delay_s": round(decision.delay_s, 3)})
+            self._later(decision.delay_s, retry)
+        elif decision.action is Action.DLQ:
+            self._to_dlq(item, decision.reason, error, status)
+        elif decision.action is Action.DLQ_BOUNDED:
+            self._to_dlq_bounded(item, error)
+        elif decision.action is Action.STALL:
+            self._stall(item, stage, error)
+            self._later(decision.delay_s, retry)
+        else:
+            log.error("fatal Kafka error: exiting so a restart resumes from the last commit", extra=fields)
             self.exit_code = 1
             self._stop.set()
-            return
-        m.RETRIES.labels("produce").inc()
-        log.warning("produce failed, retrying", extra={**item.log_fields(), "error": str(err), "to": topic})
-        self._later(backoff(1, self.cfg.backoff_s, self.cfg.backoff_max_s),
-                    lambda: self._produce(item, topic, key, value, headers, on_ack))
+
+    def _stall(self, item: Item, stage: Stage, error: str) -> None:
+        """The DLQ cannot take this record: stop its partition (no commit past it, no new fetches) and say so."""
+        stall = self.stalled.get(item.tp)
+        if stall is None or stall.offset != item.offset:
+            self.stalled[item.tp] = Stall(item.offset, str(stage), error, time.monotonic())
+            m.STALLED.labels(item.topic, str(item.partition)).set(1)
+            self._pauses_dirty = True
+            self._update_ready()
+        self.warnings.log(log, logging.ERROR, (item.source, "stall"),
+                          "partition stalled: record cannot be dead-lettered; retrying it every "
+                          f"{self.cfg.backoff_max_s:g}s, nothing after it is committed",
+                          {**item.log_fields(), "stage": str(stage), "error": error})
 
     def _finish(self, item: Item) -> None:
         self.tracker.done(item.tp, item.offset, item.epoch)
+        for stage in Stage:
+            self.warnings.forget((item.source, stage))
+        self.warnings.forget((item.source, "stall"))
+        stall = self.stalled.get(item.tp)
+        if stall is not None and stall.offset == item.offset:
+            del self.stalled[item.tp]
+            m.STALLED.labels(item.topic, str(item.partition)).set(0)
+            self._pauses_dirty = True
+            log.warning("partition resumed: stalled record finished", extra=item.log_fields())
         self._release()
 
     def _drop(self, item: Item) -> None:
@@ -231,14 +320,47 @@ class Bridge:
         self._retry_handles.add(handle)
 
     # ---- outcomes ------------------------------------------------------------------------------
+    def _dlq_headers(self, item: Item, original: list[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
+        assert item.dlq is not None
+        reason, error, status = item.dlq
+        return dlq_headers(
+            original, error=error, error_class=reason, status=status, attempts=item.attempts,
+            model=item.model or self.cfg.model, source=item.source, source_timestamp_ms=item.timestamp_ms,
+            failed_at=time.time(),
+        )
+
     def _to_dlq(self, item: Item, reason: str, error: str, status: int | None = None) -> None:
+        """The full copy (original key, value, headers + why), unless it cannot fit the DLQ topic."""
         log.warning("to DLQ", extra={**item.log_fields(), "reason": reason, "error": error, "status": status,
                                       "attempts": item.attempts})
-        headers = dlq_headers(
-            item.headers, error=error, error_class=reason, status=status, attempts=item.attempts,
-            model=self.cfg.model, source=item.source, source_timestamp_ms=item.timestamp_ms, failed_at=time.time(),
-        )
-        self._produce(item, self.cfg.dlq_topic, item.key, item.value, headers, lambda: m.DLQ.labels(reason).inc())
+        item.dlq = (reason, error, status)
+        item.produce_attempts = 0
+        headers = self._dlq_headers(item, item.headers)
+        size = record_size(item.key, item.value, headers)
+        if size > self.cfg.dlq_max_message_bytes:
+            self._to_dlq_bounded(item, f"full copy of {size} B exceeds the DLQ limit of "
+                                       f"{self.cfg.dlq_max_message_bytes} B (KAFKA_DLQ_MAX_MESSAGE_BYTES)")
+            return
+        self._produce(item, Stage.DLQ, self.cfg.dlq_topic, item.key, item.value, headers,
+                      lambda: m.DLQ.labels(reason).inc())
+
+    def _to_dlq_bounded(self, item: Item, why: str) -> None:
+        """Metadata only (source coordinates, sizes, sha256, reason): it always fits; the payload stays in
+        the source topic at that offset until retention removes it."""
+        assert item.dlq is not None
+        reason, error, _status = item.dlq
+        item.produce_attempts = 0
+        key, value = bounded_record(item.key, item.value, item.headers, source=item.source, reason=reason,
+                                    error=error, dlq_error=why)
+        headers = [*self._dlq_headers(item, None), ("content-type", BOUNDED_VALUE_TYPE.encode()),
+                   ("dlq_payload", b"omitted")]
+        log.warning("to DLQ without payload", extra={**item.log_fields(), "reason": reason, "why": why})
+
+        def acked() -> None:
+            m.DLQ.labels(reason).inc()
+            m.DLQ_PAYLOAD_OMITTED.labels(reason).inc()
+
+        self._produce(item, Stage.DLQ_BOUNDED, self.cfg.dlq_topic, key, value, headers, acked)
 
     def _to_output(self, item: Item, pred: Prediction, inference_ms: float, batch_size: int) -> None:
         assert item.record is not None
@@ -258,7 +380,8 @@ class Bridge:
         log.info("prediction", extra={**item.log_fields(), "label": pred.label,
                                       "harmful_score": round(pred.harmful_score, 4), "model": pred.model,
                                       "inference_ms": round(inference_ms, 1), "batch_size": batch_size})
-        self._produce(item, self.cfg.output_topic, item.id.encode(), value, headers, acked)
+        item.produce_attempts = 0
+        self._produce(item, Stage.OUTPUT, self.cfg.output_topic, item.id.encode(), value, headers, acked)
 
     # ---- fetch ---------------------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
@@ -280,7 +403,7 @@ class Bridge:
                         await asyncio.wait_for(self._room.wait(), 0.2)
                     continue
             want_pause = down or room <= 0
-            if want_pause != self._paused:
+            if want_pause != self._paused or self._pauses_dirty:
                 await self._consumer_call(self._set_paused, want_pause)
             try:
                 msgs = await self._consumer_call(consume_available, self.consumer, max(1, min(room, 500)), 0.2)
@@ -292,10 +415,19 @@ class Bridge:
                 self._accept(msg)
 
     def _set_paused(self, paused: bool) -> None:
+        """Pause every partition (backpressure, endpoint down) or resume all but the stalled ones."""
         assert self.consumer is not None
+        self._pauses_dirty = False
         parts = self.consumer.assignment()
-        if parts:
-            (self.consumer.pause if paused else self.consumer.resume)(parts)
+        stalled = [p for p in parts if (p.topic, p.partition) in self.stalled]
+        running = [p for p in parts if (p.topic, p.partition) not in self.stalled]
+        if paused and parts:
+            self.consumer.pause(parts)
+        elif not paused:
+            if running:
+                self.consumer.resume(running)
+            if stalled:
+                self.consumer.pause(stalled)
         self._paused = paused
         # Routine backpressure (in-flight cap) is DEBUG; pausing for an endpoint outage is worth INFO.
         level = logging.DEBUG if self._endpoint_ok.is_set() else logging.INFO
@@ -319,7 +451,8 @@ class Bridge:
         m.IN_FLIGHT.set(self.in_flight)
         m.CONSUMED.labels(topic).inc()
         try:
-            item.record = parse_record(item.key, item.value, item.headers, f"{topic}-{partition}-{offset}")
+            item.record = parse_record(item.key, item.value, item.headers, f"{topic}-{partition}-{offset}",
+                                       self.cfg.models, self.cfg.model)
         except ContractError as exc:
             self._to_dlq(item, exc.reason, exc.message)
             return
@@ -339,7 +472,8 @@ class Bridge:
                 continue
             assert item.record is not None
             n = len(item.record.image)
-            if batch and (item.solo or batch[0].solo or size + n > self.cfg.max_batch_bytes):
+            if batch and (item.solo or batch[0].solo or size + n > self.cfg.max_batch_bytes
+                          or item.model != batch[0].model):  # one request = one model
                 break
             self.queue.popleft()
             batch.append(item)
@@ -366,13 +500,15 @@ class Bridge:
         assert all(it.record is not None for it in batch)
         m.BATCH_SIZE.observe(len(batch))
         t0 = time.perf_counter()
+        model = batch[0].model or self.cfg.model
         try:
-            preds = await self.client.infer([it.record.image for it in batch], batch[0].id)  # type: ignore[union-attr]
+            preds = await self.client.infer([it.record.image for it in batch], batch[0].id,  # type: ignore[union-attr]
+                                            model)
         except InferenceError as exc:
             self._failed(batch, exc)
             return
         elapsed = time.perf_counter() - t0
-        m.INFERENCE_LATENCY.labels(self.cfg.model).observe(elapsed)
+        m.INFERENCE_LATENCY.labels(model).observe(elapsed)
         for item, pred in zip(batch, preds, strict=True):
             self._to_output(item, pred, elapsed * 1000, len(batch))
 
@@ -384,30 +520,26 @@ class Bridge:
     def _failed(self, batch: list[Item], exc: InferenceError) -> None:
         if not exc.transient:
             if exc.index is not None and 0 <= exc.index < len(batch):
-                bad = batch[exc.index]
-                bad.attempts += 1
-                self._to_dlq(bad, exc.reason, exc.message, exc.status)
-                self._requeue_front([it for it in batch if it is not bad])  # innocent: send again at once
+                culprits = [batch[exc.index]]
+                self._requeue_front([it for it in batch if it is not culprits[0]])  # innocent: send again at once
             elif len(batch) == 1:
-                batch[0].attempts += 1
-                self._to_dlq(batch[0], exc.reason, exc.message, exc.status)
+                culprits = batch
             else:  # the endpoint did not say which image: find out one by one
                 for it in batch:
                     it.solo = True
                 self._requeue_front(batch)
-            return
-        if exc.endpoint_down:
-            self._endpoint_down(exc)
-        for it in batch:
+                return
+        else:
+            if exc.endpoint_down:
+                self._endpoint_down(exc)
+            culprits = batch
+        kind = Kind.TRANSIENT if exc.transient else Kind.PERMANENT
+        for it in culprits:
             it.attempts += 1
-            m.RETRIES.labels(exc.reason).inc()
-            if it.attempts >= self.cfg.retry_max_attempts:
-                self._to_dlq(it, "retries_exhausted", f"{exc.reason}: {exc.message}", exc.status)
-                continue
-            delay = backoff(it.attempts, self.cfg.backoff_s, self.cfg.backoff_max_s)
-            log.info("retrying", extra={**it.log_fields(), "reason": exc.reason, "attempts": it.attempts,
-                                        "delay_s": round(delay, 3)})
-            self._later(delay, lambda it=it: self._requeue_front([it]))
+            decision = decide(Failure(Stage.INFERENCE, kind, exc.reason, it.attempts), self.inference_policy)
+            error = exc.message if decision.reason == exc.reason else f"{exc.reason}: {exc.message}"
+            self._act(it, Stage.INFERENCE, decision, error, retry=lambda it=it: self._requeue_front([it]),
+                      status=exc.status)
 
     # ---- endpoint readiness (circuit breaker) ---------------------------------------------------
     def _endpoint_down(self, exc: InferenceError) -> None:
@@ -460,6 +592,23 @@ class Bridge:
         while True:
             await asyncio.sleep(self.cfg.commit_interval_s)
             await self._commit()
+            self._watch_ages()
+
+    def _watch_ages(self) -> None:
+        """Per partition, the age of the oldest unfinished record (metric) and whether it is stuck (/readyz)."""
+        stuck = []
+        for (topic, partition), oldest in self.tracker.oldest().items():
+            age = 0.0 if oldest is None else oldest[1]
+            m.OLDEST_UNFINISHED.labels(topic, str(partition)).set(age)
+            stall = self.stalled.get((topic, partition))
+            if oldest is not None and (stall is not None or age >= self.cfg.stuck_after_s):
+                stuck.append({"topic": topic, "partition": partition, "offset": oldest[0], "age_s": round(age, 1),
+                              "state": "stalled" if stall else "slow",
+                              **({"stage": stall.stage, "error": stall.error[:300]} if stall else {})})
+        if stuck and not self.stuck:
+            log.error("partitions stuck", extra={"stuck": stuck})
+        self.stuck = stuck
+        self._update_ready()
 
     def _lag(self) -> None:
         """Per-partition lag from the cached high watermarks; also tells whether the cluster answers."""

@@ -29,8 +29,16 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "KAFKA_SSL_KEYFILE": ("", "client key (PEM) for mutual TLS"),
     "KAFKA_SESSION_TIMEOUT_MS": ("30000", "consumer group session timeout: how soon a dead replica's partitions move"),
     "KAFKA_MAX_MESSAGE_BYTES": ("16777216", "largest record (bytes); the broker's message.max.bytes must match"),
+    "KAFKA_DLQ_MAX_MESSAGE_BYTES": ("", "largest DLQ record (bytes; default KAFKA_MAX_MESSAGE_BYTES + 65536, so an "
+                                        "input record plus the DLQ headers fits); a bigger copy is dead-lettered "
+                                        "as metadata only"),
+    "KAFKA_DELIVERY_TIMEOUT_MS": ("120000", "librdkafka's own retries of one produce (delivery.timeout.ms) before the "
+                                            "bridge sees a transient produce error"),
     "INFERENCE_URL": ("", "inference endpoint base URL (default: http://127.0.0.1:$INFERENCE_PORT)"),
     "INFERENCE_MODEL": ("mobilenet_v2", "model name on the endpoint (mobilenet_v2 or resnet50)"),
+    "INFERENCE_MODELS": ("mobilenet_v2,resnet50", "models the endpoint serves (comma-separated): a record may pick "
+                                                    "one with its model field or header; others go to the DLQ as "
+                                                    "unknown_model"),
     "INFERENCE_PROTOCOL": ("v2", "v2 (Open Inference Protocol) or v1 (KServe v1)"),
     "INFERENCE_TIMEOUT_S": ("30", "timeout of one inference request (seconds)"),
     "INFERENCE_READY_PATH": ("", "readiness path polled before consuming (default: the protocol's model "
@@ -43,6 +51,12 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "BRIDGE_RETRY_MAX_ATTEMPTS": ("10", "transient failures of one record before it goes to the DLQ"),
     "BRIDGE_RETRY_BACKOFF_S": ("0.5", "first retry delay (seconds); doubles per attempt, full jitter"),
     "BRIDGE_RETRY_BACKOFF_MAX_S": ("30", "cap of the retry delay (seconds)"),
+    "BRIDGE_PRODUCE_MAX_ATTEMPTS": ("3", "transient produce failures of one record before it goes to the DLQ as "
+                                         "retries_exhausted (or, for the DLQ itself, its partition stalls)"),
+    "BRIDGE_STUCK_AFTER_S": ("300", "a record unfinished this long (seconds) marks its partition stuck: /readyz "
+                                    "503 naming partition and offset; the chart's alert uses the same threshold"),
+    "BRIDGE_LOG_REPEAT_INTERVAL_S": ("30", "a repeated warning about one record is logged once per interval "
+                                           "(seconds), with the count of repeats"),
     "BRIDGE_COMMIT_INTERVAL_S": ("1", "how often finished offsets are committed (seconds)"),
     "BRIDGE_SHUTDOWN_TIMEOUT_S": ("20", "on SIGTERM, how long in-flight work may finish before it is handed back"),
     "BRIDGE_PORT": ("", "port of /livez /readyz /metrics (default: $BRIDGE_PORT from stack.env)"),
@@ -72,9 +86,12 @@ class Config:
     group_id: str
     security: dict[str, str]
     max_message_bytes: int
+    dlq_max_message_bytes: int
+    delivery_timeout_ms: int
     session_timeout_ms: int
     inference_url: str
     model: str
+    models: tuple[str, ...]
     protocol: str
     timeout_s: float
     ready_path: str
@@ -85,6 +102,9 @@ class Config:
     retry_max_attempts: int
     backoff_s: float
     backoff_max_s: float
+    produce_max_attempts: int
+    stuck_after_s: float
+    log_repeat_interval_s: float
     commit_interval_s: float
     shutdown_timeout_s: float
     host: str
@@ -106,9 +126,13 @@ class Config:
             group_id=e("KAFKA_GROUP_ID"),
             security=security_settings(environ),
             max_message_bytes=int(e("KAFKA_MAX_MESSAGE_BYTES")),
+            dlq_max_message_bytes=int(e("KAFKA_DLQ_MAX_MESSAGE_BYTES") or dlq_limit(int(e("KAFKA_MAX_MESSAGE_BYTES")))),
+            delivery_timeout_ms=int(e("KAFKA_DELIVERY_TIMEOUT_MS")),
             session_timeout_ms=int(e("KAFKA_SESSION_TIMEOUT_MS")),
             inference_url=(e("INFERENCE_URL") or f"http://{s['STACK_HOST']}:{s['INFERENCE_PORT']}").rstrip("/"),
             model=e("INFERENCE_MODEL"),
+            models=tuple(dict.fromkeys([e("INFERENCE_MODEL"), *(m.strip() for m in e("INFERENCE_MODELS").split(",")
+                                                                 if m.strip())])),
             protocol=protocol,
             timeout_s=float(e("INFERENCE_TIMEOUT_S")),
             ready_path=e("INFERENCE_READY_PATH"),
@@ -119,6 +143,9 @@ class Config:
             retry_max_attempts=max(1, int(e("BRIDGE_RETRY_MAX_ATTEMPTS"))),
             backoff_s=float(e("BRIDGE_RETRY_BACKOFF_S")),
             backoff_max_s=float(e("BRIDGE_RETRY_BACKOFF_MAX_S")),
+            produce_max_attempts=max(1, int(e("BRIDGE_PRODUCE_MAX_ATTEMPTS"))),
+            stuck_after_s=float(e("BRIDGE_STUCK_AFTER_S")),
+            log_repeat_interval_s=float(e("BRIDGE_LOG_REPEAT_INTERVAL_S")),
             commit_interval_s=float(e("BRIDGE_COMMIT_INTERVAL_S")),
             shutdown_timeout_s=float(e("BRIDGE_SHUTDOWN_TIMEOUT_S")),
             host=e("BRIDGE_HOST") or s["STACK_HOST"],
@@ -154,11 +181,21 @@ class Config:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "message.max.bytes": self.max_message_bytes,
+            # The DLQ limit is the larger one: a full dead-letter copy is the biggest record produced.
+            "message.max.bytes": max(self.max_message_bytes, self.dlq_max_message_bytes),
             "receive.message.max.bytes": self.max_message_bytes * 2 + 1024 * 1024,
-            "delivery.timeout.ms": 300000,
+            "delivery.timeout.ms": self.delivery_timeout_ms,
             "compression.type": "none",
         }
+
+
+DLQ_HEADROOM_BYTES = 65536  # the bridge's DLQ headers take < 3 KiB (error text is cut at 2000 characters)
+
+
+def dlq_limit(input_limit: int) -> int:
+    """max.message.bytes of the DLQ topic: the input's plus room for the DLQ headers, so a record that fit the
+    input topic also fits as a full dead-letter copy (bridge.topics creates it so)."""
+    return input_limit + DLQ_HEADROOM_BYTES
 
 
 def security_settings(environ: dict[str, str] | None = None) -> dict[str, str]:

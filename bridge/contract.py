@@ -1,8 +1,9 @@
 """The message contract of the three topics, defined once (documented in bridge/README.md and schema/).
 
-Input (`image_data`): key = image id; value = the raw image bytes with a `content-type` header and an
-optional `metadata` header (JSON object), or a JSON envelope `{"id","image_b64","content_type","metadata"}`
-(schema/image_data.envelope.schema.json). Output (`image_predictions`): key = image id, JSON value
+Input (`image_data`): key = image id; value = the raw image bytes with a `content-type` header, an
+optional `metadata` header (JSON object) and an optional `model` header, or a JSON envelope
+`{"id","image_b64","content_type","metadata","model"}` (schema/image_data.envelope.schema.json; other fields
+are rejected). Output (`image_predictions`): key = image id, JSON value
 (schema/image_predictions.schema.json). DLQ (`image_data.dlq`): the original key, value and headers plus
 headers saying why (`DLQ_HEADERS`).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -30,6 +32,17 @@ DLQ_HEADERS = ("error", "error_class", "error_status", "attempts", "model",
 
 Headers = list[tuple[str, bytes]]
 
+# Why the bridge itself refuses a record (error_class of the DLQ record), before any inference request.
+REASONS: dict[str, str] = {
+    "empty": "no value, or an envelope whose image decodes to no bytes",
+    "invalid_envelope": "JSON envelope that does not parse or breaks its schema (unknown fields included)",
+    "bad_base64": "image_b64 is not valid standard base64",
+    "unsupported_content_type": "content-type neither image/* nor JSON nor application/octet-stream",
+    "invalid_metadata": "metadata header that is not a JSON object",
+    "invalid_header": "a header the bridge reads (content-type, metadata, model) is not UTF-8",
+    "unknown_model": "model (envelope field or header) that the inference endpoint does not serve",
+}
+
 
 @cache
 def schema(name: str) -> dict[str, Any]:
@@ -41,6 +54,7 @@ class ContractError(Exception):
     """A record that can never be classified: goes to the DLQ at once with `reason` as error_class."""
 
     def __init__(self, reason: str, message: str) -> None:
+        assert reason in REASONS, reason
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -55,6 +69,7 @@ class ImageRecord:
     content_type: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
     envelope: bool = False
+    model: str = ""
 
 
 def header(headers: Headers | None, name: str) -> bytes | None:
@@ -87,12 +102,24 @@ def _metadata_header(raw: bytes | None) -> dict[str, Any]:
     return value
 
 
-def parse_record(key: bytes | None, value: bytes | None, headers: Headers | None, fallback_id: str) -> ImageRecord:
+def parse_record(key: bytes | None, value: bytes | None, headers: Headers | None, fallback_id: str,
+                 models: Collection[str] = (), default_model: str = "") -> ImageRecord:
     """A consumed `image_data` record -> ImageRecord, or ContractError naming why it can't be classified.
 
     The id is the record key; an envelope's "id" is used when the key is empty; `fallback_id`
     (topic-partition-offset) when neither exists, so every record has an id in logs and outputs.
+    The model is the envelope's "model", else the `model` header, else `default_model`; a model outside
+    `models` (the served ones; empty = no check) is refused as `unknown_model`.
     """
+    record = _parse(key, value, headers, fallback_id)
+    record.model = record.model or _text(header(headers, "model")) or default_model
+    if models and record.model not in models:
+        raise ContractError("unknown_model", f"model {record.model!r} is not served here "
+                                             f"(served: {', '.join(sorted(models))})")
+    return record
+
+
+def _parse(key: bytes | None, value: bytes | None, headers: Headers | None, fallback_id: str) -> ImageRecord:
     key_id = None
     if key:
         try:
@@ -129,7 +156,8 @@ def _parse_envelope(key_id: str | None, value: bytes, headers: Headers | None, f
     metadata = dict(body.get("metadata") or {})
     if not metadata:
         metadata = _metadata_header(header(headers, "metadata"))
-    return ImageRecord(key_id or body.get("id") or fallback_id, image, body.get("content_type"), metadata, True)
+    return ImageRecord(key_id or body.get("id") or fallback_id, image, body.get("content_type"), metadata, True,
+                       body.get("model") or "")
 
 
 def utc_iso(ts: float) -> str:

@@ -1,13 +1,14 @@
 """HTTP side of the bridge: /livez, /readyz and Prometheus /metrics on BRIDGE_PORT.
 
 /livez fails only when the process is wedged (fetch loop stalled) or dying on a fatal Kafka error, so
-Kubernetes restarts it; /readyz also requires the cluster and the model endpoint to answer, which is
-what `scripts/bridge.sh start` and rollouts wait for.
+Kubernetes restarts it; /readyz also requires the cluster and the model endpoint to answer and no partition
+to be stuck (a record unfinished for BRIDGE_STUCK_AFTER_S, or one the DLQ cannot take): its body names each
+stuck partition and offset, so "ready" never hides a partition that stopped committing.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,8 +21,12 @@ class _Probed(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def endpoint_ok(self) -> bool: ...
+
     in_flight: int
     kafka_ok: bool
+    stuck: list[dict[str, Any]]
 
 
 class HealthServer:
@@ -38,7 +43,8 @@ class HealthServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         b = self.bridge
         ok = b.ready
-        body = {"ready": ok, "kafka": b.kafka_ok, "in_flight": b.in_flight}
+        body = {"ready": ok, "kafka": b.kafka_ok, "endpoint": b.endpoint_ok, "in_flight": b.in_flight,
+                "stuck": b.stuck}
         return web.json_response(body, status=200 if ok else 503)
 
     async def _metrics(self, _: web.Request) -> web.Response:

@@ -68,9 +68,13 @@ class InferenceClient:
 
     @property
     def infer_url(self) -> str:
+        return self.url_for(self.model)
+
+    def url_for(self, model: str) -> str:
+        """Inference URL of `model` (records may pick any served model; see contract.parse_record)."""
         if self.protocol == "v1":
-            return f"{self.base_url}/v1/models/{self.model}:predict"
-        return f"{self.base_url}/v2/models/{self.model}/infer"
+            return f"{self.base_url}/v1/models/{model}:predict"
+        return f"{self.base_url}/v2/models/{model}/infer"
 
     @property
     def ready_url(self) -> str:
@@ -92,13 +96,14 @@ class InferenceClient:
         if self._session is not None:
             await self._session.close()
 
-    async def infer(self, images: list[bytes], request_id: str | None = None) -> list[Prediction]:
-        """One request for all `images`; predictions in the same order, or InferenceError."""
+    async def infer(self, images: list[bytes], request_id: str | None = None,
+                    model: str | None = None) -> list[Prediction]:
+        """One request for all `images` to `model` (default: the configured one); predictions in order."""
         body = v2_request(images, request_id) if self.protocol == "v2" else v1_request(images)
         data = json.dumps(body, separators=(",", ":")).encode()
         try:
             async with self.session().post(
-                self.infer_url, data=data, headers={"Content-Type": "application/json"}
+                self.url_for(model or self.model), data=data, headers={"Content-Type": "application/json"}
             ) as resp:
                 payload = await resp.read()
                 status = resp.status

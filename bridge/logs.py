@@ -10,6 +10,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Hashable
+from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
 
@@ -45,6 +47,33 @@ class RepeatFilter(logging.Filter):
             self._last.clear()
         self._last[msg] = now
         return True
+
+
+class PerRecord:
+    """Rate limit for warnings that repeat for one record (retries, a stalled partition): the first one is
+    logged, then at most one line per `interval_s` carrying `repeats` = how many were suppressed since.
+
+    A record that fails four times a second for minutes then costs a few lines, not a log file per hour."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._state: dict[Hashable, tuple[float, int]] = {}  # key -> (last logged, suppressed since)
+
+    def log(self, logger: logging.Logger, level: int, key: Hashable, msg: str, extra: dict[str, Any]) -> bool:
+        """Log `msg` for `key` unless one was logged within the interval; True when a line was written."""
+        now = self._clock()
+        last, suppressed = self._state.get(key, (-1e18, 0))
+        if now - last < self.interval_s:
+            self._state[key] = (last, suppressed + 1)
+            return False
+        logger.log(level, msg, extra={**extra, "repeats": suppressed})
+        self._state[key] = (now, 0)
+        return True
+
+    def forget(self, key: Hashable) -> None:
+        """The record is finished: drop its state (bounded memory)."""
+        self._state.pop(key, None)
 
 
 def setup(level: str = "INFO") -> None:

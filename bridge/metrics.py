@@ -23,3 +23,13 @@ BATCH_SIZE = Histogram(
 )
 CONSUMER_LAG = Gauge("bridge_consumer_lag", "High watermark minus the bridge's commit position", ["topic", "partition"])
 READY = Gauge("bridge_ready", "1 when consuming and the inference endpoint is ready, else 0")
+OLDEST_UNFINISHED = Gauge(
+    "bridge_oldest_unfinished_age_seconds",
+    "Seconds since the oldest unfinished record of a partition was consumed (0 when none): it holds the commit back",
+    ["topic", "partition"],
+)
+STALLED = Gauge("bridge_partition_stalled", "1 while a partition is stopped: a record could not even be dead-lettered",
+                ["topic", "partition"])
+DLQ_PAYLOAD_OMITTED = Counter("bridge_dlq_payload_omitted",
+                              "Dead letters written as metadata only (the full copy did not fit the DLQ), by reason",
+                              ["reason"])

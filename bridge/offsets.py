@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 
 TP = tuple[str, int]  # (topic, partition)
@@ -22,7 +23,7 @@ TP = tuple[str, int]  # (topic, partition)
 @dataclass
 class _Partition:
     epoch: int
-    pending: set[int] = field(default_factory=set)
+    pending: dict[int, float] = field(default_factory=dict)  # offset -> when consumed (monotonic seconds)
     end: int | None = None  # one past the highest offset seen
     committed: int | None = None  # last position committed by us
 
@@ -54,13 +55,13 @@ class OffsetTracker:
         with self._lock:
             return list(self._parts)
 
-    def add(self, tp: TP, offset: int) -> int | None:
+    def add(self, tp: TP, offset: int, now: float | None = None) -> int | None:
         """A record was consumed: it is in flight until `done`. Returns the partition epoch (None: not ours)."""
         with self._lock:
             part = self._parts.get(tp)
             if part is None:
                 return None
-            part.pending.add(offset)
+            part.pending.setdefault(offset, time.monotonic() if now is None else now)
             if part.end is None or offset + 1 > part.end:
                 part.end = offset + 1
             return part.epoch
@@ -77,7 +78,7 @@ class OffsetTracker:
             part = self._parts.get(tp)
             if part is None or part.epoch != epoch:
                 return False
-            part.pending.discard(offset)
+            part.pending.pop(offset, None)
             return True
 
     def committable(self, tps: list[TP] | None = None) -> list[tuple[str, int, int]]:
@@ -108,3 +109,19 @@ class OffsetTracker:
     def in_flight(self) -> int:
         with self._lock:
             return sum(len(p.pending) for p in self._parts.values())
+
+    def oldest(self, now: float | None = None) -> dict[TP, tuple[int, float] | None]:
+        """Per assigned partition: (offset, age in seconds) of its oldest unfinished record, None when idle.
+
+        The lowest pending offset is the one that holds the partition's commit back, so its age is what
+        says "this partition is stuck" (`bridge_oldest_unfinished_age_seconds`, /readyz)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            out: dict[TP, tuple[int, float] | None] = {}
+            for tp, part in self._parts.items():
+                if part.pending:
+                    offset = min(part.pending)
+                    out[tp] = (offset, max(0.0, now - part.pending[offset]))
+                else:
+                    out[tp] = None
+            return out

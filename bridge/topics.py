@@ -2,7 +2,8 @@
 
 `python -m bridge.topics [--wait S] ensure [--partitions N] [NAME...]`: waits for the broker, then creates
 the input (several partitions so several bridge replicas share the load), output and DLQ topics with
-`max.message.bytes` = KAFKA_MAX_MESSAGE_BYTES; existing topics are left as they are.
+`max.message.bytes` = KAFKA_MAX_MESSAGE_BYTES, and the DLQ with KAFKA_DLQ_MAX_MESSAGE_BYTES (default: 64 KiB
+more, so a full dead-letter copy of any input record fits); existing topics are left as they are.
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ def wait_for_broker(admin: AdminClient, timeout_s: float) -> None:
             time.sleep(0.5)
 
 
-def ensure_topics(admin: AdminClient, topics: dict[str, int], max_message_bytes: int) -> list[str]:
-    """Create the missing topics in `topics` (name -> partitions); return the names created."""
+def ensure_topics(admin: AdminClient, topics: dict[str, int], max_message_bytes: int,
+                  limits: dict[str, int] | None = None) -> list[str]:
+    """Create the missing topics in `topics` (name -> partitions); return the names created.
+
+    Every topic gets `max_message_bytes` unless `limits` names its own (the DLQ: see config.dlq_limit)."""
     existing = set(admin.list_topics(timeout=10).topics)
+    limits = limits or {}
     wanted = [
         NewTopic(name, num_partitions=parts, replication_factor=1,
-                 config={"max.message.bytes": str(max_message_bytes)})
+                 config={"max.message.bytes": str(limits.get(name, max_message_bytes))})
         for name, parts in topics.items() if name not in existing
     ]
     created = []
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     wait_for_broker(admin, args.wait)
     if args.cmd == "ensure":
         topics = default_topics(cfg, args.partitions) | {n: args.partitions for n in args.names}
-        created = ensure_topics(admin, topics, cfg.max_message_bytes)
+        created = ensure_topics(admin, topics, cfg.max_message_bytes, {cfg.dlq_topic: cfg.dlq_max_message_bytes})
         print(f"topics: {', '.join(f'{n}({p})' for n, p in topics.items())}; created: {', '.join(created) or 'none'}")
     else:
         for name, meta in sorted(admin.list_topics(timeout=10).topics.items()):

@@ -182,7 +182,7 @@ def test_defaults_fit_the_local_stack() -> None:
     assert (cfg.input_topic, cfg.output_topic, cfg.dlq_topic) == ("image_data", "image_predictions", "image_data.dlq")
     assert cfg.protocol == "v2" and cfg.model == "mobilenet_v2" and cfg.port == 8090
     p = cfg.producer_settings()
-    assert p["enable.idempotence"] is True and p["acks"] == "all" and p["message.max.bytes"] == 16777216
+    assert p["enable.idempotence"] is True and p["acks"] == "all" and p["message.max.bytes"] == 16777216 + 65536
     c = cfg.consumer_settings()
     assert c["enable.auto.commit"] is False and c["max.partition.fetch.bytes"] >= 16777216
 
@@ -210,3 +210,158 @@ def test_every_setting_and_metric_is_documented() -> None:
     assert [name for name in DEFAULTS if f"`{name}`" not in readme] == []
     names = [m._name for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")]
     assert names and [n for n in names if n not in readme] == []
+
+
+# ---- retry-or-DLQ decision (bridge.outcome, shared with a future Spark consumer) ----------------------
+from bridge.outcome import (  # noqa: E402
+    Action,
+    Failure,
+    Kind,
+    RetryPolicy,
+    Stage,
+    bounded_record,
+    decide,
+    kafka_error_kind,
+    record_size,
+)
+
+POLICY = RetryPolicy(max_attempts=3, backoff_s=0.5, backoff_max_s=30)
+
+
+@pytest.mark.parametrize(
+    ("stage", "kind", "attempts", "action", "reason"),
+    [
+        (Stage.INFERENCE, Kind.PERMANENT, 1, Action.DLQ, "r"),
+        (Stage.INFERENCE, Kind.TRANSIENT, 2, Action.RETRY, "r"),
+        (Stage.INFERENCE, Kind.TRANSIENT, 3, Action.DLQ, "retries_exhausted"),
+        (Stage.OUTPUT, Kind.PERMANENT, 1, Action.DLQ, "output_rejected"),
+        (Stage.OUTPUT, Kind.TRANSIENT, 1, Action.RETRY, "r"),
+        (Stage.OUTPUT, Kind.TRANSIENT, 3, Action.DLQ, "retries_exhausted"),
+        (Stage.DLQ, Kind.PERMANENT, 1, Action.DLQ_BOUNDED, "r"),  # e.g. MSG_SIZE_TOO_LARGE: never retried
+        (Stage.DLQ, Kind.TRANSIENT, 1, Action.RETRY, "r"),
+        (Stage.DLQ, Kind.TRANSIENT, 3, Action.STALL, "r"),
+        (Stage.DLQ_BOUNDED, Kind.PERMANENT, 1, Action.STALL, "r"),
+        (Stage.DLQ_BOUNDED, Kind.TRANSIENT, 3, Action.STALL, "r"),
+        (Stage.OUTPUT, Kind.FATAL, 1, Action.EXIT, "r"),
+    ],
+)
+def test_decide_table(stage: Stage, kind: Kind, attempts: int, action: Action, reason: str) -> None:
+    d = decide(Failure(stage, kind, "r", attempts), POLICY, rand=lambda: 1.0)
+    assert (d.action, d.reason) == (action, reason)
+    if action is Action.RETRY:
+        assert d.delay_s == min(30, 0.5 * 2 ** (attempts - 1))
+    if action is Action.STALL:
+        assert d.delay_s == POLICY.backoff_max_s  # a stalled record is tried again at the cap, no faster
+
+
+def test_permanent_failures_never_loop() -> None:
+    """Following decisions from any permanent failure ends in at most two more steps, never in RETRY."""
+    stage = Stage.OUTPUT
+    seen = []
+    for _ in range(5):
+        d = decide(Failure(stage, Kind.PERMANENT, "MSG_SIZE_TOO_LARGE", 1), POLICY)
+        seen.append(d.action)
+        if d.action is Action.STALL:
+            break
+        stage = {Action.DLQ: Stage.DLQ, Action.DLQ_BOUNDED: Stage.DLQ_BOUNDED}[d.action]
+    assert seen == [Action.DLQ, Action.DLQ_BOUNDED, Action.STALL]
+
+
+def test_kafka_error_classes() -> None:
+    from confluent_kafka import KafkaError
+
+    for code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.INVALID_MSG, KafkaError.RECORD_LIST_TOO_LARGE):
+        assert kafka_error_kind(code, False, False) is Kind.PERMANENT, code
+    for code in (KafkaError._MSG_TIMED_OUT, KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._ALL_BROKERS_DOWN,
+                 KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS):
+        assert kafka_error_kind(code, False, False) is Kind.TRANSIENT, code
+    assert kafka_error_kind(KafkaError.INVALID_RECORD, True, False) is Kind.TRANSIENT  # librdkafka's own flag
+    assert kafka_error_kind(KafkaError._MSG_TIMED_OUT, True, True) is Kind.FATAL
+
+
+def test_bounded_record_always_fits_and_says_where_the_payload_is() -> None:
+    import hashlib
+
+    value = b"\x00" * (16 * 1024 * 1024 - 300)
+    headers = [(f"h{i}", b"x" * 100) for i in range(100)] + [("big", b"y" * 1_000_000)]
+    for key in (b"k\xff", b"K" * 5000, None):
+        k, v = bounded_record(key, value, headers, source=("image_data", 0, 51), reason="not_an_image",
+                              error="e" * 10_000, dlq_error="MSG_SIZE_TOO_LARGE")
+        doc = json.loads(v)
+        assert record_size(k, v, None) < 8192
+        assert doc["source"] == {"topic": "image_data", "partition": 0, "offset": 51}
+        assert doc["value_size"] == len(value) and doc["value_sha256"] == hashlib.sha256(value).hexdigest()
+        assert doc["reason"] == "not_an_image" and doc["headers_count"] == 101 and doc["payload"] == "omitted"
+        assert k == (key if key is not None and len(key) <= 1024 else None)
+        if key is not None:
+            assert doc["key_sha256"] == hashlib.sha256(key).hexdigest() and doc["key_size"] == len(key)
+    assert record_size(b"k", value, headers) > len(value) + 1_000_000
+
+
+def test_per_record_warning_is_rate_limited_with_a_count() -> None:
+    import logging
+
+    from bridge.logs import PerRecord
+
+    now = [0.0]
+    limiter = PerRecord(30, clock=lambda: now[0])
+    lines: list[logging.LogRecord] = []
+    logger = logging.getLogger("test-per-record")
+    handler = logging.Handler()
+    handler.emit = lines.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        for _ in range(120):  # four a second for 30 s
+            limiter.log(logger, logging.WARNING, "rec", "produce failed", {"offset": 1})
+            now[0] += 0.25
+        limiter.log(logger, logging.WARNING, "rec", "produce failed", {"offset": 1})
+        limiter.log(logger, logging.WARNING, "other", "produce failed", {"offset": 2})
+    finally:
+        logger.removeHandler(handler)
+    assert [(r.offset, r.repeats) for r in lines] == [(1, 0), (1, 119), (2, 0)]  # type: ignore[attr-defined]
+
+
+def test_oldest_unfinished_age_per_partition() -> None:
+    t = OffsetTracker()
+    t.assign([TP, ("image_data", 1)])
+    e = t.add(TP, 5, now=100.0)
+    t.add(TP, 6, now=101.0)
+    assert e is not None
+    assert t.oldest(now=110.0) == {TP: (5, 10.0), ("image_data", 1): None}
+    t.done(TP, 5, e)
+    assert t.oldest(now=110.0)[TP] == (6, 9.0)
+
+
+def test_model_from_envelope_or_header_validated_against_served_models() -> None:
+    served = ("mobilenet_v2", "resnet50")
+    img = base64.b64encode(jpeg(16, 16)).decode()
+    env = json.dumps({"image_b64": img, "model": "resnet50"}).encode()
+    assert parse_record(b"k", env, None, "fb", served, "mobilenet_v2").model == "resnet50"
+    assert parse_record(b"k", b"\xff\xd8", [("model", b"resnet50")], "fb", served, "mobilenet_v2").model == "resnet50"
+    assert parse_record(b"k", b"\xff\xd8", None, "fb", served, "mobilenet_v2").model == "mobilenet_v2"
+    for value, headers in ((json.dumps({"image_b64": img, "model": "no_such_model"}).encode(), None),
+                           (b"\xff\xd8", [("model", b"no_such_model")])):
+        with pytest.raises(ContractError) as err:
+            parse_record(b"k", value, headers, "fb", served, "mobilenet_v2")
+        assert err.value.reason == "unknown_model" and "no_such_model" in err.value.message
+    with pytest.raises(ContractError) as err:
+        parse_record(b"k", b"\xff\xd8", [("model", b"\xff")], "fb", served, "mobilenet_v2")
+    assert err.value.reason == "invalid_header"
+
+
+def test_unknown_envelope_fields_are_rejected() -> None:
+    img = base64.b64encode(jpeg(16, 16)).decode()
+    with pytest.raises(ContractError) as err:
+        parse_record(b"k", json.dumps({"image_b64": img, "modle": "resnet50"}).encode(), None, "fb")
+    assert err.value.reason == "invalid_envelope" and "modle" in err.value.message
+    assert "additionalProperties" in json.dumps(schema("image_data.envelope"))
+
+
+def test_dlq_limit_leaves_room_for_the_dlq_headers() -> None:
+    cfg = Config.from_env({"KAFKA_MAX_MESSAGE_BYTES": "1000000"})
+    h = dlq_headers([("content-type", b"image/png")], error="x" * 5000, error_class="retries_exhausted", status=503,
+                    attempts=10, model="mobilenet_v2", source=("a" * 249, 99, 2**62), source_timestamp_ms=2**41,
+                    failed_at=1.7e9)
+    assert record_size(b"k" * 100, b"v" * (1000000 - 100 - 512), h) <= cfg.dlq_max_message_bytes
+    assert cfg.producer_settings()["message.max.bytes"] == cfg.dlq_max_message_bytes
