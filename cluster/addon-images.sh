@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The cluster's own images, each one static binary built by cluster/build.sh in an image `FROM scratch`
+# (buildah, Debian), imported into the node's containerd. No registry is involved: the kubelet finds
+# them in containerd (imagePullPolicy IfNotPresent). An image is rebuilt only when its binary changed.
+set -euo pipefail
+# shellcheck source=cluster/env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+STAMPS="$CLUSTER_CACHE/images"
+mkdir -p "$STAMPS"
+
+image() {  # image REF BINARY USER : /BINARY as entrypoint, running as USER
+  local ref="$1" bin="$2" user="$3" sum ctr archive
+  sum="$(sha256sum "$CLUSTER_BIN/$bin" | cut -c1-16)"
+  if [[ "$(cat "$STAMPS/$bin.sum" 2>/dev/null)" == "$sum" ]] \
+     && ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qx "$ref"; then
+    return 0
+  fi
+  ctr="$(buildah from scratch)"
+  buildah copy --chmod 0755 "$ctr" "$CLUSTER_BIN/$bin" "/$bin" >/dev/null
+  buildah config --entrypoint "[\"/$bin\"]" --user "$user" \
+    --label "org.opencontainers.image.source=cluster/build.sh" "$ctr"
+  buildah commit -q "$ctr" "$ref" >/dev/null
+  buildah rm "$ctr" >/dev/null
+  archive="$STAMPS/$bin.oci.tar"
+  rm -f "$archive"
+  buildah push -q "$ref" "oci-archive:$archive:$ref"
+  ctr -a "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >/dev/null
+  ctr -a "$CONTAINERD_SOCK" -n k8s.io images label "$ref" io.cri-containerd.pinned=pinned >/dev/null
+  rm -f "$archive"
+  echo "$sum" > "$STAMPS/$bin.sum"
+  echo "image $ref imported"
+}
+
+image "$PAUSE_IMAGE" pause 65535:65535
+image "$COREDNS_IMAGE" coredns 65532:65532
+image "$KSERVE_IMAGE" kserve-manager 65532:65532

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The local cluster's one set of names, pins, paths and address ranges. Sourced by every cluster/*.sh.
+# State (certificates, kubeconfig, etcd data, logs, pidfiles) lives in .run/cluster/ of the clone; built
+# binaries and images in a cache outside it, so `make cluster-down` + `make cluster-up` rebuilds nothing.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# Pins (bump together with cluster/README.md).
+KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"   # k8s.io/kubernetes module; staging modules at v0.34.4
+KSERVE_VERSION="${KSERVE_VERSION:-v0.20.0}"           # the CRDs the chart is validated against (scripts/k8s-tools.sh)
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
+
+CLUSTER_CACHE="${CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/image-moderation/cluster}"
+CLUSTER_BIN="$CLUSTER_CACHE/bin"
+CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/.run/cluster}"       # all state; `make cluster-down` removes it
+export KUBECONFIG="${KUBECONFIG_LOCAL:-$CLUSTER_DIR/kubeconfig}"
+
+# Addresses. The node gets a /32 on a bridge the project creates (a node IP cannot be loopback: logs,
+# exec and port-forward need an InternalIP); pods live on the CNI bridge; the Service range is routed to
+# a local bridge so nothing for a cluster address ever follows the default route out of the machine.
+NODE_BRIDGE="${NODE_BRIDGE:-imnode0}"
+NODE_IP="${NODE_IP:-10.231.0.1}"
+CNI_BRIDGE="${CNI_BRIDGE:-imcni0}"
+POD_CIDR="${POD_CIDR:-10.232.0.0/24}"
+POD_GATEWAY="${POD_GATEWAY:-10.232.0.1}"
+SERVICE_CIDR="${SERVICE_CIDR:-10.233.0.0/24}"
+APISERVER_SERVICE_IP="${APISERVER_SERVICE_IP:-10.233.0.1}"
+DNS_SERVICE_IP="${DNS_SERVICE_IP:-10.233.0.10}"
+CLUSTER_DOMAIN="${CLUSTER_DOMAIN:-cluster.local}"
+NODE_NAME="${NODE_NAME:-im-node}"
+APISERVER_PORT="${APISERVER_PORT:-6443}"
+ETCD_CLIENT_PORT="${ETCD_CLIENT_PORT:-2379}"
+ETCD_PEER_PORT="${ETCD_PEER_PORT:-2380}"
+KSERVE_WEBHOOK_PORT="${KSERVE_WEBHOOK_PORT:-9443}"
+CONTAINERD_SOCK="/run/containerd/containerd.sock"     # cAdvisor only finds containerd at this path
+PAUSE_IMAGE="registry.k8s.io/pause:local"             # built from the kubernetes module's pause.c
+COREDNS_IMAGE="localhost/image-moderation/coredns:$COREDNS_VERSION"
+KSERVE_IMAGE="localhost/image-moderation/kserve-controller:$KSERVE_VERSION"
+
+mkdir -p "$CLUSTER_DIR/logs"
+PHASE_LOG="${PHASE_LOG:-$CLUSTER_DIR/logs/phases.log}"
+# fd 3 is the terminal: phase lines of nested scripts reach it while their tools' output goes to the log.
+{ true >&3; } 2>/dev/null || exec 3>&1
+phase() {  # phase "what" CMD... : one line per phase with its duration; output in $PHASE_LOG
+  local what="$1" t0 rc=0; shift
+  t0=$(date +%s%N)
+  echo "== $what" >>"$PHASE_LOG"
+  "$@" >>"$PHASE_LOG" 2>&1 || rc=$?
+  printf '%-60s %7.1f s%s\n' "$what" "$((($(date +%s%N) - t0) / 1000000))e-3" \
+    "$([[ $rc -eq 0 ]] || echo "  FAILED ($rc), see $PHASE_LOG")" >&3
+  [[ $rc -eq 0 ]] || tail -n 25 "$PHASE_LOG" >&3
+  return $rc
+}

@@ -1,0 +1,208 @@
+"""`make e2e`: the chart as installed by helm on the local cluster answers like the local stack.
+
+Order matters and is kept by the file: read-only checks first, then `helm upgrade` under load, then
+`helm uninstall` and the kustomize overlay last.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cluster.tests.conftest import (
+    HELM, KUBECONFIG, MODELS, NAMESPACE, RELEASE, ROOT, http_client, isvc_name, kube_json, kubectl,
+    restart_counts, wait_until,
+)
+from demo.samples import skimage_photos
+from handlers.envelopes import predictions_from, v1_request, v2_request
+from tests.image_factory import jpeg, refused_variants
+
+pytestmark = pytest.mark.usefixtures("cluster_ready")
+VALUES = ROOT / "helm" / "image-moderation" / "ci" / "local-cluster-values.yaml"
+
+
+def test_node_runs_the_pinned_upstream_components() -> None:
+    node = kube_json("get", "node")["items"][0]
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == "v1.34.4" and info["kubeProxyVersion"] in ("v1.34.4", "")
+    assert info["containerRuntimeVersion"].startswith("containerd://")
+    ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert ready["Ready"] == "True"
+    assert kube_json("version")["serverVersion"]["gitVersion"] == "v1.34.4"
+    for namespace, deployment in (("kube-system", "coredns"), ("kserve", "kserve-controller-manager")):
+        status = kube_json("-n", namespace, "get", "deployment", deployment)["status"]
+        assert status.get("readyReplicas") == 1, (namespace, deployment, status)
+
+
+def test_namespace_enforces_restricted_pod_security() -> None:
+    labels = kube_json("get", "namespace", NAMESPACE)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    # A privileged pod is refused by the API server, not only warned about.
+    pod = ('{"apiVersion":"v1","kind":"Pod","metadata":{"name":"psa-probe"},"spec":{"containers":'
+           '[{"name":"c","image":"registry.k8s.io/pause:local","securityContext":{"privileged":true}}]}}')
+    out = kubectl("-n", NAMESPACE, "apply", "--dry-run=server", "-f", "-", stdin=pod, check=False)
+    assert "psa-probe" not in out
+    done = kubectl("-n", NAMESPACE, "get", "pods", "-o", "name")
+    assert "psa-probe" not in done
+
+
+def test_inference_services_ready_with_the_built_archives() -> None:
+    for model in MODELS:
+        isvc = kube_json("-n", NAMESPACE, "get", "inferenceservice", isvc_name(model))
+        conditions = {c["type"]: c["status"] for c in isvc["status"]["conditions"]}
+        assert conditions.get("Ready") == "True", conditions
+        pods = kube_json("-n", NAMESPACE, "get", "pods", "-l",
+                         f"serving.kserve.io/inferenceservice={isvc_name(model)}")["items"]
+        assert pods, model
+        for pod in pods:
+            container = next(c for c in pod["spec"]["containers"] if c["name"] == "kserve-container")
+            assert container["image"].endswith("image-moderation/predictor:" + container["image"].rsplit(":", 1)[1])
+            mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+            assert mounts["/mnt/models"]["readOnly"] is True
+            assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+            listing = kubectl("-n", NAMESPACE, "exec", pod["metadata"]["name"], "-c", "kserve-container", "--",
+                              "ls", "/mnt/models/model-store")
+            assert f"{model}.mar" in listing.split()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_predictions_equal_the_local_stack(model: str, predictor_urls: dict[str, str],
+                                           client: httpx.Client) -> None:
+    photos = skimage_photos()
+    assert len(photos) >= 5
+    with http_client(predictor_urls[model]) as remote:
+        for path in photos:
+            image = path.read_bytes()
+            local = predictions_from(client.post(f"/v2/models/{model}/infer", json=v2_request([image])).json())[0]
+            v2 = remote.post(f"/v2/models/{model}/infer", json=v2_request([image], path.name))
+            assert v2.status_code == 200, (path.name, v2.text)
+            assert v2.json()["id"] == path.name
+            v1 = remote.post(f"/v1/models/{model}:predict", json=v1_request([image]))
+            assert v1.status_code == 200, (path.name, v1.text)
+            for response in (v2.json(), v1.json()):
+                got = predictions_from(response)[0]
+                assert got.label == local.label, (path.name, got, local)
+                assert abs(got.harmful_score - local.harmful_score) <= 1e-4, (path.name, got, local)
+                assert abs(got.threshold - local.threshold) <= 1e-6
+
+
+def test_health_and_metadata_as_the_chart_documents(predictor_urls: dict[str, str]) -> None:
+    # The chart's predictors are TorchServe itself: /ping is readiness (probes and the bridge use it),
+    # and the v2 health/metadata routes of the local gateway are not served there (helm chart README).
+    for url in predictor_urls.values():
+        with http_client(url) as remote:
+            ping = remote.get("/ping")
+            assert ping.status_code == 200 and ping.json()["status"] == "Healthy"
+            assert remote.get("/v2/health/ready").status_code in (400, 404)
+
+
+def test_bad_inputs_answer_4xx_and_no_pod_restarts(predictor_urls: dict[str, str]) -> None:
+    before = restart_counts()
+    with http_client(predictor_urls["mobilenet_v2"]) as remote:
+        for kind, (payload, reason) in sorted(refused_variants().items()):
+            raw = remote.post("/v2/models/mobilenet_v2/infer", content=payload, headers={"Content-Type": "image/png"})
+            assert raw.status_code in (400, 413), (kind, raw.status_code, raw.text)
+            assert raw.json()["reason"] == reason, (kind, raw.text)
+            if payload:
+                batch = remote.post("/v2/models/mobilenet_v2/infer", json=v2_request([jpeg(), payload]))
+                assert batch.status_code == raw.status_code and batch.json()["index"] == 1, (kind, batch.text)
+        for body, reason in ((b'{"inputs": "nope"}', "malformed_request"), (b"{", "malformed_request"),
+                             (b'{"instances": [{"b64": "!!"}]}', "bad_base64")):
+            bad = remote.post("/v2/models/mobilenet_v2/infer", content=body, headers={"Content-Type": "application/json"})
+            assert bad.status_code == 400 and bad.json()["reason"] == reason, bad.text
+        assert remote.post("/v2/models/mobilenet_v2/infer", json=v2_request([jpeg()])).status_code == 200
+    time.sleep(5)  # a crashed worker or container would show within a probe period
+    assert restart_counts() == before
+
+
+def test_metrics_scraped_from_inside_the_pod_network() -> None:
+    """A pod in the `monitoring` namespace (the chart's NetworkPolicy lets it scrape) reads :8082/metrics."""
+    pods = kube_json("-n", NAMESPACE, "get", "pods", "-l", "serving.kserve.io/inferenceservice")["items"]
+    targets = [f"http://{p['status']['podIP']}:8082/metrics" for p in pods if p["status"].get("podIP")]
+    assert len(targets) >= 2
+    kubectl("create", "namespace", "monitoring", check=False)
+    script = "import sys,urllib.request\nfor u in sys.argv[1:]:\n print(urllib.request.urlopen(u,timeout=20).read().decode())"
+    out = kubectl("-n", "monitoring", "run", "e2e-scrape", "--rm", "-i", "--restart=Never", "--quiet",
+                  "--image", _bridge_image(), "--image-pull-policy", "Never", "--command",
+                  "--overrides", _restricted_overrides(), "--", "python", "-c", script, *targets, timeout=180)
+    families = {f.name: f for f in text_string_to_metric_families(out)}
+    assert any(name.startswith("ts_inference_requests") for name in families), sorted(families)[:20]
+    samples = [s for f in families.values() for s in f.samples if s.name.startswith("ts_inference_requests")]
+    assert sum(s.value for s in samples) > 0
+
+
+def _bridge_image() -> str:
+    chart = (ROOT / "helm" / "image-moderation" / "Chart.yaml").read_text()
+    version = next(line.split('"')[1] for line in chart.splitlines() if line.startswith("appVersion:"))
+    return f"docker.io/image-moderation/bridge:{version}"
+
+
+def _restricted_overrides() -> str:
+    return ('{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":10001,"seccompProfile":'
+            '{"type":"RuntimeDefault"}},"containers":[{"name":"e2e-scrape","securityContext":'
+            '{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}}]}}')
+
+
+def _service_url(model: str) -> str:
+    svc = kube_json("-n", NAMESPACE, "get", "service", f"{isvc_name(model)}-predictor")
+    return f"http://{svc['spec']['clusterIP']}:80"
+
+
+def test_helm_upgrade_rolls_out_without_a_failed_request(client: httpx.Client) -> None:
+    """Requests stream to the Service (kube-proxy) while a changed threshold rolls out."""
+    model, new_threshold = "mobilenet_v2", 0.5
+    url = _service_url(model)
+    outcomes: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        with http_client(url) as remote:
+            while not stop.is_set():
+                try:
+                    r = remote.post(f"/v2/models/{model}/infer", json=v2_request([jpeg(seed=3)]), timeout=30)
+                    outcomes.append((r.status_code, predictions_from(r.json())[0].threshold
+                                     if r.status_code == 200 else -1.0))
+                except httpx.HTTPError as exc:
+                    outcomes.append((-1, -1.0))
+                    print("request failed:", exc)
+                time.sleep(0.05)
+
+    worker = threading.Thread(target=stream, daemon=True)
+    worker.start()
+    time.sleep(3)
+    done = _helm("upgrade", RELEASE, str(ROOT / "helm" / "image-moderation"), "-n", NAMESPACE, "-f", str(VALUES),
+                 "--set", f"models.{model}.threshold={new_threshold}", "--wait", "--timeout", "10m")
+    assert done.returncode == 0, done.stderr
+    kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "inferenceservice", "--all", "--timeout=600s", timeout=620)
+    wait_until(lambda: any(t == new_threshold for _, t in outcomes[-3:]), 300, "answers with the new threshold")
+    time.sleep(3)
+    stop.set()
+    worker.join(timeout=60)
+    failed = [o for o in outcomes if o[0] != 200]
+    thresholds = sorted({t for _, t in outcomes})
+    print(f"helm upgrade under load: {len(outcomes)} requests, {len(failed)} failed, thresholds seen {thresholds}")
+    assert not failed
+    assert thresholds[-1] != new_threshold or len(thresholds) == 2
+
+
+def _helm(*args: str):  # noqa: ANN202
+    import os
+    import subprocess
+
+    return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "KUBECONFIG": KUBECONFIG})
+
+
+def test_uninstall_leaves_nothing_behind() -> None:
+    done = _helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "5m")
+    assert done.returncode == 0, done.stderr
+    left = kubectl("-n", NAMESPACE, "get", "all,inferenceservices,servingruntimes,networkpolicies,"
+                   "poddisruptionbudgets,podmonitors,servicemonitors,prometheusrules,configmaps,secrets,"
+                   "serviceaccounts,horizontalpodautoscalers", "-l", f"app.kubernetes.io/instance={RELEASE}",
+                   "-o", "name")
+    assert left.strip() == ""
+    wait_until(lambda: not kube_json("-n", NAMESPACE, "get", "pods")["items"], 180, "predictor pods to go")

@@ -1,0 +1,23 @@
+##@ Local Kubernetes cluster (real upstream components on this machine; cluster/README.md)
+CLUSTER_KUBECONFIG := $(ROOT)/.run/cluster/kubeconfig
+
+.PHONY: cluster-up
+cluster-up: $(SETUP_STAMP) k8s-tools ## Build (cached) and start a single-node cluster: etcd, control plane, containerd, kubelet, kube-proxy, CoreDNS, KServe
+	cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop every cluster process, undo its network changes, remove .run/cluster (caches stay)
+	cluster/down.sh
+
+.PHONY: cluster-status
+cluster-status: ## Nodes and pods of the local cluster (KUBECONFIG=.run/cluster/kubeconfig)
+	@KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/status.sh
+
+.PHONY: cluster-deploy
+cluster-deploy: models images ## helm install the chart on the local cluster (ci/local-cluster-values.yaml) and wait for Ready
+	cluster/deploy.sh
+
+.PHONY: e2e
+e2e: cluster-up images models ## cluster-up + images + deploy + end-to-end checks through the cluster's network, one summary
+	cluster/deploy.sh
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(PY) -m pytest -q -m cluster -p no:cacheprovider tests/cluster $(PYTEST_ARGS)
