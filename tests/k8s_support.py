@@ -155,7 +155,8 @@ def dashboard_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ Prometheus
 
 
-def scrape_configs(docs: list[dict[str, Any]], interval: str = "2s") -> list[dict[str, Any]]:
+def scrape_configs(docs: list[dict[str, Any]], interval: str = "2s",
+                   bridge_target: str | None = None) -> list[dict[str, Any]]:
     """Static scrape jobs equivalent to the chart's PodMonitor and ServiceMonitor, aimed at the local stack.
 
     Job names and metric relabelings are taken from the rendered monitors; `namespace` and `pod` are the
@@ -164,7 +165,7 @@ def scrape_configs(docs: list[dict[str, Any]], interval: str = "2s") -> list[dic
     jobs = []
     targets = {
         "PodMonitor": (f"{cfg['STACK_HOST']}:{cfg['TORCHSERVE_METRICS_PORT']}", "predictor-local"),
-        "ServiceMonitor": (f"{cfg['STACK_HOST']}:{cfg['BRIDGE_PORT']}", "bridge-local"),
+        "ServiceMonitor": (bridge_target or f"{cfg['STACK_HOST']}:{cfg['BRIDGE_PORT']}", "bridge-local"),
     }
     for kind, (target, pod) in targets.items():
         for mon in find(docs, kind):
@@ -188,8 +189,11 @@ def scrape_configs(docs: list[dict[str, Any]], interval: str = "2s") -> list[dic
 
 
 @contextmanager
-def prometheus(workdir: Path, docs: list[dict[str, Any]], interval: str = "2s") -> Iterator[str]:
-    """A real Prometheus (Debian package) on PROMETHEUS_PORT with the chart's rules; yields its base URL."""
+def prometheus(workdir: Path, docs: list[dict[str, Any]], interval: str = "2s",
+               bridge_target: str | None = None) -> Iterator[str]:
+    """A real Prometheus (Debian package) on PROMETHEUS_PORT with the chart's rules; yields its base URL.
+
+    `bridge_target` scrapes a test's own bridge (host:port) instead of the stack.env one."""
     cfg = stack()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "rules.yaml").write_text(yaml.safe_dump(rules_of(docs), sort_keys=False))
@@ -199,7 +203,7 @@ def prometheus(workdir: Path, docs: list[dict[str, Any]], interval: str = "2s") 
         "rule_files": [str(workdir / "rules.yaml")],
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [self_target]}]},
-            *scrape_configs(docs, interval),
+            *scrape_configs(docs, interval, bridge_target),
         ],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))

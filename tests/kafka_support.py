@@ -25,6 +25,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from bridge.config import dlq_limit
 from bridge.topics import ensure_topics
 from handlers.stack import stack
 
@@ -64,11 +65,13 @@ class Topics:
     group: str
 
     @classmethod
-    def create(cls, bootstrap: str, partitions: int = 6) -> Topics:
+    def create(cls, bootstrap: str, partitions: int = 6, dlq_max_bytes: int | None = None) -> Topics:
+        """Topics as `bridge.topics ensure` makes them (DLQ limit: config.dlq_limit), unless `dlq_max_bytes`."""
         run = f"t{uuid.uuid4().hex[:10]}"
         t = cls(f"{run}.image_data", f"{run}.image_predictions", f"{run}.image_data.dlq", f"{run}-bridge")
         ensure_topics(AdminClient({"bootstrap.servers": bootstrap}),
-                      {t.input: partitions, t.output: partitions, t.dlq: 1}, MAX_BYTES)
+                      {t.input: partitions, t.output: partitions, t.dlq: 1}, MAX_BYTES,
+                      {t.dlq: dlq_limit(MAX_BYTES) if dlq_max_bytes is None else dlq_max_bytes})
         return t
 
 
@@ -224,15 +227,26 @@ def collect(bootstrap: str, topics: Topics, expected: set[str], timeout_s: float
             for msg in consumer.consume(500, 0.5):
                 if msg.error():
                     continue
-                key = msg.key().decode()
+                headers = {k: (v or b"").decode("utf-8", "replace") for k, v in msg.headers() or []}
+                key = record_id(msg.key(), headers)
                 if msg.topic() == topics.dlq:
-                    out.dlq[key].append({k: v.decode() for k, v in msg.headers() or []})
+                    out.dlq[key].append(headers)
                     out.dlq_values[key] = msg.value()
                 else:
                     out.predictions[key].append(json.loads(msg.value()))
     finally:
         consumer.close()
     return out
+
+
+def record_id(key: bytes | None, dlq_headers: dict[str, str]) -> str:
+    """The id the bridge gives a record: UTF-8 key, else its hex, else topic-partition-offset (as the bridge)."""
+    if key:
+        try:
+            return key.decode("utf-8")
+        except UnicodeDecodeError:
+            return key.hex()
+    return f"{dlq_headers.get('source_topic')}-{dlq_headers.get('source_partition')}-{dlq_headers.get('source_offset')}"
 
 
 def wait_for(predicate, timeout_s: float, what: str, interval: float = 0.25) -> None:  # type: ignore[no-untyped-def]
@@ -253,3 +267,34 @@ def committed_total(bootstrap: str, topics: Topics) -> int:
         return sum(max(0, tp.offset) for tp in tps)
     finally:
         consumer.close()
+
+
+def committed(bootstrap: str, topics: Topics) -> dict[int, int]:
+    """The group's committed offset per input partition (-1001: none yet)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topics.group, "enable.auto.commit": False})
+    try:
+        parts = consumer.list_topics(topics.input, timeout=10).topics[topics.input].partitions
+        return {tp.partition: tp.offset
+                for tp in consumer.committed([TopicPartition(topics.input, p) for p in parts], timeout=10)}
+    finally:
+        consumer.close()
+
+
+def produce_to(bootstrap: str, topic: str,
+               records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int | None]]) -> list[int]:
+    """Write (key, value, headers, partition) records as a plain client would; returns their offsets in order."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                         "message.max.bytes": MAX_BYTES, "linger.ms": 5})
+    offsets: dict[int, int] = {}
+    errors: list[str] = []
+
+    def done(n: int) -> object:
+        return lambda err, msg: errors.append(str(err)) if err else offsets.__setitem__(n, msg.offset())
+
+    for n, (key, value, headers, partition) in enumerate(records):
+        kw = {} if partition is None else {"partition": partition}
+        producer.produce(topic, key=key, value=value, headers=headers, on_delivery=done(n), **kw)
+        producer.poll(0)
+    assert producer.flush(120) == 0, "records not delivered"
+    assert not errors, errors[:5]
+    return [offsets[n] for n in range(len(records))]
