@@ -3,10 +3,16 @@
 # Only an all-eager (PyTorch) deployment could run the stock
 # pytorch/torchserve:0.12.0-cpu unchanged. Archives are not baked in: KServe mounts them at /mnt/models.
 # docker build -f docker/predictor.Dockerfile -t image-moderation/predictor:0.1.0 .
-FROM pytorch/torchserve:0.12.0-cpu
+# TORCHSERVE_IMAGE is the published base; `scripts/images.sh build` without Docker passes a Debian-assembled
+# stand-in with the same layout (docker/README.md says what differs).
+ARG TORCHSERVE_IMAGE=pytorch/torchserve:0.12.0-cpu
+
+FROM ${TORCHSERVE_IMAGE}
 USER 0
 COPY docker/predictor-requirements.txt /tmp/requirements.txt
-RUN python -m pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
+# The pip cache is a build cache mount: kept between builds, never part of a layer.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 # model-server (uid 1000) is the image's own user; the chart runs it read-only with /tmp as an emptyDir.
 USER 1000:1000
 ENTRYPOINT ["torchserve"]

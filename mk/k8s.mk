@@ -46,5 +46,9 @@ upload-models: models ## Upload model-archive/build/{config,model-store} to STOR
 	scripts/upload-models.sh "$(STORAGE_URI)"
 
 .PHONY: images
-images: ## Build the bridge (and optional predictor) images: needs Docker; REGISTRY=… TAG=… (default: local names)
+images: ## Build the bridge + predictor images (Docker, else buildah on Debian-assembled bases; cached in ~/.cache/image-moderation/images)
 	scripts/images.sh build
+
+.PHONY: images-load
+images-load: ## Import the built images into containerd (CONTAINERD_ADDRESS, default /run/containerd/containerd.sock)
+	scripts/images.sh load

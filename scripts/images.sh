@@ -1,15 +1,277 @@
 #!/usr/bin/env bash
-# Build the chart's images (Docker required):  scripts/images.sh build   (REGISTRY=… TAG=… optional)
-# Names are the chart's defaults (image-moderation/{bridge,predictor}:<appVersion>); with REGISTRY they get
-# that prefix, and the printed --set line points the chart at them.
+# The chart's images, built from docker/*.Dockerfile and cached as OCI archives outside the clone.
+#   scripts/images.sh build            build what changed (Docker if an engine answers, else Debian's buildah)
+#   scripts/images.sh load             build if needed, then import into containerd (skips equal digests)
+#   scripts/images.sh archive NAME     print the archive path of bridge|predictor for the current sources
+#   scripts/images.sh refs             print the image names (one per line)
+# Names: docker.io/image-moderation/{bridge,predictor}:<appVersion> (the chart's defaults, fully qualified as
+# containerd stores them); REGISTRY=… and TAG=… change them.
+# Without Docker, the registry bases cannot be pulled: stand-ins are assembled from Debian with debootstrap and
+# the pinned wheels from PyPI, and passed through the Dockerfiles' base-image build arguments (docker/README.md).
+# Cache: IMAGE_CACHE (default ~/.cache/image-moderation/images) holds the archives, keyed by a hash of everything
+# that goes into an image (Dockerfile, build context, base recipe), so an unchanged image is never rebuilt; the
+# pip cache (PIP_CACHE_DIR, default ~/.cache/pip) is mounted into every pip step.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TAG="${TAG:-$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$ROOT/helm/image-moderation/Chart.yaml")}"
-PREFIX="${REGISTRY:+$REGISTRY/}"
-command -v docker >/dev/null || { echo "docker is not installed: build on a machine with Docker (see docker/README.md)" >&2; exit 1; }
-cd "$ROOT"
-docker build -f docker/bridge.Dockerfile -t "${PREFIX}image-moderation/bridge:$TAG" .
-docker build -f docker/predictor.Dockerfile -t "${PREFIX}image-moderation/predictor:$TAG" .
-echo "push: docker push ${PREFIX}image-moderation/bridge:$TAG && docker push ${PREFIX}image-moderation/predictor:$TAG"
-echo "then: --set bridge.image.repository=${PREFIX}image-moderation/bridge,bridge.image.tag=$TAG" \
-  "--set predictor.image.repository=${PREFIX}image-moderation/predictor,predictor.image.tag=$TAG"
+PREFIX="${REGISTRY:-docker.io}/image-moderation"
+IMAGE_CACHE="${IMAGE_CACHE:-$HOME/.cache/image-moderation/images}"
+PIP_CACHE="${PIP_CACHE_DIR:-$HOME/.cache/pip}"
+CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
+IMAGES=(bridge predictor)
+export BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"  # this VM: no nested user namespaces for runc builds
+NICE=(nice -n 10)                                         # 2 shared cores
+
+# Base recipes (stand-ins for the published bases; every value below is part of the base's cache key).
+DEBIAN_SUITE="bookworm"
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+PYTHON_PACKAGES="python3.11,python3-venv,python-is-python3,ca-certificates"
+TORCHSERVE_PACKAGES="$PYTHON_PACKAGES,openjdk-17-jre-headless"
+TORCHSERVE_PIP="pip==26.3"                                # the venv's own pip (also reads the pip cache format of the repo venv)
+TORCHSERVE_REQUIREMENTS="docker/torchserve-base-requirements.txt"
+BASE_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8)
+
+LOG_DIR="$IMAGE_CACHE/logs"
+T0=$SECONDS
+
+say() { echo "[images] $*"; }
+
+phase() {  # phase LABEL CMD... : run CMD with its output in a log; one line with the duration when done
+  local label="$1" start=$SECONDS log; shift
+  log="$LOG_DIR/$(echo "${label%% (*}" | tr -c 'a-zA-Z0-9\n' '-').log"
+  if "$@" >"$log" 2>&1; then
+    say "$label: $((SECONDS - start))s"
+  else
+    say "$label: FAILED after $((SECONDS - start))s; last lines of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+}
+
+ref() { echo "$PREFIX/$1:$TAG"; }
+
+docker_engine() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+
+builder() { if docker_engine; then echo docker; else echo buildah; fi; }
+
+sha() { sha256sum | cut -c1-16; }
+
+# --- build contexts --------------------------------------------------------------------------------------
+# Each image gets a context with exactly the files its Dockerfile copies (no .venv, no __pycache__): Docker sends
+# less, and the hash of that folder is the image's content key.
+
+copy_sources() {  # copy_sources DOCKERFILE : the source operands of every COPY/ADD without --from
+  awk '$1 == "COPY" || $1 == "ADD" {
+         from = 0; n = 0
+         for (i = 2; i <= NF; i++) { if ($i ~ /^--from/) from = 1; else if ($i !~ /^--/) ops[++n] = $i }
+         if (!from) for (i = 1; i < n; i++) print ops[i]
+       }' "$1"
+}
+
+stage_context() {  # stage_context NAME : sets CONTEXT, a fresh folder with the image's build context (removed on exit)
+  local name="$1" dir src
+  mkdir -p "$IMAGE_CACHE/context"
+  dir="$(mktemp -d "$IMAGE_CACHE/context/$name.XXXXXX")"
+  CONTEXTS+=("$dir"); chmod 755 "$dir"; mkdir -p "$dir/docker"
+  cp "$ROOT/docker/$name.Dockerfile" "$dir/docker/"
+  while read -r src; do
+    (cd "$ROOT" && tar --exclude=__pycache__ --exclude='*.pyc' -cf - "${src%/}") | tar -xf - -C "$dir"
+  done < <(copy_sources "$ROOT/docker/$name.Dockerfile")
+  CONTEXT="$dir"
+}
+
+tree_hash() {  # tree_hash DIR : content hash of a folder (names, modes, bytes; not times or owners)
+  tar -C "$1" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - . | sha
+}
+
+# --- local bases (buildah only) --------------------------------------------------------------------------
+
+base_key() {  # base_key python|torchserve
+  { declare -f debootstrap_rootfs build_base "build_${1}_base"
+    echo "$DEBIAN_SUITE $DEBIAN_MIRROR ${BASE_ENV[*]}"
+    if [[ $1 == torchserve ]]; then echo "$TORCHSERVE_PACKAGES $TORCHSERVE_PIP"; cat "$ROOT/$TORCHSERVE_REQUIREMENTS"
+    else echo "$PYTHON_PACKAGES"; fi
+  } | sha
+}
+
+base_ref() { echo "localhost/image-moderation/$1-base:$(base_key "$1")"; }
+
+debootstrap_rootfs() {  # debootstrap_rootfs TARBALL PACKAGES : Debian minbase + PACKAGES, as a tarball
+  local tarball="$1" dir="${1%.tar}"
+  rm -rf "$dir"; mkdir -p "$dir"
+  "${NICE[@]}" debootstrap --variant=minbase --include="$2" "$DEBIAN_SUITE" "$dir" "$DEBIAN_MIRROR"
+  rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/var/log/* "$dir"/tmp/* "$dir"/root/.cache
+  tar -C "$dir" --numeric-owner --sort=name --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
+    -cf "$tarball.partial" .
+  mv "$tarball.partial" "$tarball"
+  rm -rf "$dir"
+}
+
+build_base() {  # build_base KIND PACKAGES : sets CTR, a buildah container of the debootstrapped rootfs
+  local tarball="$IMAGE_CACHE/rootfs/$1-$(base_key "$1").tar" env
+  mkdir -p "$IMAGE_CACHE/rootfs"
+  if [[ -f $tarball ]]; then say "$1 base: rootfs cached ($tarball)"
+  else phase "$1 base: debootstrap $DEBIAN_SUITE ($2)" debootstrap_rootfs "$tarball" "$2"; fi
+  CTR="$(buildah from --quiet scratch)"
+  phase "$1 base: add rootfs" buildah add --quiet "$CTR" "$tarball" /
+  for env in "${BASE_ENV[@]}"; do buildah config --env "$env" "$CTR"; done
+}
+
+build_python_base() {  # stand-in for python:3.11.11-slim-bookworm
+  build_base python "$PYTHON_PACKAGES"
+  buildah config --cmd '["python3"]' "$CTR"
+  phase "python base: commit" buildah commit --quiet --rm "$CTR" "$(base_ref python)"
+}
+
+build_torchserve_base() {  # stand-in for pytorch/torchserve:0.12.0-cpu: same user, venv, paths and ports
+  build_base torchserve "$TORCHSERVE_PACKAGES"
+  phase "torchserve base: venv + pip install ($(grep -c '==' "$ROOT/$TORCHSERVE_REQUIREMENTS") pins)" \
+    buildah run --network host "${PIP_MOUNTS[@]}" -v "$ROOT/$TORCHSERVE_REQUIREMENTS:/tmp/requirements.txt:ro" \
+      "$CTR" -- nice -n 10 sh -ec "
+        useradd --create-home --uid 1000 --user-group --shell /bin/bash model-server
+        mkdir -p /home/model-server/tmp /home/model-server/model-store
+        printf '%s\n' inference_address=http://0.0.0.0:8080 management_address=http://0.0.0.0:8081 \
+          metrics_address=http://0.0.0.0:8082 model_store=/home/model-server/model-store \
+          > /home/model-server/config.properties
+        python3 -m venv /home/venv
+        /home/venv/bin/pip install --quiet --disable-pip-version-check '$TORCHSERVE_PIP'
+        /home/venv/bin/pip install --disable-pip-version-check -r /tmp/requirements.txt
+        find /home/venv -name __pycache__ -prune -exec rm -rf {} +
+        chown -R model-server:model-server /home/model-server /home/venv
+        java -version && /home/venv/bin/torchserve --help >/dev/null"
+  buildah config --env PATH=/home/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env PYTHONUNBUFFERED=TRUE --env TEMP=/home/model-server/tmp \
+    --port 8080 --port 8081 --port 8082 --port 7070 --port 7071 \
+    --user model-server --workingdir /home/model-server --cmd '["torchserve", "--help"]' "$CTR"
+  phase "torchserve base: commit" buildah commit --quiet --rm "$CTR" "$(base_ref torchserve)"
+}
+
+ensure_base() {  # ensure_base python|torchserve : the base image in buildah's storage (built once per recipe)
+  if buildah inspect --type image "$(base_ref "$1")" >/dev/null 2>&1; then
+    say "$1 base: cached ($(base_ref "$1"))"
+  else
+    "build_${1}_base"
+    # Older recipes of this base are dead weight (the torchserve base is several GB).
+    buildah images --format '{{.Name}}:{{.Tag}}' | grep -F "localhost/image-moderation/$1-base:" \
+      | grep -vxF "$(base_ref "$1")" | xargs -r buildah rmi >/dev/null 2>&1 || true
+  fi
+}
+
+# --- the chart's images ----------------------------------------------------------------------------------
+
+base_arg() {  # base_arg NAME : the Dockerfile's base-image build argument for the local stand-in
+  case "$1" in
+    bridge) echo "PYTHON_IMAGE=$(base_ref python)" ;;
+    predictor) echo "TORCHSERVE_IMAGE=$(base_ref torchserve)" ;;
+  esac
+}
+
+base_of() { case "$1" in bridge) echo python ;; predictor) echo torchserve ;; esac; }
+
+image_key() {  # image_key NAME CONTEXT BUILDER
+  { echo "$1 $(ref "$1") $3"; tree_hash "$2"; declare -f build_image
+    if [[ $3 == buildah ]]; then base_key "$(base_of "$1")"; base_arg "$1"; fi
+  } | sha
+}
+
+archive_of() { echo "$IMAGE_CACHE/$1-$2.oci.tar"; }  # archive_of NAME KEY
+
+build_image() {  # build_image NAME CONTEXT BUILDER ARCHIVE
+  local name="$1" ctx="$2" archive="$4"
+  if [[ $3 == docker ]]; then
+    phase "$name: docker build" docker build -f "$ctx/docker/$name.Dockerfile" -t "$(ref "$name")" "$ctx"
+    phase "$name: docker save" docker save -o "$archive.partial" "$(ref "$name")"
+  else
+    ensure_base "$(base_of "$name")"
+    phase "$name: buildah bud" "${NICE[@]}" buildah bud --network host "${PIP_MOUNTS[@]}" --layers=false \
+      --build-arg "$(base_arg "$name")" -f "$ctx/docker/$name.Dockerfile" -t "$(ref "$name")" "$ctx"
+    # Uncompressed layers: gzip of the multi-GB torch layer costs minutes on two cores; containerd stores
+    # the layers uncompressed anyway.
+    rm -f "$archive.partial"
+    phase "$name: write OCI archive" buildah push --quiet --disable-compression "$(ref "$name")" \
+      "oci-archive:$archive.partial:$(ref "$name")"
+  fi
+  mv "$archive.partial" "$archive"
+}
+
+# The build containers see the host's trust store and pip cache (mounted, never committed): pip behind a
+# TLS-intercepting proxy works, and a second build reads wheels from the cache instead of PyPI.
+host_pip_conf() {
+  local conf="$IMAGE_CACHE/pip.conf"
+  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$conf"
+  echo "$conf"
+}
+
+cmd_build() {
+  local b name ctx key archive
+  b="$(builder)"
+  mkdir -p "$IMAGE_CACHE" "$LOG_DIR" "$PIP_CACHE"
+  if [[ $b == buildah ]]; then
+    command -v buildah >/dev/null && command -v debootstrap >/dev/null \
+      || { echo "no Docker engine and no buildah/debootstrap: apt-get install buildah debootstrap (docker/README.md)" >&2; exit 1; }
+    PIP_MOUNTS=(-v "$PIP_CACHE:/root/.cache/pip" -v "$(host_pip_conf):/etc/pip.conf:ro"
+                -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+  fi
+  say "builder: $b; cache: $IMAGE_CACHE"
+  for name in "${IMAGES[@]}"; do
+    stage_context "$name"; ctx="$CONTEXT"
+    key="$(image_key "$name" "$ctx" "$b")"
+    archive="$(archive_of "$name" "$key")"
+    if [[ -f $archive ]]; then
+      say "$name: cached ($(ref "$name"), $(du -h "$archive" | cut -f1))"
+      continue
+    fi
+    build_image "$name" "$ctx" "$b" "$archive"
+    find "$IMAGE_CACHE" -maxdepth 1 -name "$name-*.oci.tar" ! -path "$archive" -delete  # older keys
+    say "$name: built $(ref "$name") -> $archive ($(du -h "$archive" | cut -f1))"
+  done
+  say "build: $((SECONDS - T0))s"
+}
+
+current_archive() {  # current_archive NAME : sets ARCHIVE, the path for the current sources (may not exist yet)
+  stage_context "$1"
+  ARCHIVE="$(archive_of "$1" "$(image_key "$1" "$CONTEXT" "$(builder)")")"
+}
+
+archive_digest() {  # archive_digest ARCHIVE : manifest digest recorded in the archive's index.json
+  tar -xOf "$1" index.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["digest"])' \
+    2>/dev/null || echo none
+}
+
+cmd_load() {
+  local name archive want have
+  cmd_build
+  [[ -S $CONTAINERD_ADDRESS ]] || { echo "no containerd socket at $CONTAINERD_ADDRESS (CONTAINERD_ADDRESS=…)" >&2; exit 1; }
+  for name in "${IMAGES[@]}"; do
+    current_archive "$name"; archive="$ARCHIVE"
+    want="$(archive_digest "$archive")"
+    have="$(ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images ls "name==$(ref "$name")" 2>/dev/null | awk 'NR>1 {print $3}')"
+    if [[ -n $have && $have == "$want" ]]; then
+      say "$name: already in containerd ($(ref "$name") $want)"
+      continue
+    fi
+    phase "$name: ctr import" ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images import "$archive"
+    have="$(ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images ls "name==$(ref "$name")" | awk 'NR>1 {print $3}')"
+    [[ $have == "$want" || $want == none ]] \
+      || { echo "$name: containerd has '${have:-nothing}' as $(ref "$name"), the archive $want" >&2; exit 1; }
+  done
+  say "load: $((SECONDS - T0))s"
+}
+
+PIP_MOUNTS=()
+CTR=""
+CONTEXTS=()
+CONTEXT=""
+ARCHIVE=""
+cleanup() { rm -rf "${CONTEXTS[@]}"; if [[ -n $CTR ]]; then buildah rm "$CTR" >/dev/null 2>&1 || true; fi; }
+trap cleanup EXIT
+case "${1:-}" in
+  build) cmd_build
+    echo "push: docker push $(ref bridge) && docker push $(ref predictor) (REGISTRY=… for your registry)"
+    echo "then: --set bridge.image.repository=$PREFIX/bridge,bridge.image.tag=$TAG" \
+      "--set predictor.image.repository=$PREFIX/predictor,predictor.image.tag=$TAG" ;;
+  load) cmd_load ;;
+  archive) current_archive "${2:?bridge|predictor}"; echo "$ARCHIVE" ;;
+  refs) for name in "${IMAGES[@]}"; do ref "$name"; done ;;
+  *) echo "usage: $0 build|load|archive NAME|refs" >&2; exit 2 ;;
+esac
