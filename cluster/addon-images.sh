@@ -34,3 +34,4 @@ image() {  # image REF BINARY USER : /BINARY as entrypoint, running as USER
 image "$PAUSE_IMAGE" pause 65535:65535
 image "$COREDNS_IMAGE" coredns 65532:65532
 image "$KSERVE_IMAGE" kserve-manager 65532:65532
+image "$NETPOL_IMAGE" kube-network-policies 0:0

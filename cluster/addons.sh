@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What every real cluster of this project has besides the control plane: the CRDs the chart uses
 # (KServe, prometheus-operator, KEDA; the same module versions the offline validation pins), cluster
-# DNS (CoreDNS) and KServe's controller with its webhooks. Idempotent (server-side apply).
+# DNS (CoreDNS), NetworkPolicy enforcement and KServe's controller with its webhooks. Idempotent (server-side apply).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=cluster/env.sh
@@ -11,12 +11,6 @@ HELM="$ROOT/.cache/tools/bin/helm"
 PY="${PY:-$ROOT/.venv/bin/python}"
 PKI="$CLUSTER_DIR/pki"
 apply() { "$KUBECTL" apply --server-side --force-conflicts --field-manager=image-moderation-cluster "$@"; }
-
-rbac() {
-  # The apiserver's kubelet client (logs, exec, port-forward, metrics) may use the kubelet API.
-  "$KUBECTL" create clusterrolebinding kube-apiserver-kubelet-api --clusterrole=system:kubelet-api-admin \
-    --user=kube-apiserver-kubelet-client --dry-run=client -o yaml | apply -f -
-}
 
 crds() {
   local sources kserve promop keda
@@ -31,13 +25,23 @@ crds() {
   for f in scaledobjects scaledjobs triggerauthentications clustertriggerauthentications; do
     apply -f "$keda/config/crd/bases/keda.sh_$f.yaml"
   done
-  "$KUBECTL" wait --for=condition=Established --timeout=60s crd --all
+  # A CRD just created may have no conditions yet (kubectl wait then errors instead of waiting): retry.
+  for _ in $(seq 1 30); do
+    "$KUBECTL" wait --for=condition=Established --timeout=60s crd --all 2>/dev/null && return 0
+    sleep 1
+  done
+  "$KUBECTL" wait --for=condition=Established --timeout=10s crd --all
 }
 
 coredns() {
   sed -e "s#@DOMAIN@#$CLUSTER_DOMAIN#g" -e "s#@DNS@#$DNS_SERVICE_IP#g" -e "s#@IMAGE@#$COREDNS_IMAGE#g" \
     "$HERE/manifests/coredns.yaml" | apply -f -
   "$KUBECTL" -n kube-system rollout status deployment/coredns --timeout=120s
+}
+
+network_policies() {
+  sed -e "s#@IMAGE@#$NETPOL_IMAGE#g" "$HERE/manifests/network-policies.yaml" | apply -f -
+  "$KUBECTL" -n kube-system rollout status daemonset/kube-network-policies --timeout=120s
 }
 
 kserve() {
@@ -53,7 +57,7 @@ kserve() {
   "$KUBECTL" -n kserve rollout status deployment/kserve-controller-manager --timeout=180s
 }
 
-phase "  RBAC: apiserver -> kubelet API" rbac
 phase "  CRDs: KServe $KSERVE_VERSION, prometheus-operator, KEDA" crds
 phase "  CoreDNS $COREDNS_VERSION ($DNS_SERVICE_IP)" coredns
+phase "  NetworkPolicy enforcement: kube-network-policies $NETPOL_VERSION" network_policies
 phase "  KServe controller + webhooks $KSERVE_VERSION" kserve

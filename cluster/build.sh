@@ -4,9 +4,10 @@
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl   k8s.io/kubernetes
 #   manager (KServe controller)                                                             github.com/kserve/kserve
 #   coredns                                                                                 github.com/coredns/coredns
+#   kube-network-policies (NetworkPolicy enforcement, nftables + nfqueue)                    sigs.k8s.io/kube-network-policies
 #   pause (the pod sandbox), from the kubernetes module's build/pause/linux/pause.c         gcc -static
 # Each binary is stamped with its version and skipped when its stamp exists.
-#   cluster/build.sh [all|kubernetes|kserve|coredns|pause]
+#   cluster/build.sh [all|kubernetes|kserve|coredns|netpol|pause]
 set -euo pipefail
 # shellcheck source=cluster/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -14,6 +15,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMODCACHE="$CLUSTER_CACHE/go/mod" GOCACHE="$CLUSTER_CACHE/go/build"
 export GOPATH="$CLUSTER_CACHE/go/path" CGO_ENABLED=0 GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 mkdir -p "$CLUSTER_BIN" "$GOMODCACHE" "$GOCACHE"
+# One build at a time (make e2e and a hand-run cluster-up may overlap): the second waits, then skips.
+exec 9>"$CLUSTER_CACHE/.build.lock"
+flock 9
 
 module_dir() {  # module_dir MODULE@VERSION : a writable copy of the downloaded module (the cache is read-only)
   local mod="$1" src dst="$CLUSTER_CACHE/src/${1//\//_}"
@@ -70,6 +74,14 @@ build_coredns() {
   stamp coredns "$v"
 }
 
+build_netpol() {
+  local v="$NETPOL_VERSION" dir
+  have kube-network-policies "$v" && return 0
+  dir="$(module_dir "sigs.k8s.io/kube-network-policies@$v")"
+  phase "build kube-network-policies $v" bash -c "cd '$dir' && nice -n 10 go build -trimpath -ldflags '-s -w' -o '$CLUSTER_BIN/kube-network-policies' ./cmd"
+  stamp kube-network-policies "$v"
+}
+
 build_pause() {
   local v="$KUBERNETES_VERSION" dir
   have pause "$v" && return 0
@@ -80,10 +92,11 @@ build_pause() {
 }
 
 case "${1:-all}" in
-  all) build_pause; build_kubernetes; build_coredns; build_kserve ;;
+  all) build_pause; build_kubernetes; build_coredns; build_netpol; build_kserve ;;
+  netpol) build_netpol ;;
   kubernetes) build_kubernetes ;;
   kserve) build_kserve ;;
   coredns) build_coredns ;;
   pause) build_pause ;;
-  *) echo "usage: $0 [all|kubernetes|kserve|coredns|pause]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|kserve|coredns|netpol|pause]" >&2; exit 2 ;;
 esac

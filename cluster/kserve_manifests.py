@@ -3,9 +3,10 @@
 KServe's `charts/kserve-resources` (from the same `github.com/kserve/kserve` module the controller is
 built from) expects cert-manager to issue the webhook certificate and inject its CA. There is no
 cert-manager here, so this script drops the cert-manager objects, adds the webhook Secret from the
-certificate `cluster/pki.sh` made, and writes our CA into every webhook's `caBundle`. Everything else
-(CRD-independent RBAC, the Deployment, the `inferenceservice-config` ConfigMap, the webhook
-configurations) is KServe's, unchanged.
+certificate `cluster/pki.sh` made, and writes our CA into every webhook's `caBundle`. It also drops the
+controller's kube-rbac-proxy sidecar (an image from quay.io, unreachable here; it only guards the
+controller's metrics port). Everything else (RBAC, the Deployment, the `inferenceservice-config`
+ConfigMap, the webhook configurations) is KServe's, unchanged.
 
     helm template ... | python cluster/kserve_manifests.py --pki .run/cluster/pki > kserve.yaml
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import yaml
 
 WEBHOOK_SECRET = "kserve-webhook-server-cert"
+DROPPED_SIDECARS = {"kube-rbac-proxy"}
 WEBHOOK_KINDS = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
 
 
@@ -40,6 +42,9 @@ def adapt(docs: list[dict], pki: Path, namespace: str) -> list[dict]:
             doc.get("metadata", {}).get("annotations", {}).pop("cert-manager.io/inject-ca-from", None)
             for hook in doc.get("webhooks", []):
                 hook.setdefault("clientConfig", {})["caBundle"] = ca
+        if doc.get("kind") == "Deployment":
+            pod = doc["spec"]["template"]["spec"]
+            pod["containers"] = [c for c in pod["containers"] if c["name"] not in DROPPED_SIDECARS]
         if doc.get("kind") == "CustomResourceDefinition":
             conversion = doc.get("spec", {}).get("conversion", {})
             client = conversion.get("webhook", {}).get("clientConfig")

@@ -2,7 +2,7 @@
 # `make cluster-up`: a real single-node Kubernetes cluster on this machine, from upstream code only.
 # Host processes (like "Kubernetes the hard way"): etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, containerd (+ runc, CNI bridge), kubelet, kube-proxy (iptables). In the cluster:
-# CoreDNS, KServe's controller with its webhooks, metrics-server. Idempotent: a second run only starts
+# CoreDNS, kube-network-policies, KServe's controller with its webhooks. Idempotent: a second run only starts
 # what is not running. Every phase prints one line with its duration; logs are in .run/cluster/logs.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -103,6 +103,10 @@ start_apiserver() {
     --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
     --enable-aggregator-routing=true --allow-privileged=false --profiling=false --v=1 >/dev/null
   wait_for kube-apiserver 120 "$KUBECTL" get --raw /readyz
+  # The apiserver's kubelet client (logs, exec, port-forward, stats) may use the kubelet API; bound
+  # before the kubelet starts, whose authorizer caches a denial for 30 s.
+  "$KUBECTL" create clusterrolebinding kube-apiserver-kubelet-api --clusterrole=system:kubelet-api-admin \
+    --user=kube-apiserver-kubelet-client --dry-run=client -o yaml | "$KUBECTL" apply -f -
 }
 
 start_controllers() {
@@ -165,5 +169,5 @@ phase "containerd $(containerd --version | awk '{print $3}')" start_containerd
 phase "pause + add-on images" base_images
 phase "kubelet (node $NODE_NAME Ready)" start_kubelet
 phase "kube-proxy (iptables)" start_proxy
-phase "add-ons: CRDs, CoreDNS, KServe, metrics-server" addons
+phase "add-ons: CRDs, CoreDNS, NetworkPolicy, KServe" addons
 echo "cluster up: export KUBECONFIG=$KUBECONFIG  (kubectl: $KUBECTL)"
