@@ -50,9 +50,10 @@ def test_every_alert_has_a_firing_unit_test(rules: dict) -> None:
 
 def test_required_alerts_exist(rules: dict) -> None:
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    # error rate, DLQ rate, lag growing, latency SLO burn, predictor unavailable (issue 5).
+    # error rate, DLQ rate, lag growing, latency SLO burn, predictor unavailable (issue 5); a stuck record (issue 18).
     assert {
         "ImageModerationInferenceErrors", "ImageModerationDeadLetters", "ImageModerationConsumerLagGrowing",
+        "ImageModerationRecordStuck",
         "ImageModerationLatencyBudgetFastBurn", "ImageModerationLatencyBudgetSlowBurn", "ImageModerationPredictorDown",
     } <= alerts
     for g in rules["groups"]:
