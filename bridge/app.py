@@ -154,7 +154,7 @@ class Bridge:
 
     @property
     def live(self) -> bool:
-        return self.exit_code == 0 and time.monotonic() - self.heartbeat < 60
+        return self.exit_code == 0 and time.monotonic() - self.heartbeat < self.cfg.liveness_timeout_s
 
     def _update_ready(self) -> None:
         m.READY.set(1 if self.ready else 0)
@@ -397,7 +397,7 @@ class Bridge:
                 # records and costs a fetch round trip on resume); pause only if it lasts, so the consumer
                 # keeps polling and stays in the group.
                 self._full_since = self._full_since or time.monotonic()
-                if time.monotonic() - self._full_since < 5:
+                if time.monotonic() - self._full_since < self.cfg.pause_after_s:
                     self._room.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._room.wait(), 0.2)
@@ -633,7 +633,7 @@ class Bridge:
         while True:
             await self._consumer_call(self._lag)
             self._update_ready()
-            await asyncio.sleep(5)
+            await asyncio.sleep(self.cfg.lag_interval_s)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> int:

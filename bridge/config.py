@@ -57,6 +57,10 @@ DEFAULTS: dict[str, tuple[str, str]] = {
                                     "503 naming partition and offset; the chart's alert uses the same threshold"),
     "BRIDGE_LOG_REPEAT_INTERVAL_S": ("30", "a repeated warning about one record is logged once per interval "
                                            "(seconds), with the count of repeats"),
+    "BRIDGE_LAG_INTERVAL_S": ("5", "how often consumer lag and Kafka reachability are measured (seconds)"),
+    "BRIDGE_PAUSE_AFTER_S": ("5", "at the in-flight cap, how long to wait for room before pausing the partitions "
+                                  "(seconds; a pause drops librdkafka's prefetched records)"),
+    "BRIDGE_LIVENESS_TIMEOUT_S": ("60", "/livez fails when the fetch loop has not turned for this long (seconds)"),
     "BRIDGE_COMMIT_INTERVAL_S": ("1", "how often finished offsets are committed (seconds)"),
     "BRIDGE_SHUTDOWN_TIMEOUT_S": ("20", "on SIGTERM, how long in-flight work may finish before it is handed back"),
     "BRIDGE_PORT": ("", "port of /livez /readyz /metrics (default: $BRIDGE_PORT from stack.env)"),
@@ -105,6 +109,9 @@ class Config:
     produce_max_attempts: int
     stuck_after_s: float
     log_repeat_interval_s: float
+    lag_interval_s: float
+    pause_after_s: float
+    liveness_timeout_s: float
     commit_interval_s: float
     shutdown_timeout_s: float
     host: str
@@ -146,6 +153,9 @@ class Config:
             produce_max_attempts=max(1, int(e("BRIDGE_PRODUCE_MAX_ATTEMPTS"))),
             stuck_after_s=float(e("BRIDGE_STUCK_AFTER_S")),
             log_repeat_interval_s=float(e("BRIDGE_LOG_REPEAT_INTERVAL_S")),
+            lag_interval_s=float(e("BRIDGE_LAG_INTERVAL_S")),
+            pause_after_s=float(e("BRIDGE_PAUSE_AFTER_S")),
+            liveness_timeout_s=float(e("BRIDGE_LIVENESS_TIMEOUT_S")),
             commit_interval_s=float(e("BRIDGE_COMMIT_INTERVAL_S")),
             shutdown_timeout_s=float(e("BRIDGE_SHUTDOWN_TIMEOUT_S")),
             host=e("BRIDGE_HOST") or s["STACK_HOST"],
