@@ -18,6 +18,5 @@ cluster-deploy: models images ## helm install the chart on the local cluster (ci
 	cluster/deploy.sh
 
 .PHONY: e2e
-e2e: cluster-up images models ## cluster-up + images + deploy + end-to-end checks through the cluster's network, one summary
-	cluster/deploy.sh
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(PY) -m pytest -q -m cluster -p no:cacheprovider tests/cluster $(PYTEST_ARGS)
+e2e: $(SETUP_STAMP) k8s-tools models ## cluster-up + images + deploy + end-to-end checks through the cluster's network, one summary
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/e2e.sh

@@ -15,7 +15,7 @@ from tests.test_k8s_chart import kubeconform
 sys.path.insert(0, str(k.ROOT / "scripts"))
 from k8s_render import as_kustomize  # noqa: E402
 
-OVERLAYS = ["base", "overlays/production", "overlays/knative"]
+OVERLAYS = ["base", "overlays/production", "overlays/knative", "overlays/local-cluster"]
 
 
 def kustomize(path: str) -> list[dict[str, Any]]:

@@ -125,14 +125,35 @@ def test_metrics_scraped_from_inside_the_pod_network() -> None:
     targets = [f"http://{p['status']['podIP']}:8082/metrics" for p in pods if p["status"].get("podIP")]
     assert len(targets) >= 2
     kubectl("create", "namespace", "monitoring", check=False)
-    script = "import sys,urllib.request\nfor u in sys.argv[1:]:\n print(urllib.request.urlopen(u,timeout=20).read().decode())"
+    # The pod also resolves a predictor Service by its cluster DNS name (CoreDNS) before scraping.
+    service = f"{isvc_name(MODELS[0])}-predictor.{NAMESPACE}.svc.cluster.local"
+    script = ("import socket,sys,urllib.request\nprint('# resolved', socket.gethostbyname(sys.argv[1]))\n"
+              "for u in sys.argv[2:]:\n print(urllib.request.urlopen(u,timeout=20).read().decode())")
     out = kubectl("-n", "monitoring", "run", "e2e-scrape", "--rm", "-i", "--restart=Never", "--quiet",
                   "--image", _bridge_image(), "--image-pull-policy", "Never", "--command",
-                  "--overrides", _restricted_overrides(), "--", "python", "-c", script, *targets, timeout=180)
+                  "--overrides", _restricted_overrides(), "--", "python", "-c", script, service, *targets,
+                  timeout=180)
+    cluster_ip = kube_json("-n", NAMESPACE, "get", "service", f"{isvc_name(MODELS[0])}-predictor")["spec"]["clusterIP"]
+    assert f"# resolved {cluster_ip}" in out, out[:300]
     families = {f.name: f for f in text_string_to_metric_families(out)}
     assert any(name.startswith("ts_inference_requests") for name in families), sorted(families)[:20]
     samples = [s for f in families.values() for s in f.samples if s.name.startswith("ts_inference_requests")]
     assert sum(s.value for s in samples) > 0
+
+
+def test_network_policies_are_enforced() -> None:
+    """A pod outside the namespaces the chart admits cannot open the predictor's inference port."""
+    pod = kube_json("-n", NAMESPACE, "get", "pods", "-l", "serving.kserve.io/inferenceservice")["items"][0]
+    target = f"http://{pod['status']['podIP']}:8080/ping"
+    kubectl("create", "namespace", "e2e-outsider", check=False)
+    script = ("import sys,urllib.request\ntry:\n urllib.request.urlopen(sys.argv[1],timeout=5)\n print('REACHED')\n"
+              "except Exception as e:\n print('BLOCKED', type(e).__name__)")
+    out = kubectl("-n", "e2e-outsider", "run", "e2e-outsider", "--rm", "-i", "--restart=Never", "--quiet",
+                  "--image", _bridge_image(), "--image-pull-policy", "Never", "--command",
+                  "--overrides", _restricted_overrides("e2e-outsider"), "--", "python", "-c", script, target,
+                  timeout=180)
+    assert "BLOCKED" in out and "REACHED" not in out, out
+    kubectl("delete", "namespace", "e2e-outsider", "--wait=false", check=False)
 
 
 def _bridge_image() -> str:
@@ -141,9 +162,9 @@ def _bridge_image() -> str:
     return f"docker.io/image-moderation/bridge:{version}"
 
 
-def _restricted_overrides() -> str:
+def _restricted_overrides(name: str = "e2e-scrape") -> str:
     return ('{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":10001,"seccompProfile":'
-            '{"type":"RuntimeDefault"}},"containers":[{"name":"e2e-scrape","securityContext":'
+            '{"type":"RuntimeDefault"}},"containers":[{"name":"' + name + '","securityContext":'
             '{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}}]}}')
 
 
