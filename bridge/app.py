@@ -240,11 +240,11 @@ class Bridge:
             on_ack()
             self._finish(item)
             return
-        if not self.tracker.current(item.tp, item.epoch):
+        kind = kafka_error_kind(err.code(), err.retriable(), err.fatal())
+        if kind is not Kind.FATAL and not self.tracker.current(item.tp, item.epoch):
             self._drop(item)  # the partition moved: its new owner re-processes the record
             return
         item.produce_attempts += 1
-        kind = kafka_error_kind(err.code(), err.retriable(), err.fatal())
         decision = decide(Failure(stage, kind, err.name(), item.produce_attempts), self.produce_policy)
         error = f"producing to {topic}: {err.name()}: {err.str()}"
         self._act(item, stage, decision, error, retry=lambda: self._produce(item, stage, topic, key, value,

@@ -229,11 +229,15 @@ def test_hostile_battery_each_record_ends_exactly_once_and_partitions_keep_commi
         f.write(report)
 
 
-def test_dlq_created_with_headroom_takes_a_full_copy_of_a_near_limit_record(kafka: str,  # noqa: F811
-                                                                          serving: str) -> None:
-    """`bridge.topics ensure` gives the DLQ 64 KiB more than the input: the same poison then keeps its payload."""
-    topics = Topics.create(kafka)
+@pytest.mark.parametrize("dlq", ["created-by-ensure", "legacy-input-limit"])
+def test_near_limit_record_with_a_dlq_created_with_or_without_headroom(kafka: str, serving: str,  # noqa: F811
+                                                                       dlq: str) -> None:
+    """`bridge.topics ensure` gives the DLQ 64 KiB more than the input: the issue's poison keeps its payload.
+    A DLQ created with the input's limit (as in the issue) while the bridge assumes the default headroom: the
+    broker refuses the full copy (MSG_SIZE_TOO_LARGE, permanent), so the metadata-only record follows at once."""
+    topics = Topics.create(kafka, dlq_max_bytes=None if dlq == "created-by-ensure" else MAX_BYTES)
     admin = AdminClient({"bootstrap.servers": kafka})
+
     def dlq_limit() -> int | None:
         (fut,) = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topics.dlq)]).values()
         try:
@@ -242,14 +246,24 @@ def test_dlq_created_with_headroom_takes_a_full_copy_of_a_near_limit_record(kafk
             return None
 
     wait_for(lambda: dlq_limit() is not None, 30, "DLQ topic metadata")
-    assert dlq_limit() == MAX_BYTES + 65536
+    assert dlq_limit() == (MAX_BYTES + 65536 if dlq == "created-by-ensure" else MAX_BYTES)
     value = os.urandom(POISON_BYTES)
     bridge = BridgeProcess(topics, kafka, serving).start()
     try:
-        produce_to(kafka, topics.input, [(b"poison", value, [("content-type", b"image/jpeg")], 0)])
-        out = collect(kafka, topics, {"poison"}, timeout_s=120)
-        assert out.dlq["poison"][0]["error_class"] == "not_an_image" and "dlq_payload" not in out.dlq["poison"][0]
-        assert out.dlq_values["poison"] == value
+        t0 = time.monotonic()
+        produce_to(kafka, topics.input, [(b"poison", value, [("content-type", b"image/jpeg")], 0),
+                                         (b"after", jpeg(64, 64), [("content-type", b"image/jpeg")], 0)])
+        out = collect(kafka, topics, {"poison", "after"}, timeout_s=120)
+        print(f"{dlq}: poison and the record after it finished in {time.monotonic() - t0:.1f}s")
+        h = out.dlq["poison"][0]
+        assert h["error_class"] == "not_an_image" and "after" in out.predictions and out.duplicates() == 0
+        if dlq == "created-by-ensure":
+            assert "dlq_payload" not in h and out.dlq_values["poison"] == value
+        else:
+            assert h["dlq_payload"] == "omitted"
+            assert json.loads(out.dlq_values["poison"])["value_sha256"] == hashlib.sha256(value).hexdigest()
+            assert not log_lines(bridge, "dlq failed, retrying")  # MSG_SIZE_TOO_LARGE is not retried
+        wait_for(lambda: committed(kafka, topics).get(0) == 2, 30, "partition 0 committed past the poison")
     finally:
         bridge.stop_quietly()
 
