@@ -9,14 +9,16 @@
 # Without Docker, the registry bases cannot be pulled: stand-ins are assembled from Debian with debootstrap and
 # the pinned wheels from PyPI, and passed through the Dockerfiles' base-image build arguments (docker/README.md).
 # Cache: IMAGE_CACHE (default ~/.cache/image-moderation/images) holds the archives, keyed by a hash of everything
-# that goes into an image (Dockerfile, build context, base recipe), so an unchanged image is never rebuilt; the
-# pip cache (PIP_CACHE_DIR, default ~/.cache/pip) is mounted into every pip step.
+# that goes into an image (Dockerfile, build context, base recipe), so an unchanged image is never rebuilt, plus
+# the debootstrapped root filesystems and a wheelhouse (IMAGE_CACHE/wheels). pip's own HTTP cache stores nothing
+# here (the egress proxy strips PyPI's Cache-Control), so every pip step of a local build installs offline from
+# the wheelhouse, which `pip download` fills once (only missing wheels are fetched).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TAG="${TAG:-$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$ROOT/helm/image-moderation/Chart.yaml")}"
 PREFIX="${REGISTRY:-docker.io}/image-moderation"
 IMAGE_CACHE="${IMAGE_CACHE:-$HOME/.cache/image-moderation/images}"
-PIP_CACHE="${PIP_CACHE_DIR:-$HOME/.cache/pip}"
+WHEELS="$IMAGE_CACHE/wheels"
 CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
 IMAGES=(bridge predictor)
 export BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"  # this VM: no nested user namespaces for runc builds
@@ -86,8 +88,14 @@ tree_hash() {  # tree_hash DIR : content hash of a folder (names, modes, bytes; 
 
 # --- local bases (buildah only) --------------------------------------------------------------------------
 
+packages_of() { if [[ $1 == torchserve ]]; then echo "$TORCHSERVE_PACKAGES"; else echo "$PYTHON_PACKAGES"; fi; }
+
+rootfs_key() {  # rootfs_key python|torchserve : what debootstrap gets
+  { declare -f debootstrap_rootfs; echo "$DEBIAN_SUITE $DEBIAN_MIRROR $(packages_of "$1")"; } | sha
+}
+
 base_key() {  # base_key python|torchserve
-  { declare -f debootstrap_rootfs build_base "build_${1}_base"
+  { rootfs_key "$1"; declare -f build_base fetch_wheels "build_${1}_base"
     echo "$DEBIAN_SUITE $DEBIAN_MIRROR ${BASE_ENV[*]}"
     if [[ $1 == torchserve ]]; then echo "$TORCHSERVE_PACKAGES $TORCHSERVE_PIP"; cat "$ROOT/$TORCHSERVE_REQUIREMENTS"
     else echo "$PYTHON_PACKAGES"; fi
@@ -107,35 +115,36 @@ debootstrap_rootfs() {  # debootstrap_rootfs TARBALL PACKAGES : Debian minbase +
   rm -rf "$dir"
 }
 
-build_base() {  # build_base KIND PACKAGES : sets CTR, a buildah container of the debootstrapped rootfs
-  local tarball="$IMAGE_CACHE/rootfs/$1-$(base_key "$1").tar" env
+build_base() {  # build_base KIND : sets CTR, a buildah container of the debootstrapped rootfs
+  local tarball="$IMAGE_CACHE/rootfs/$1-$(rootfs_key "$1").tar" env
   mkdir -p "$IMAGE_CACHE/rootfs"
   if [[ -f $tarball ]]; then say "$1 base: rootfs cached ($tarball)"
-  else phase "$1 base: debootstrap $DEBIAN_SUITE ($2)" debootstrap_rootfs "$tarball" "$2"; fi
+  else phase "$1 base: debootstrap $DEBIAN_SUITE ($(packages_of "$1"))" debootstrap_rootfs "$tarball" "$(packages_of "$1")"; fi
   CTR="$(buildah from --quiet scratch)"
   phase "$1 base: add rootfs" buildah add --quiet "$CTR" "$tarball" /
   for env in "${BASE_ENV[@]}"; do buildah config --env "$env" "$CTR"; done
 }
 
 build_python_base() {  # stand-in for python:3.11.11-slim-bookworm
-  build_base python "$PYTHON_PACKAGES"
+  build_base python
   buildah config --cmd '["python3"]' "$CTR"
   phase "python base: commit" buildah commit --quiet --rm "$CTR" "$(base_ref python)"
 }
 
 build_torchserve_base() {  # stand-in for pytorch/torchserve:0.12.0-cpu: same user, venv, paths and ports
-  build_base torchserve "$TORCHSERVE_PACKAGES"
-  phase "torchserve base: venv + pip install ($(grep -c '==' "$ROOT/$TORCHSERVE_REQUIREMENTS") pins)" \
-    buildah run --network host "${PIP_MOUNTS[@]}" -v "$ROOT/$TORCHSERVE_REQUIREMENTS:/tmp/requirements.txt:ro" \
-      "$CTR" -- nice -n 10 sh -ec "
+  build_base torchserve
+  buildah run "$CTR" -- python3 -m venv /home/venv
+  { echo "$TORCHSERVE_PIP"; cat "$ROOT/$TORCHSERVE_REQUIREMENTS"; } > "$WHEELS/.requirements/torchserve-base.txt"
+  fetch_wheels torchserve-base "$CTR" /home/venv/bin/pip
+  phase "torchserve base: venv + pip install ($(grep -c '==' "$ROOT/$TORCHSERVE_REQUIREMENTS") pins, offline)" \
+    buildah run "${BUILD_MOUNTS[@]}" "$CTR" -- nice -n 10 sh -ec "
         useradd --create-home --uid 1000 --user-group --shell /bin/bash model-server
         mkdir -p /home/model-server/tmp /home/model-server/model-store
         printf '%s\n' inference_address=http://0.0.0.0:8080 management_address=http://0.0.0.0:8081 \
           metrics_address=http://0.0.0.0:8082 model_store=/home/model-server/model-store \
           > /home/model-server/config.properties
-        python3 -m venv /home/venv
-        /home/venv/bin/pip install --quiet --disable-pip-version-check '$TORCHSERVE_PIP'
-        /home/venv/bin/pip install --disable-pip-version-check -r /tmp/requirements.txt
+        /home/venv/bin/pip install --quiet '$TORCHSERVE_PIP'
+        /home/venv/bin/pip install -r /wheels/.requirements/torchserve-base.txt
         find /home/venv -name __pycache__ -prune -exec rm -rf {} +
         chown -R model-server:model-server /home/model-server /home/venv
         java -version && /home/venv/bin/torchserve --help >/dev/null"
@@ -144,6 +153,32 @@ build_torchserve_base() {  # stand-in for pytorch/torchserve:0.12.0-cpu: same us
     --port 8080 --port 8081 --port 8082 --port 7070 --port 7071 \
     --user model-server --workingdir /home/model-server --cmd '["torchserve", "--help"]' "$CTR"
   phase "torchserve base: commit" buildah commit --quiet --rm "$CTR" "$(base_ref torchserve)"
+}
+
+fetch_wheels() {  # fetch_wheels NAME CONTAINER PIP : wheels of $WHEELS/.requirements/NAME.txt into the wheelhouse
+  # Resolved by the image's own interpreter and pip (same tags as the install); nothing is fetched when the
+  # wheelhouse already holds every wheel the resolution needs.
+  local req="/wheels/.requirements/$1.txt"
+  if buildah run "${BUILD_MOUNTS[@]}" --user 0:0 "$2" -- "$3" download --quiet -d /wheels -r "$req" >/dev/null 2>&1; then
+    say "$1: every wheel already in the wheelhouse"
+  else
+    phase "$1: pip download (missing wheels only)" \
+      buildah run --network host "${FETCH_MOUNTS[@]}" --user 0:0 "$2" -- "$3" download -d /wheels -r "$req"
+  fi
+}
+
+prefetch() {  # prefetch NAME CONTEXT : the wheels the Dockerfile's pip steps will install, offline
+  local req ctr pip
+  req="$(find "$2/docker" -name "$1-requirements.txt")"
+  [[ -n $req ]] || return 0
+  cp "$req" "$WHEELS/.requirements/$1.txt"
+  ctr="$(buildah from --quiet --pull-never "$(base_ref "$(base_of "$1")")")"
+  CTRS+=("$ctr")
+  if [[ $1 == bridge ]]; then  # the Dockerfile's own recipe: a fresh venv with the base's ensurepip pip
+    buildah run --user 0:0 "$ctr" -- python -m venv /tmp/fetch-venv; pip=/tmp/fetch-venv/bin/pip
+  else pip=/home/venv/bin/pip; fi  # the venv the Dockerfile's `python -m pip` installs into
+  fetch_wheels "$1" "$ctr" "$pip"
+  buildah rm "$ctr" >/dev/null
 }
 
 ensure_base() {  # ensure_base python|torchserve : the base image in buildah's storage (built once per recipe)
@@ -183,34 +218,37 @@ build_image() {  # build_image NAME CONTEXT BUILDER ARCHIVE
     phase "$name: docker save" docker save -o "$archive.partial" "$(ref "$name")"
   else
     ensure_base "$(base_of "$name")"
-    phase "$name: buildah bud" "${NICE[@]}" buildah bud --network host "${PIP_MOUNTS[@]}" --layers=false \
+    prefetch "$name" "$ctx"
+    phase "$name: buildah bud" "${NICE[@]}" buildah bud --network none "${BUILD_MOUNTS[@]}" --layers=false \
       --build-arg "$(base_arg "$name")" -f "$ctx/docker/$name.Dockerfile" -t "$(ref "$name")" "$ctx"
-    # Uncompressed layers: gzip of the multi-GB torch layer costs minutes on two cores; containerd stores
-    # the layers uncompressed anyway.
     rm -f "$archive.partial"
-    phase "$name: write OCI archive" buildah push --quiet --disable-compression "$(ref "$name")" \
+    phase "$name: write OCI archive" buildah push --quiet "$(ref "$name")" \
       "oci-archive:$archive.partial:$(ref "$name")"
   fi
   mv "$archive.partial" "$archive"
 }
 
-# The build containers see the host's trust store and pip cache (mounted, never committed): pip behind a
-# TLS-intercepting proxy works, and a second build reads wheels from the cache instead of PyPI.
-host_pip_conf() {
-  local conf="$IMAGE_CACHE/pip.conf"
-  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$conf"
-  echo "$conf"
+# pip in the build containers reads a mounted /etc/pip.conf (never committed): offline from the wheelhouse for
+# every install (BUILD_MOUNTS), and, only to fill the wheelhouse, PyPI with the host's trust store, so pip works
+# behind a TLS-intercepting proxy (FETCH_MOUNTS).
+pip_mounts() {
+  mkdir -p "$WHEELS/.requirements"
+  printf '[global]\nno-index = true\nfind-links = /wheels\ndisable-pip-version-check = true\n' > "$IMAGE_CACHE/pip-offline.conf"
+  printf '[global]\nfind-links = /wheels\ncert = /etc/ssl/certs/ca-certificates.crt\ndisable-pip-version-check = true\n' \
+    > "$IMAGE_CACHE/pip-fetch.conf"
+  BUILD_MOUNTS=(-v "$WHEELS:/wheels:ro" -v "$IMAGE_CACHE/pip-offline.conf:/etc/pip.conf:ro")
+  FETCH_MOUNTS=(-v "$WHEELS:/wheels" -v "$IMAGE_CACHE/pip-fetch.conf:/etc/pip.conf:ro"
+                -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 }
 
 cmd_build() {
   local b name ctx key archive
   b="$(builder)"
-  mkdir -p "$IMAGE_CACHE" "$LOG_DIR" "$PIP_CACHE"
+  mkdir -p "$IMAGE_CACHE" "$LOG_DIR"
   if [[ $b == buildah ]]; then
     command -v buildah >/dev/null && command -v debootstrap >/dev/null \
       || { echo "no Docker engine and no buildah/debootstrap: apt-get install buildah debootstrap (docker/README.md)" >&2; exit 1; }
-    PIP_MOUNTS=(-v "$PIP_CACHE:/root/.cache/pip" -v "$(host_pip_conf):/etc/pip.conf:ro"
-                -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+    pip_mounts
   fi
   say "builder: $b; cache: $IMAGE_CACHE"
   for name in "${IMAGES[@]}"; do
@@ -258,12 +296,17 @@ cmd_load() {
   say "load: $((SECONDS - T0))s"
 }
 
-PIP_MOUNTS=()
+BUILD_MOUNTS=()
+FETCH_MOUNTS=()
 CTR=""
+CTRS=()
 CONTEXTS=()
 CONTEXT=""
 ARCHIVE=""
-cleanup() { rm -rf "${CONTEXTS[@]}"; if [[ -n $CTR ]]; then buildah rm "$CTR" >/dev/null 2>&1 || true; fi; }
+cleanup() {  # build contexts and any buildah container a failed step left behind
+  rm -rf "${CONTEXTS[@]}"
+  for c in "$CTR" "${CTRS[@]}"; do [[ -z $c ]] || buildah rm "$c" >/dev/null 2>&1 || true; done
+}
 trap cleanup EXIT
 case "${1:-}" in
   build) cmd_build
