@@ -8,16 +8,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 STAMPS="$CLUSTER_CACHE/images"
 mkdir -p "$STAMPS"
 
-image() {  # image REF BINARY USER : /BINARY as entrypoint, running as USER
-  local ref="$1" bin="$2" user="$3" sum ctr archive
-  sum="$(sha256sum "$CLUSTER_BIN/$bin" | cut -c1-16)"
+image() {  # image REF BINARY USER [PATH] : the binary at PATH (default /BINARY) as entrypoint, as USER
+  local ref="$1" bin="$2" user="$3" path="${4:-/$2}" sum ctr archive
+  sum="$(echo "$path" | cat - "$CLUSTER_BIN/$bin" | sha256sum | cut -c1-16)"
   if [[ "$(cat "$STAMPS/$bin.sum" 2>/dev/null)" == "$sum" ]] \
      && ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qx "$ref"; then
     return 0
   fi
   ctr="$(buildah from scratch)"
-  buildah copy --chmod 0755 "$ctr" "$CLUSTER_BIN/$bin" "/$bin" >/dev/null
-  buildah config --entrypoint "[\"/$bin\"]" --user "$user" \
+  buildah copy --chmod 0755 "$ctr" "$CLUSTER_BIN/$bin" "$path" >/dev/null
+  buildah config --entrypoint "[\"$path\"]" --user "$user" \
     --label "org.opencontainers.image.source=cluster/build.sh" "$ctr"
   buildah commit -q "$ctr" "$ref" >/dev/null
   buildah rm "$ctr" >/dev/null
@@ -33,5 +33,4 @@ image() {  # image REF BINARY USER : /BINARY as entrypoint, running as USER
 
 image "$PAUSE_IMAGE" pause 65535:65535
 image "$COREDNS_IMAGE" coredns 65532:65532
-image "$KSERVE_IMAGE" kserve-manager 65532:65532
-image "$NETPOL_IMAGE" kube-network-policies 0:0
+image "$KSERVE_IMAGE" kserve-manager 65532:65532 /manager   # KServe's manifests run /manager

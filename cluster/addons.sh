@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What every real cluster of this project has besides the control plane: the CRDs the chart uses
 # (KServe, prometheus-operator, KEDA; the same module versions the offline validation pins), cluster
-# DNS (CoreDNS), NetworkPolicy enforcement and KServe's controller with its webhooks. Idempotent (server-side apply).
+# DNS (CoreDNS) and KServe's controller with its webhooks. Idempotent (server-side apply).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=cluster/env.sh
@@ -39,11 +39,6 @@ coredns() {
   "$KUBECTL" -n kube-system rollout status deployment/coredns --timeout=120s
 }
 
-network_policies() {
-  sed -e "s#@IMAGE@#$NETPOL_IMAGE#g" "$HERE/manifests/network-policies.yaml" | apply -f -
-  "$KUBECTL" -n kube-system rollout status daemonset/kube-network-policies --timeout=120s
-}
-
 kserve() {
   local sources src
   sources="$("$ROOT/scripts/k8s-tools.sh" sources)"
@@ -59,5 +54,4 @@ kserve() {
 
 phase "  CRDs: KServe $KSERVE_VERSION, prometheus-operator, KEDA" crds
 phase "  CoreDNS $COREDNS_VERSION ($DNS_SERVICE_IP)" coredns
-phase "  NetworkPolicy enforcement: kube-network-policies $NETPOL_VERSION" network_policies
 phase "  KServe controller + webhooks $KSERVE_VERSION" kserve

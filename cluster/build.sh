@@ -4,7 +4,7 @@
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl   k8s.io/kubernetes
 #   manager (KServe controller)                                                             github.com/kserve/kserve
 #   coredns                                                                                 github.com/coredns/coredns
-#   kube-network-policies (NetworkPolicy enforcement, nftables + nfqueue)                    sigs.k8s.io/kube-network-policies
+#   kube-router, firewall only (NetworkPolicy enforcement: iptables + ipset)                  github.com/cloudnativelabs/kube-router/v2
 #   pause (the pod sandbox), from the kubernetes module's build/pause/linux/pause.c         gcc -static
 # Each binary is stamped with its version and skipped when its stamp exists.
 #   cluster/build.sh [all|kubernetes|kserve|coredns|netpol|pause]
@@ -75,11 +75,11 @@ build_coredns() {
 }
 
 build_netpol() {
-  local v="$NETPOL_VERSION" dir
-  have kube-network-policies "$v" && return 0
-  dir="$(module_dir "sigs.k8s.io/kube-network-policies@$v")"
-  phase "build kube-network-policies $v" bash -c "cd '$dir' && nice -n 10 go build -trimpath -ldflags '-s -w' -o '$CLUSTER_BIN/kube-network-policies' ./cmd"
-  stamp kube-network-policies "$v"
+  local v="$KUBE_ROUTER_VERSION" dir
+  have kube-router "$v" && return 0
+  dir="$(module_dir "github.com/cloudnativelabs/kube-router/v2@$v")"
+  phase "build kube-router $v" bash -c "cd '$dir' && nice -n 10 go build -trimpath -ldflags '-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$v' -o '$CLUSTER_BIN/kube-router' ./cmd/kube-router"
+  stamp kube-router "$v"
 }
 
 build_pause() {

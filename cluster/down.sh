@@ -39,7 +39,7 @@ drain_pods() {
 
 stop_processes() {
   local name
-  for name in kube-proxy kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
+  for name in kube-router kube-proxy kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
     stop_bg "$name" TERM 20
   done
 }
@@ -54,6 +54,7 @@ unmount_all() {
 
 network_cleanup() {
   "$CLUSTER_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  "$CLUSTER_BIN/kube-router" --cleanup-config >/dev/null 2>&1 || true
   # kube-proxy's cleanup leaves the kubelet's chains and jumps behind.
   local table chain
   for table in filter nat mangle; do
@@ -66,6 +67,11 @@ network_cleanup() {
     for chain in $(iptables -t "$table" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[A-Z0-9-]*\)$/\1/p'); do
       iptables -t "$table" -X "$chain" 2>/dev/null || true
     done
+  done
+  # kube-router's ipsets (pod, namespace and policy address sets).
+  local set
+  for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router-)' || true); do
+    ipset destroy "$set" 2>/dev/null || true
   done
   iptables -D FORWARD -j IM-CLUSTER-GUARD 2>/dev/null || true
   iptables -F IM-CLUSTER-GUARD 2>/dev/null || true

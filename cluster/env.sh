@@ -9,7 +9,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"   # k8s.io/kubernetes module; staging modules at v0.34.4
 KSERVE_VERSION="${KSERVE_VERSION:-v0.20.0}"           # the CRDs the chart is validated against (scripts/k8s-tools.sh)
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
-NETPOL_VERSION="${NETPOL_VERSION:-v0.8.0}"            # sigs.k8s.io/kube-network-policies: enforces NetworkPolicy
+# NetworkPolicy enforcement: kube-router's firewall (iptables + ipset). sigs.k8s.io/kube-network-policies
+# was tried first: it needs nftables' `queue` expression, which this kernel lacks (nft: No such file).
+KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
 
 CLUSTER_CACHE="${CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/image-moderation/cluster}"
 CLUSTER_BIN="$CLUSTER_CACHE/bin"
@@ -37,7 +39,7 @@ CONTAINERD_SOCK="/run/containerd/containerd.sock"     # cAdvisor only finds cont
 PAUSE_IMAGE="registry.k8s.io/pause:local"             # built from the kubernetes module's pause.c
 COREDNS_IMAGE="localhost/image-moderation/coredns:$COREDNS_VERSION"
 KSERVE_IMAGE="localhost/image-moderation/kserve-controller:$KSERVE_VERSION"
-NETPOL_IMAGE="localhost/image-moderation/kube-network-policies:$NETPOL_VERSION"
+
 
 mkdir -p "$CLUSTER_DIR/logs"
 PHASE_LOG="${PHASE_LOG:-$CLUSTER_DIR/logs/phases.log}"

@@ -71,6 +71,7 @@ cert ca admin "/O=system:masters/CN=image-moderation-admin" client
 cert ca kube-controller-manager "/CN=system:kube-controller-manager" client
 cert ca kube-scheduler "/CN=system:kube-scheduler" client
 cert ca kube-proxy "/CN=system:kube-proxy" client
+cert ca kube-router "/CN=system:kube-router" client
 cert ca kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" client
 cert ca kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" server "DNS:$NODE_NAME,IP:$NODE_IP"
 # KServe's webhooks, reached by the apiserver through their Service (the name KServe's manifests use).
@@ -83,5 +84,5 @@ cert ca metrics-server "/CN=metrics-server.kube-system.svc" server \
 [[ -f "$PKI/service-account.pub" ]] || openssl rsa -in "$PKI/service-account.key" -pubout -out "$PKI/service-account.pub" 2>/dev/null
 
 kubeconfig "$CLUSTER_DIR/kubeconfig" admin
-for c in kube-controller-manager kube-scheduler kube-proxy kubelet; do kubeconfig "$PKI/$c.kubeconfig" "$c"; done
+for c in kube-controller-manager kube-scheduler kube-proxy kube-router kubelet; do kubeconfig "$PKI/$c.kubeconfig" "$c"; done
 chmod 600 "$CLUSTER_DIR/kubeconfig"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make cluster-up`: a real single-node Kubernetes cluster on this machine, from upstream code only.
 # Host processes (like "Kubernetes the hard way"): etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, containerd (+ runc, CNI bridge), kubelet, kube-proxy (iptables). In the cluster:
-# CoreDNS, kube-network-policies, KServe's controller with its webhooks. Idempotent: a second run only starts
+# kube-scheduler, containerd (+ runc, CNI bridge), kubelet, kube-proxy (iptables), kube-router's
+# NetworkPolicy firewall. In the cluster: CoreDNS, KServe's controller with its webhooks. Idempotent: a second run only starts
 # what is not running. Every phase prints one line with its duration; logs are in .run/cluster/logs.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,8 +23,12 @@ packages() {
   apt_install containernetworking-plugins /usr/lib/cni/bridge
   apt_install iptables iptables
   apt_install conntrack conntrack
-  apt_install buildah buildah
-  apt_install bc bc
+  apt_install ipset ipset
+  # buildah with its recommended packages (fuse-overlayfs, netavark), as `make images` was tested.
+  if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q buildah debootstrap >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q buildah debootstrap >/dev/null; }
+  fi
 }
 
 network() {
@@ -153,11 +157,20 @@ start_proxy() {
   wait_for kube-proxy 60 curl -fs http://127.0.0.1:10256/healthz
 }
 
+start_network_policies() {
+  # kube-router's firewall only (no routing, no service proxy: the bridge CNI and kube-proxy do those).
+  "$KUBECTL" apply -f "$HERE/manifests/kube-router-rbac.yaml" >/dev/null
+  start_bg kube-router "$CLUSTER_BIN/kube-router" --kubeconfig="$PKI/kube-router.kubeconfig" \
+    --hostname-override="$NODE_NAME" --run-firewall=true --run-router=false --run-service-proxy=false \
+    --service-cluster-ip-range="$SERVICE_CIDR" --health-port=0 --metrics-port=0 --v=1 >/dev/null
+  wait_for kube-router 60 bash -c "iptables -S | grep -q KUBE-ROUTER-"
+}
+
 addons() {
   "$HERE/addons.sh"
 }
 
-phase "packages (Debian: etcd, containerd, runc, CNI, buildah)" packages
+phase "packages (Debian: etcd, containerd, runc, CNI, iptables, buildah)" packages
 phase "binaries (cache: ${CLUSTER_CACHE/#$HOME/\~})" "$HERE/build.sh" all
 phase "certificates and kubeconfigs (.run/cluster/pki)" "$HERE/pki.sh"
 phase "node network ($NODE_BRIDGE $NODE_IP, $CNI_BRIDGE $POD_CIDR)" network
@@ -169,5 +182,6 @@ phase "containerd $(containerd --version | awk '{print $3}')" start_containerd
 phase "pause + add-on images" base_images
 phase "kubelet (node $NODE_NAME Ready)" start_kubelet
 phase "kube-proxy (iptables)" start_proxy
+phase "NetworkPolicy: kube-router $KUBE_ROUTER_VERSION firewall (iptables + ipset)" start_network_policies
 phase "add-ons: CRDs, CoreDNS, NetworkPolicy, KServe" addons
 echo "cluster up: export KUBECONFIG=$KUBECONFIG  (kubectl: $KUBECTL)"
