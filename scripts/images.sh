@@ -144,10 +144,14 @@ build_torchserve_base() {  # stand-in for pytorch/torchserve:0.12.0-cpu: same us
           metrics_address=http://0.0.0.0:8082 model_store=/home/model-server/model-store \
           > /home/model-server/config.properties
         /home/venv/bin/pip install --quiet '$TORCHSERVE_PIP'
-        /home/venv/bin/pip install -r /wheels/.requirements/torchserve-base.txt
+        /home/venv/bin/pip install -r /mnt/.requirements/torchserve-base.txt
         find /home/venv -name __pycache__ -prune -exec rm -rf {} +
         chown -R model-server:model-server /home/model-server /home/venv
-        java -version && /home/venv/bin/torchserve --help >/dev/null"
+        java -XX:-UsePerfData -version && /home/venv/bin/torchserve --help >/dev/null"
+  # /etc/pip.conf stays as a real (comment-only) file: the predictor build bind-mounts its offline pip
+  # configuration there, and a mount over an existing file leaves nothing behind in the new layer.
+  buildah run "$CTR" -- sh -c 'rm -rf /tmp/* /root/.cache
+    echo "# pip configuration (none): local stand-in base, see docker/README.md" > /etc/pip.conf'
   buildah config --env PATH=/home/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --env PYTHONUNBUFFERED=TRUE --env TEMP=/home/model-server/tmp \
     --port 8080 --port 8081 --port 8082 --port 7070 --port 7071 \
@@ -158,12 +162,12 @@ build_torchserve_base() {  # stand-in for pytorch/torchserve:0.12.0-cpu: same us
 fetch_wheels() {  # fetch_wheels NAME CONTAINER PIP : wheels of $WHEELS/.requirements/NAME.txt into the wheelhouse
   # Resolved by the image's own interpreter and pip (same tags as the install); nothing is fetched when the
   # wheelhouse already holds every wheel the resolution needs.
-  local req="/wheels/.requirements/$1.txt"
-  if buildah run "${BUILD_MOUNTS[@]}" --user 0:0 "$2" -- "$3" download --quiet -d /wheels -r "$req" >/dev/null 2>&1; then
+  local req="/mnt/.requirements/$1.txt"
+  if buildah run "${BUILD_MOUNTS[@]}" --user 0:0 "$2" -- "$3" download --quiet -d /mnt -r "$req" >/dev/null 2>&1; then
     say "$1: every wheel already in the wheelhouse"
   else
     phase "$1: pip download (missing wheels only)" \
-      buildah run --network host "${FETCH_MOUNTS[@]}" --user 0:0 "$2" -- "$3" download -d /wheels -r "$req"
+      buildah run --network host "${FETCH_MOUNTS[@]}" --user 0:0 "$2" -- "$3" download -d /mnt -r "$req"
   fi
 }
 
@@ -228,16 +232,17 @@ build_image() {  # build_image NAME CONTEXT BUILDER ARCHIVE
   mv "$archive.partial" "$archive"
 }
 
+# The wheelhouse is mounted at /mnt (an empty folder of every base, so the mount adds no path to a layer).
 # pip in the build containers reads a mounted /etc/pip.conf (never committed): offline from the wheelhouse for
 # every install (BUILD_MOUNTS), and, only to fill the wheelhouse, PyPI with the host's trust store, so pip works
 # behind a TLS-intercepting proxy (FETCH_MOUNTS).
 pip_mounts() {
   mkdir -p "$WHEELS/.requirements"
-  printf '[global]\nno-index = true\nfind-links = /wheels\ndisable-pip-version-check = true\n' > "$IMAGE_CACHE/pip-offline.conf"
-  printf '[global]\nfind-links = /wheels\ncert = /etc/ssl/certs/ca-certificates.crt\ndisable-pip-version-check = true\n' \
+  printf '[global]\nno-index = true\nfind-links = /mnt\ndisable-pip-version-check = true\n' > "$IMAGE_CACHE/pip-offline.conf"
+  printf '[global]\nfind-links = /mnt\ncert = /etc/ssl/certs/ca-certificates.crt\ndisable-pip-version-check = true\n' \
     > "$IMAGE_CACHE/pip-fetch.conf"
-  BUILD_MOUNTS=(-v "$WHEELS:/wheels:ro" -v "$IMAGE_CACHE/pip-offline.conf:/etc/pip.conf:ro")
-  FETCH_MOUNTS=(-v "$WHEELS:/wheels" -v "$IMAGE_CACHE/pip-fetch.conf:/etc/pip.conf:ro"
+  BUILD_MOUNTS=(-v "$WHEELS:/mnt:ro" -v "$IMAGE_CACHE/pip-offline.conf:/etc/pip.conf:ro")
+  FETCH_MOUNTS=(-v "$WHEELS:/mnt" -v "$IMAGE_CACHE/pip-fetch.conf:/etc/pip.conf:ro"
                 -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 }
 
@@ -290,8 +295,11 @@ cmd_load() {
     fi
     phase "$name: ctr import" ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images import "$archive"
     have="$(ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images ls "name==$(ref "$name")" | awk 'NR>1 {print $3}')"
-    [[ $have == "$want" || $want == none ]] \
-      || { echo "$name: containerd has '${have:-nothing}' as $(ref "$name"), the archive $want" >&2; exit 1; }
+    [[ -n $have ]] || { echo "$name: the import did not create $(ref "$name")" >&2; exit 1; }
+    # A buildah archive names its manifest, which containerd must now hold (a `docker save` archive may
+    # name an index instead, so only the buildah case is compared).
+    [[ $want == none || $(builder) == docker || $have == "$want" ]] \
+      || { echo "$name: containerd has $have as $(ref "$name"), the archive $want" >&2; exit 1; }
   done
   say "load: $((SECONDS - T0))s"
 }
