@@ -8,7 +8,7 @@ RUN_DIR="$CLUSTER_DIR"
 [[ -d "$CLUSTER_DIR" ]] || { echo "cluster: down"; exit 0; }
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
-for name in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
+for name in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy kube-router; do
   if is_running "$name"; then echo "$name: running (pid $(cat "$(pidfile "$name")"))"; else echo "$name: stopped"; fi
 done
 echo "KUBECONFIG=$KUBECONFIG"

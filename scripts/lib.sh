@@ -24,7 +24,7 @@ is_running() {  # is_running NAME   (a killed process not yet reaped, a zombie, 
 start_bg() {  # start_bg NAME CMD...   (own process group so stop kills children too)
   local name="$1"; shift
   if is_running "$name"; then echo "$name already running (pid $(cat "$(pidfile "$name")"))"; return 0; fi
-  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null 3>&- &  # no inherited fd keeps a caller's pipe open
   echo $! > "$(pidfile "$name")"
   echo "$name started (pid $!, log $LOG_DIR/$name.log)"
 }
