@@ -21,7 +21,7 @@ IMAGE_CACHE="${IMAGE_CACHE:-$HOME/.cache/image-moderation/images}"
 WHEELS="$IMAGE_CACHE/wheels"
 CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
 IMAGES=(bridge predictor)
-export BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"  # this VM: no nested user namespaces for runc builds
+export BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"  # build steps without runc's cgroup/OOM-score setup (cgroup v1 VM, no CAP_SYS_RESOURCE)
 NICE=(nice -n 10)                                         # 2 shared cores
 
 # Base recipes (stand-ins for the published bases; every value below is part of the base's cache key).
@@ -29,7 +29,7 @@ DEBIAN_SUITE="bookworm"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PYTHON_PACKAGES="python3.11,python3-venv,python-is-python3,ca-certificates"
 TORCHSERVE_PACKAGES="$PYTHON_PACKAGES,openjdk-17-jre-headless"
-TORCHSERVE_PIP="pip==26.3"                                # the venv's own pip (also reads the pip cache format of the repo venv)
+TORCHSERVE_PIP="pip==26.3"                                # the base venv's pip (Debian's ensurepip has 23.0.1)
 TORCHSERVE_REQUIREMENTS="docker/torchserve-base-requirements.txt"
 BASE_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8)
 
@@ -247,7 +247,7 @@ pip_mounts() {
 }
 
 cmd_build() {
-  local b name ctx key archive
+  local b name ctx key archive old
   b="$(builder)"
   mkdir -p "$IMAGE_CACHE" "$LOG_DIR"
   if [[ $b == buildah ]]; then
@@ -264,11 +264,19 @@ cmd_build() {
       say "$name: cached ($(ref "$name"), $(du -h "$archive" | cut -f1))"
       continue
     fi
+    old="$(image_id "$b" "$(ref "$name")")"
     build_image "$name" "$ctx" "$b" "$archive"
     find "$IMAGE_CACHE" -maxdepth 1 -name "$name-*.oci.tar" ! -path "$archive" -delete  # older keys
+    # The previous build under this name is now untagged: drop it (the predictor weighs several GB).
+    if [[ -n $old && $old != "$(image_id "$b" "$(ref "$name")")" ]]; then "$b" rmi "$old" >/dev/null 2>&1 || true; fi
     say "$name: built $(ref "$name") -> $archive ($(du -h "$archive" | cut -f1))"
   done
   say "build: $((SECONDS - T0))s"
+}
+
+image_id() {  # image_id BUILDER REF : the local image id of REF, empty when there is none
+  if [[ $1 == docker ]]; then docker image inspect --format '{{.Id}}' "$2" 2>/dev/null || true
+  else buildah inspect --type image --format '{{.FromImageID}}' "$2" 2>/dev/null || true; fi
 }
 
 current_archive() {  # current_archive NAME : sets ARCHIVE, the path for the current sources (may not exist yet)

@@ -130,10 +130,15 @@ def _buildah_run(name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("buildah") is None:
         pytest.skip("buildah is not installed (the archive was built elsewhere)")
     manifest, config, path = image(name)
-    # The image built here is in buildah's storage already; otherwise read the archive.
+    # The image built here is in buildah's storage already; otherwise read the archive (which takes over the
+    # name, so the image it displaces is removed afterwards, as scripts/images.sh does after a rebuild).
     ref = k.run([str(SCRIPT), "refs"]).stdout.split()[list(USERS).index(name)]
-    ids = k.run(["buildah", "images", "--no-trunc", "--format", "{{.ID}}", ref]).stdout.split()
-    source = ref if manifest["config"]["digest"].split(":")[1] in ids else f"oci-archive:{path}"
+    ids = [
+        i.removeprefix("sha256:")
+        for i in k.run(["buildah", "images", "--no-trunc", "--format", "{{.ID}}", ref]).stdout.split()
+    ]
+    source = ref if manifest["config"]["digest"].removeprefix("sha256:") in ids else f"oci-archive:{path}"
+    displaced = ids if source != ref else []
     created = k.run(["buildah", "from", "--quiet", "--pull-never", source])
     assert created.returncode == 0, created.stderr
     ctr = created.stdout.strip().splitlines()[-1]
@@ -156,6 +161,10 @@ def _buildah_run(name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
         )
     finally:
         k.run(["buildah", "rm", ctr])
+        listing = k.run(["buildah", "images", "-a", "--no-trunc", "--format", "{{.ID}} {{.Name}}"]).stdout.splitlines()
+        dangling = {line.split()[0].removeprefix("sha256:") for line in listing if line.split()[1:] == ["<none>"]}
+        for old in set(displaced) & dangling:
+            k.run(["buildah", "rmi", old])
 
 
 def test_bridge_image_runs_as_its_user() -> None:
