@@ -5,6 +5,8 @@
 # and the archives of `make models` in a volume (a hostPath PersistentVolume + PVC, for pvc://).
 #   cluster/deploy.sh            install or upgrade, wait until both InferenceServices are Ready
 #   cluster/deploy.sh uninstall  helm uninstall + the namespace
+#   cluster/deploy.sh kustomize  the same objects with `kubectl apply -k k8s/overlays/local-cluster`
+#                                (namespace image-moderation-kustomize), then wait until Ready
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=cluster/env.sh
@@ -51,6 +53,14 @@ case "${1:-install}" in
     shift || true
     phase "helm upgrade --install --wait: both InferenceServices Ready" install "$@"
     "$KUBECTL" -n "$NAMESPACE" get inferenceservices,pods -o wide >&3
+    ;;
+  kustomize)
+    NAMESPACE=image-moderation-kustomize
+    phase "images imported into the node's containerd" load_images
+    phase "namespace $NAMESPACE (Pod Security: restricted, enforced)" namespace
+    phase "model volume: hostPath PV of model-archive/build + PVC" model_volume
+    phase "kubectl apply -k k8s/overlays/local-cluster: InferenceServices Ready" bash -c \
+      "'$KUBECTL' apply -k '$ROOT/k8s/overlays/local-cluster' && '$KUBECTL' -n $NAMESPACE wait --for=condition=Ready inferenceservice --all --timeout=10m"
     ;;
   uninstall)
     phase "helm uninstall $RELEASE" "$HELM" uninstall "$RELEASE" --namespace "$NAMESPACE" --wait

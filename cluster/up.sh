@@ -183,5 +183,5 @@ phase "pause + add-on images" base_images
 phase "kubelet (node $NODE_NAME Ready)" start_kubelet
 phase "kube-proxy (iptables)" start_proxy
 phase "NetworkPolicy: kube-router $KUBE_ROUTER_VERSION firewall (iptables + ipset)" start_network_policies
-phase "add-ons: CRDs, CoreDNS, NetworkPolicy, KServe" addons
+phase "add-ons: CRDs, CoreDNS, KServe" addons
 echo "cluster up: export KUBECONFIG=$KUBECONFIG  (kubectl: $KUBECTL)"

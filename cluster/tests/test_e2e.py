@@ -282,3 +282,21 @@ def test_uninstall_leaves_nothing_behind() -> None:
     defaults = {("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default")}
     remaining = {(i["kind"], i["metadata"]["name"]) for i in kube_json("-n", NAMESPACE, "get", kinds)["items"]}
     assert remaining <= defaults, remaining
+
+
+def test_kustomize_overlay_deploys_the_same_objects() -> None:
+    """`kubectl apply -k k8s/overlays/local-cluster` in a second namespace serves the same answers."""
+    namespace = "image-moderation-kustomize"
+    done = subprocess.run([str(ROOT / "cluster" / "deploy.sh"), "kustomize"], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "KUBECONFIG": KUBECONFIG})
+    assert done.returncode == 0, done.stdout + done.stderr
+    try:
+        for model in MODELS:
+            svc = kube_json("-n", namespace, "get", "service", f"{isvc_name(model)}-predictor")
+            with http_client(f"http://{svc['spec']['clusterIP']}:80") as remote:
+                r = remote.post(f"/v2/models/{model}/infer", json=v2_request([jpeg()]))
+                assert r.status_code == 200, r.text
+                assert predictions_from(r.json())[0].label in ("benign", "harmful")
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=180s", timeout=200, check=False)
+        kubectl("delete", "pv", f"image-moderation-models-{namespace}", "--ignore-not-found", check=False)
