@@ -6,7 +6,7 @@
 #   cluster/deploy.sh            install or upgrade, wait until both InferenceServices are Ready
 #   cluster/deploy.sh uninstall  helm uninstall + the namespace
 #   cluster/deploy.sh kustomize  the same objects with `kubectl apply -k k8s/overlays/local-cluster`
-#                                (namespace image-moderation-kustomize), then wait until Ready
+#                                (namespace im-kustomize), then wait until Ready
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=cluster/env.sh
@@ -34,6 +34,12 @@ namespace() {
 
 model_volume() {
   [[ -f "$MODELS_DIR/config/config.properties" ]] || { echo "no archives: run 'make models'" >&2; return 1; }
+  # A Retain volume whose claim was deleted (namespace removed by hand) stays Released, bound to the old
+  # claim's UID: forget that UID so the new claim of the same name binds again.
+  local pv="image-moderation-models-$NAMESPACE"
+  if [[ "$("$KUBECTL" get pv "$pv" -o jsonpath='{.status.phase}' 2>/dev/null)" == Released ]]; then
+    "$KUBECTL" patch pv "$pv" --type json -p '[{"op": "remove", "path": "/spec/claimRef/uid"}]'
+  fi
   sed -e "s#@NAMESPACE@#$NAMESPACE#g" -e "s#@PATH@#$MODELS_DIR#g" -e "s#@NODE@#$NODE_NAME#g" \
     "$HERE/manifests/models-volume.yaml" | "$KUBECTL" apply -f -
   "$KUBECTL" -n "$NAMESPACE" wait --for=jsonpath='{.status.phase}'=Bound pvc/image-moderation-models --timeout=60s
@@ -55,7 +61,7 @@ case "${1:-install}" in
     "$KUBECTL" -n "$NAMESPACE" get inferenceservices,pods -o wide >&3
     ;;
   kustomize)
-    NAMESPACE=image-moderation-kustomize
+    NAMESPACE=im-kustomize
     phase "images imported into the node's containerd" load_images
     phase "namespace $NAMESPACE (Pod Security: restricted, enforced)" namespace
     phase "model volume: hostPath PV of model-archive/build + PVC" model_volume

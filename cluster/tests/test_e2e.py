@@ -286,7 +286,7 @@ def test_uninstall_leaves_nothing_behind() -> None:
 
 def test_kustomize_overlay_deploys_the_same_objects() -> None:
     """`kubectl apply -k k8s/overlays/local-cluster` in a second namespace serves the same answers."""
-    namespace = "image-moderation-kustomize"
+    namespace = "im-kustomize"
     done = subprocess.run([str(ROOT / "cluster" / "deploy.sh"), "kustomize"], capture_output=True, text=True,
                           timeout=900, env={**os.environ, "KUBECONFIG": KUBECONFIG})
     assert done.returncode == 0, done.stdout + done.stderr
