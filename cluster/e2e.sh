@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make e2e`: cluster-up + images + deploy + the end-to-end checks, then one summary: the time of each
-# phase, the checks' result and the cluster's memory footprint. The cluster stays up for inspection
+# phase, the checks' result and the cluster's memory footprint with the chart deployed. The cluster stays up for inspection
 # (`make cluster-down` removes it; .ci/run always does).
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,12 +20,16 @@ step() {  # step NAME CMD... : run one phase, remember its duration and outcome
   return $rc
 }
 
+FOOTPRINT=""
+footprint() { FOOTPRINT="$("$PY" "$HERE/footprint.py")"; }
+
 step "cluster-up" "$HERE/up.sh" \
   && step "images (build if changed)" "$ROOT/scripts/images.sh" build \
   && step "deploy (helm --wait)" "$HERE/deploy.sh" install \
+  && footprint \
   && step "checks (pytest cluster/tests)" "$PY" -m pytest -q -p no:cacheprovider "$ROOT/cluster/tests" ${PYTEST_ARGS:-}
 echo
 echo "== make e2e summary"
 printf '%s\n' "${SUMMARY[@]}"
-"$PY" "$HERE/footprint.py" || true
+if [[ -n "$FOOTPRINT" ]]; then echo "$FOOTPRINT" | sed '1s/$/, with the chart deployed and idle/'; fi
 exit $RC

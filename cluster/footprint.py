@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".run" / "cluster"
 KUBECTL = Path(os.environ.get("CLUSTER_BIN", Path.home() / ".cache/image-moderation/cluster/bin")) / "kubectl"
 HOST_PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
-                  "kube-proxy")
+                  "kube-proxy", "kube-router")
 MIB = 1024 * 1024
 
 
