@@ -167,8 +167,9 @@ def test_network_policies_are_enforced() -> None:
     pod = kube_json("-n", NAMESPACE, "get", "pods", "-l", "serving.kserve.io/inferenceservice")["items"][0]
     target = f"http://{pod['status']['podIP']}:8080/ping"
     kubectl("create", "namespace", "e2e-outsider", check=False)
-    script = ("import sys,urllib.request\ntry:\n urllib.request.urlopen(sys.argv[1],timeout=5)\n print('REACHED')\n"
-              "except Exception as e:\n print('BLOCKED', type(e).__name__)")
+    # Waits first: `kubectl run -i` may attach after the first lines are written.
+    script = ("import sys,time,urllib.request\ntime.sleep(3)\ntry:\n urllib.request.urlopen(sys.argv[1],timeout=5)\n"
+              " print('REACHED')\nexcept Exception as e:\n print('BLOCKED', type(e).__name__)")
     out = kubectl("-n", "e2e-outsider", "run", "e2e-outsider", "--rm", "-i", "--restart=Never", "--quiet",
                   "--image", _bridge_image(), "--image-pull-policy", "Never", "--command",
                   "--override-type=strategic", "--overrides", _restricted_overrides("e2e-outsider"),
