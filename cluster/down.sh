@@ -60,7 +60,7 @@ network_cleanup() {
   for table in filter nat mangle; do
     iptables -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z-]+ .*-j (KUBE-[A-Z-]+)' | sed 's/^-A/-D/' | while read -r rule; do
       eval "iptables -t $table $rule" 2>/dev/null || true
-    done
+    done || true  # no KUBE-* jump left: grep finds nothing
     for chain in $(iptables -t "$table" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[A-Z0-9-]*\)$/\1/p'); do
       iptables -t "$table" -F "$chain" 2>/dev/null || true
     done

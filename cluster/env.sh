@@ -49,7 +49,13 @@ phase() {  # phase "what" CMD... : one line per phase with its duration; output 
   local what="$1" t0 rc=0; shift
   t0=$(date +%s%N)
   echo "== $what" >>"$PHASE_LOG"
-  "$@" >>"$PHASE_LOG" 2>&1 || rc=$?
+  # In a subshell with errexit, outside any `||` (which would switch errexit off inside the function):
+  # the first failing command ends the phase and shows here, instead of being silently stepped over.
+  local errexit=0; [[ $- == *e* ]] && errexit=1
+  set +e
+  ( set -e; "$@" ) >>"$PHASE_LOG" 2>&1
+  rc=$?
+  [[ $errexit -eq 1 ]] && set -e
   printf '%-60s %7.1f s%s\n' "$what" "$((($(date +%s%N) - t0) / 1000000))e-3" \
     "$([[ $rc -eq 0 ]] || echo "  FAILED ($rc), see $PHASE_LOG")" >&3
   [[ $rc -eq 0 ]] || tail -n 25 "$PHASE_LOG" >&3

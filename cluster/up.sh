@@ -2,8 +2,8 @@
 # `make cluster-up`: a real single-node Kubernetes cluster on this machine, from upstream code only.
 # Host processes (like "Kubernetes the hard way"): etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, containerd (+ runc, CNI bridge), kubelet, kube-proxy (iptables), kube-router's
-# NetworkPolicy firewall. In the cluster: CoreDNS, KServe's controller with its webhooks. Idempotent: a second run only starts
-# what is not running. Every phase prints one line with its duration; logs are in .run/cluster/logs.
+# NetworkPolicy firewall. In the cluster: CoreDNS, KServe's controller with its webhooks.
+# Idempotent: a second run only starts what is not running. Every phase prints one line with its duration; logs are in .run/cluster/logs.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=cluster/env.sh
@@ -54,7 +54,7 @@ network() {
   iptables -N IM-CLUSTER-GUARD 2>/dev/null || iptables -F IM-CLUSTER-GUARD
   iptables -A IM-CLUSTER-GUARD -i "$CNI_BRIDGE" -o "$CNI_BRIDGE" -j RETURN
   iptables -A IM-CLUSTER-GUARD -s "$POD_CIDR" -j DROP
-  iptables -A IM-CLUSTER-GUARD -d "$POD_CIDR" ! -i "$CNI_BRIDGE" ! -i "$NODE_BRIDGE" -j DROP
+  iptables -A IM-CLUSTER-GUARD -d "$POD_CIDR" ! -i "$CNI_BRIDGE" -j DROP
   iptables -C FORWARD -j IM-CLUSTER-GUARD 2>/dev/null || iptables -I FORWARD 1 -j IM-CLUSTER-GUARD
 }
 
