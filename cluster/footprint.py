@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +56,12 @@ def pods(node: str) -> dict[str, int]:
 def main() -> int:
     node = os.environ.get("NODE_NAME", "im-node")
     host = host_processes()
+    # A pod that just started has no stats yet (the kubelet samples every ~10 s): wait up to 40 s for them.
+    deadline = time.monotonic() + 40
     pod = pods(node)
+    while any(v == 0 for v in pod.values()) and time.monotonic() < deadline:
+        time.sleep(5)
+        pod = pods(node)
     width = max(len(k) for k in [*host, *pod, "total"])
     print("cluster memory footprint (RSS of host processes; working set of pods, kubelet summary API)")
     for name, value in [*host.items(), *sorted(pod.items())]:
