@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from handlers.registry import MODEL_NAMES
 from tests.conftest import client, serving  # noqa: F401  (the local stack, the reference)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,13 @@ KUBECTL = str(CLUSTER_BIN / "kubectl")
 HELM = str(ROOT / ".cache" / "tools" / "bin" / "helm")
 NAMESPACE = os.environ.get("NAMESPACE", "image-moderation")
 RELEASE = os.environ.get("RELEASE", "image-moderation")
-MODELS = ("mobilenet_v2", "resnet50")
+MODELS = tuple(MODEL_NAMES)
+
+
+def cluster_pin(name: str) -> str:
+    """A version pinned in cluster/env.sh (the one place the cluster's versions are set)."""
+    text = (ROOT / "cluster" / "env.sh").read_text()
+    return re.search(rf'^{name}="\$\{{{name}:-([^}}]+)\}}"', text, re.M).group(1)
 
 
 def kubectl(*args: str, check: bool = True, timeout: float = 120, stdin: str | None = None) -> str:

@@ -23,6 +23,7 @@ from cluster.tests.conftest import (
     NAMESPACE,
     RELEASE,
     ROOT,
+    cluster_pin,
     http_client,
     isvc_name,
     kube_json,
@@ -41,11 +42,12 @@ VALUES = ROOT / "helm" / "image-moderation" / "ci" / "local-cluster-values.yaml"
 def test_node_runs_the_pinned_upstream_components() -> None:
     node = kube_json("get", "node")["items"][0]
     info = node["status"]["nodeInfo"]
-    assert info["kubeletVersion"] == "v1.34.4" and info["kubeProxyVersion"] in ("v1.34.4", "")
+    pinned = cluster_pin("KUBERNETES_VERSION")
+    assert info["kubeletVersion"] == pinned and info["kubeProxyVersion"] in (pinned, "")
     assert info["containerRuntimeVersion"].startswith("containerd://")
     ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}
     assert ready["Ready"] == "True"
-    assert kube_json("version")["serverVersion"]["gitVersion"] == "v1.34.4"
+    assert kube_json("version")["serverVersion"]["gitVersion"] == pinned
     for namespace, deployment in (("kube-system", "coredns"), ("kserve", "kserve-controller-manager")):
         status = kube_json("-n", namespace, "get", "deployment", deployment)["status"]
         assert status.get("readyReplicas") == 1, (namespace, deployment, status)
