@@ -3,7 +3,8 @@
 # --install --wait` with helm/image-moderation/ci/local-cluster-values.yaml), after the two things a
 # real cluster would already have: the images in the node's containerd (`make images`, then imported)
 # and the archives of `make models` in a volume (a hostPath PersistentVolume + PVC, for pvc://).
-#   cluster/deploy.sh            install or upgrade, wait until both InferenceServices are Ready
+#   cluster/deploy.sh            install or upgrade (after the local broker, cluster/kafka.sh), wait until
+#                                both InferenceServices and the bridge are Ready
 #   cluster/deploy.sh uninstall  helm uninstall + the namespace
 #   cluster/deploy.sh kustomize  the same objects with `kubectl apply -k k8s/overlays/local-cluster`
 #                                (namespace im-kustomize), then wait until Ready
@@ -56,9 +57,10 @@ case "${1:-install}" in
     phase "images imported into the node's containerd" load_images
     phase "namespace $NAMESPACE (Pod Security: restricted, enforced)" namespace
     phase "model volume: hostPath PV of model-archive/build + PVC" model_volume
+    "$HERE/kafka.sh" install  # the broker the chart's bridge consumes from
     shift || true
     phase "helm upgrade --install --wait: both InferenceServices Ready" install "$@"
-    "$KUBECTL" -n "$NAMESPACE" get inferenceservices,pods -o wide >&3
+    "$KUBECTL" -n "$NAMESPACE" get inferenceservices,deployments,pods -o wide >&3
     ;;
   kustomize)
     NAMESPACE=im-kustomize

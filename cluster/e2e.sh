@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# `make e2e`: cluster-up + images + deploy + the end-to-end checks, then one summary: the time of each
-# phase, the checks' result and the cluster's memory footprint with the chart deployed. The cluster stays up for inspection
+# cluster-up + images + deploy + one set of checks, then one summary: the time of each phase, the checks'
+# result and the cluster's memory footprint with the chart deployed. The cluster stays up for inspection
 # (`make cluster-down` removes it; .ci/run always does).
+#   cluster/e2e.sh [checks]   `make e2e`: cluster/tests/test_e2e.py (ends with helm uninstall + kustomize)
+#   cluster/e2e.sh chaos      `make e2e-chaos`: cluster/tests/test_chaos.py (CHAOS_N, CHAOS_RUNS, CHAOS_RATE)
+#   cluster/e2e.sh scale      `make e2e-scale`: cluster/tests/test_scale.py (metrics-server, HPA, KEDA)
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=cluster/env.sh
 source "$HERE/env.sh"
 PY="${PY:-$ROOT/.venv/bin/python}"
 cd "$ROOT"
+MODE="${1:-checks}"
+case "$MODE" in
+  checks) TESTS=test_e2e.py; TARGET=e2e; REPORT="" ;;
+  # -rP: the runs' numbers (recovery times, HPA decisions, throughput) are the point, shown when passing too.
+  chaos) TESTS=test_chaos.py; TARGET=e2e-chaos; REPORT="-rP" ;;
+  scale) TESTS=test_scale.py; TARGET=e2e-scale; REPORT="-rP" ;;
+  *) echo "usage: $0 [checks|chaos|scale]" >&2; exit 2 ;;
+esac
 declare -a SUMMARY=()
 RC=0
 
@@ -27,9 +38,10 @@ step "cluster-up" "$HERE/up.sh" \
   && step "images (build if changed)" "$ROOT/scripts/images.sh" build \
   && step "deploy (helm --wait)" "$HERE/deploy.sh" install \
   && footprint \
-  && step "checks (pytest cluster/tests)" "$PY" -m pytest -q -p no:cacheprovider "$ROOT/cluster/tests" ${PYTEST_ARGS:-}
+  && step "$MODE (pytest cluster/tests/$TESTS)" "$PY" -m pytest -q -p no:cacheprovider $REPORT \
+    "$ROOT/cluster/tests/$TESTS" ${PYTEST_ARGS:-}
 echo
-echo "== make e2e summary"
+echo "== make $TARGET summary"
 printf '%s\n' "${SUMMARY[@]}"
 if [[ -n "$FOOTPRINT" ]]; then echo "$FOOTPRINT" | sed '1s/$/, with the chart deployed and idle/'; fi
 exit $RC

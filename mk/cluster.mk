@@ -19,4 +19,12 @@ cluster-deploy: models images ## helm install the chart on the local cluster (ci
 
 .PHONY: e2e
 e2e: $(SETUP_STAMP) k8s-tools models ## cluster-up + images + deploy + end-to-end checks through the cluster's network, one summary
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/e2e.sh
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/e2e.sh checks
+
+.PHONY: e2e-chaos
+e2e-chaos: $(SETUP_STAMP) k8s-tools models ## cluster-up + deploy, then CHAOS_N (5000) records through the in-cluster Kafka path while predictor, bridge and broker pods die: 0 lost, CHAOS_RUNS (2) runs
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/e2e.sh chaos
+
+.PHONY: e2e-scale
+e2e-scale: $(SETUP_STAMP) k8s-tools models ## cluster-up + deploy + metrics-server/KEDA, then HPA scale-out under Locust and KEDA on consumer lag
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/e2e.sh scale

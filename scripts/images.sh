@@ -2,10 +2,11 @@
 # The chart's images, built from docker/*.Dockerfile and cached as OCI archives outside the clone.
 #   scripts/images.sh build            build what changed (Docker if an engine answers, else Debian's buildah)
 #   scripts/images.sh load             build if needed, then import into containerd (skips equal digests)
-#   scripts/images.sh archive NAME     print the archive path of bridge|predictor for the current sources
+#   scripts/images.sh archive NAME     print the archive path of bridge|predictor|kafka for the current sources
 #   scripts/images.sh refs             print the image names (one per line)
 # Names: docker.io/image-moderation/{bridge,predictor}:<appVersion> (the chart's defaults, fully qualified as
-# containerd stores them); REGISTRY=… and TAG=… change them.
+# containerd stores them) and …/kafka (the local cluster's broker, cluster/manifests/kafka.yaml); REGISTRY=…
+# and TAG=… change them.
 # Without Docker, the registry bases cannot be pulled: stand-ins are assembled from Debian with debootstrap and
 # the pinned wheels from PyPI, and passed through the Dockerfiles' base-image build arguments (docker/README.md).
 # Cache: IMAGE_CACHE (default ~/.cache/image-moderation/images) holds the archives, keyed by a hash of everything
@@ -20,7 +21,7 @@ PREFIX="${REGISTRY:-docker.io}/image-moderation"
 IMAGE_CACHE="${IMAGE_CACHE:-$HOME/.cache/image-moderation/images}"
 WHEELS="$IMAGE_CACHE/wheels"
 CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
-IMAGES=(bridge predictor)
+IMAGES=(bridge predictor kafka)  # kafka: the local cluster's broker, not a chart image
 export BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"  # build steps without runc's cgroup/OOM-score setup (cgroup v1 VM, no CAP_SYS_RESOURCE)
 NICE=(nice -n 10)                                         # 2 shared cores
 
@@ -29,6 +30,7 @@ DEBIAN_SUITE="bookworm"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PYTHON_PACKAGES="python3.11,python3-venv,python-is-python3,ca-certificates"
 TORCHSERVE_PACKAGES="$PYTHON_PACKAGES,openjdk-17-jre-headless"
+JRE_PACKAGES="openjdk-17-jre-headless,ca-certificates"
 TORCHSERVE_PIP="pip==26.3"                                # the base venv's pip (Debian's ensurepip has 23.0.1)
 TORCHSERVE_REQUIREMENTS="docker/torchserve-base-requirements.txt"
 BASE_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8)
@@ -72,6 +74,8 @@ copy_sources() {  # copy_sources DOCKERFILE : the source operands of every COPY/
 
 stage_context() {  # stage_context NAME : sets CONTEXT, a fresh folder with the image's build context (removed on exit)
   local name="$1" dir src
+  # The broker's jars come from Maven Central (kafka/pom.xml) into .cache/kafka/libs, once.
+  if [[ $name == kafka ]]; then "$ROOT/scripts/kafka.sh" fetch >&2; fi
   mkdir -p "$IMAGE_CACHE/context"
   dir="$(mktemp -d "$IMAGE_CACHE/context/$name.XXXXXX")"
   CONTEXTS+=("$dir"); chmod 755 "$dir"; mkdir -p "$dir/docker"
@@ -88,7 +92,9 @@ tree_hash() {  # tree_hash DIR : content hash of a folder (names, modes, bytes; 
 
 # --- local bases (buildah only) --------------------------------------------------------------------------
 
-packages_of() { if [[ $1 == torchserve ]]; then echo "$TORCHSERVE_PACKAGES"; else echo "$PYTHON_PACKAGES"; fi; }
+packages_of() {
+  case "$1" in torchserve) echo "$TORCHSERVE_PACKAGES" ;; jre) echo "$JRE_PACKAGES" ;; *) echo "$PYTHON_PACKAGES" ;; esac
+}
 
 rootfs_key() {  # rootfs_key python|torchserve : what debootstrap gets
   { declare -f debootstrap_rootfs; echo "$DEBIAN_SUITE $DEBIAN_MIRROR $(packages_of "$1")"; } | sha
@@ -98,7 +104,7 @@ base_key() {  # base_key python|torchserve
   { rootfs_key "$1"; declare -f build_base fetch_wheels "build_${1}_base"
     echo "$DEBIAN_SUITE $DEBIAN_MIRROR ${BASE_ENV[*]}"
     if [[ $1 == torchserve ]]; then echo "$TORCHSERVE_PACKAGES $TORCHSERVE_PIP"; cat "$ROOT/$TORCHSERVE_REQUIREMENTS"
-    else echo "$PYTHON_PACKAGES"; fi
+    else packages_of "$1"; fi
   } | sha
 }
 
@@ -129,6 +135,12 @@ build_python_base() {  # stand-in for python:3.11.11-slim-bookworm
   build_base python
   buildah config --cmd '["python3"]' "$CTR"
   phase "python base: commit" buildah commit --quiet --rm "$CTR" "$(base_ref python)"
+}
+
+build_jre_base() {  # stand-in for eclipse-temurin:17-jre: Debian's OpenJDK 17 runtime
+  build_base jre
+  buildah config --cmd '["java", "-version"]' "$CTR"
+  phase "jre base: commit" buildah commit --quiet --rm "$CTR" "$(base_ref jre)"
 }
 
 build_torchserve_base() {  # stand-in for pytorch/torchserve:0.12.0-cpu: same user, venv, paths and ports
@@ -202,10 +214,11 @@ base_arg() {  # base_arg NAME : the Dockerfile's base-image build argument for t
   case "$1" in
     bridge) echo "PYTHON_IMAGE=$(base_ref python)" ;;
     predictor) echo "TORCHSERVE_IMAGE=$(base_ref torchserve)" ;;
+    kafka) echo "JRE_IMAGE=$(base_ref jre)" ;;
   esac
 }
 
-base_of() { case "$1" in bridge) echo python ;; predictor) echo torchserve ;; esac; }
+base_of() { case "$1" in bridge) echo python ;; predictor) echo torchserve ;; kafka) echo jre ;; esac; }
 
 image_key() {  # image_key NAME CONTEXT BUILDER
   { echo "$1 $(ref "$1") $3"; tree_hash "$2"; declare -f build_image
@@ -326,11 +339,12 @@ cleanup() {  # build contexts and any buildah container a failed step left behin
 trap cleanup EXIT
 case "${1:-}" in
   build) cmd_build
-    echo "push: docker push $(ref bridge) && docker push $(ref predictor) (REGISTRY=… for your registry)"
+    echo "push: docker push $(ref bridge) && docker push $(ref predictor) (REGISTRY=… for your registry;" \
+      "$(ref kafka) is the local cluster's broker, not needed with your own Kafka)"
     echo "then: --set bridge.image.repository=$PREFIX/bridge,bridge.image.tag=$TAG" \
       "--set predictor.image.repository=$PREFIX/predictor,predictor.image.tag=$TAG" ;;
   load) cmd_load ;;
-  archive) current_archive "${2:?bridge|predictor}"; echo "$ARCHIVE" ;;
+  archive) current_archive "${2:?bridge|predictor|kafka}"; echo "$ARCHIVE" ;;
   refs) for name in "${IMAGES[@]}"; do ref "$name"; done ;;
   *) echo "usage: $0 build|load|archive NAME|refs" >&2; exit 2 ;;
 esac

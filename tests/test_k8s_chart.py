@@ -26,6 +26,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                        "bridge.kafka.sasl.username=u", "bridge.kafka.sasl.password=p",
                                        "bridge.kafka.tls.caSecret=ca", "bridge.kafka.tls.clientSecret=client",
                                        "networkPolicy.predictorEgress.to=null"]},
+    # What `make cluster-deploy` installs: the local broker, the chart's predictor HPAs with a short scale-in.
+    "local-cluster": {"values": [k.CHART / "ci" / "local-cluster-values.yaml"]},
     "external-inference": {"sets": ["bridge.inferenceUrl=http://gateway.example:8080",
                                     "models.mobilenet_v2.enabled=false", "bridge.autoscaling.enabled=false"]},
 }
@@ -269,3 +271,34 @@ def test_standard_labels_everywhere(default_docs: list[dict[str, Any]]) -> None:
         for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                     "app.kubernetes.io/managed-by", "app.kubernetes.io/component", "helm.sh/chart"):
             assert key in labels, f"{d['kind']}/{d['metadata']['name']} lacks {key}"
+
+
+def test_predictor_hpa_owned_by_kserve_or_by_the_chart() -> None:
+    """Default: KServe makes each predictor's HPA (no behavior field, so a 5-minute scale-down window).
+    owner=chart: the chart's HPA with the same bounds and metric plus `behavior`, aimed at the Deployment KServe
+    makes, and the InferenceService tells KServe to make none (autoscalerClass external)."""
+    docs = k.load_docs(k.helm_template())
+    assert not [h for h in k.find(docs, "HorizontalPodAutoscaler") if "predictor" in h["metadata"]["name"]]
+    assert all("serving.kserve.io/autoscalerClass" not in i["metadata"]["annotations"]
+               for i in k.find(docs, "InferenceService"))
+    behavior = {"scaleDown": {"stabilizationWindowSeconds": 30}}
+    docs = k.load_docs(k.helm_template(sets=["predictor.hpa.owner=chart", "models.resnet50.maxReplicas=3",
+                                             "predictor.hpa.behavior.scaleDown.stabilizationWindowSeconds=30"]))
+    deployments = {d["metadata"]["name"] for d in k.predictor_deployments(docs)}
+    hpas = {h["metadata"]["name"]: h for h in k.find(docs, "HorizontalPodAutoscaler")
+            if "predictor" in h["metadata"]["name"]}
+    assert set(hpas) == deployments == {f"image-moderation-{m}-predictor" for m in ("mobilenet-v2", "resnet50")}
+    for isvc in k.find(docs, "InferenceService"):
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
+        hpa = hpas[f"{isvc['metadata']['name']}-predictor"]["spec"]
+        pred = isvc["spec"]["predictor"]
+        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                         "name": f"{isvc['metadata']['name']}-predictor"}
+        assert (hpa["minReplicas"], hpa["maxReplicas"]) == (pred["minReplicas"], pred["maxReplicas"])
+        assert hpa["metrics"] == [{"type": "Resource", "resource": {"name": pred["scaleMetric"], "target": {
+            "type": "Utilization", "averageUtilization": pred["scaleTarget"]}}}]
+        assert hpa["behavior"] == behavior
+    assert hpas["image-moderation-resnet50-predictor"]["spec"]["maxReplicas"] == 3
+    res = k.run([k.tool("helm"), "template", "x", str(k.CHART), "--set", "predictor.hpa.owner=chart",
+                 "--set", "predictor.deploymentMode=Knative"])
+    assert res.returncode != 0 and "needs predictor.deploymentMode=Standard" in res.stderr, res.stderr

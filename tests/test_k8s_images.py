@@ -25,7 +25,12 @@ def test_hadolint_clean() -> None:
 PUBLISHED_BASES = {
     "bridge.Dockerfile": {"PYTHON_IMAGE": "python:3.11.11-slim-bookworm"},
     "predictor.Dockerfile": {"TORCHSERVE_IMAGE": "pytorch/torchserve:0.12.0-cpu"},
+    "kafka.Dockerfile": {"JRE_IMAGE": "eclipse-temurin:17.0.13_11-jre-jammy"},
 }
+
+
+def test_every_dockerfile_has_a_pinned_published_base() -> None:
+    assert {p.name for p in DOCKER.glob("*.Dockerfile")} == set(PUBLISHED_BASES)
 
 
 @pytest.mark.parametrize("dockerfile", sorted(PUBLISHED_BASES))

@@ -22,6 +22,7 @@ import pytest
 
 from handlers.registry import MODEL_NAMES
 from tests.conftest import client, serving  # noqa: F401  (the local stack, the reference)
+from tests.kafka_support import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECONFIG = os.environ.get("KUBECONFIG", str(ROOT / ".run" / "cluster" / "kubeconfig"))
@@ -31,6 +32,9 @@ HELM = str(ROOT / ".cache" / "tools" / "bin" / "helm")
 NAMESPACE = os.environ.get("NAMESPACE", "image-moderation")
 RELEASE = os.environ.get("RELEASE", "image-moderation")
 MODELS = tuple(MODEL_NAMES)
+KAFKA_NAMESPACE = os.environ.get("KAFKA_NAMESPACE", "kafka")
+# The topics and consumer group of the chart's bridge (its defaults; ci/local-cluster-values.yaml keeps them).
+BRIDGE_TOPICS = Topics("image_data", "image_predictions", "image_data.dlq", "image-moderation-bridge")
 
 
 def cluster_pin(name: str) -> str:
@@ -98,6 +102,19 @@ def predictor_urls(cluster_ready: None) -> Iterator[dict[str, str]]:
     with port_forward(f"svc/{isvc_name(MODELS[0])}-predictor", 80) as a, \
             port_forward(f"svc/{isvc_name(MODELS[1])}-predictor", 80) as b:
         yield {MODELS[0]: a, MODELS[1]: b}
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(cluster_ready: None) -> str:
+    """The in-cluster broker as the host reaches it (node IP + NodePort; cluster/kafka.sh bootstrap)."""
+    out = subprocess.run([str(ROOT / "cluster" / "kafka.sh"), "bootstrap"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    kubectl("-n", KAFKA_NAMESPACE, "rollout", "status", "statefulset/kafka", "--timeout=300s", timeout=320)
+    return out
+
+
+def bridge_deployment() -> str:
+    return f"{RELEASE}-bridge"
 
 
 def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 1.0) -> None:  # noqa: ANN001

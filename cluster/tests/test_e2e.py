@@ -10,12 +10,14 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.tests.conftest import (
+    BRIDGE_TOPICS,
     HELM,
     KUBECONFIG,
     KUBECTL,
@@ -23,6 +25,7 @@ from cluster.tests.conftest import (
     NAMESPACE,
     RELEASE,
     ROOT,
+    bridge_deployment,
     cluster_pin,
     http_client,
     isvc_name,
@@ -34,6 +37,7 @@ from cluster.tests.conftest import (
 from demo.samples import skimage_photos
 from handlers.envelopes import predictions_from, v1_request, v2_request
 from tests.image_factory import jpeg, refused_variants
+from tests.kafka_support import collect, produce, raw_record
 
 pytestmark = pytest.mark.usefixtures("cluster_ready")
 VALUES = ROOT / "helm" / "image-moderation" / "ci" / "local-cluster-values.yaml"
@@ -179,6 +183,36 @@ def test_network_policies_are_enforced() -> None:
                   timeout=180)
     assert "BLOCKED" in out and "REACHED" not in out, out
     kubectl("delete", "namespace", "e2e-outsider", "--wait=false", check=False)
+
+
+def test_kafka_path_through_the_cluster(kafka_bootstrap: str) -> None:
+    """Images written to the in-cluster broker come back on image_predictions from the chart's bridge, which
+    calls the MobileNetV2 predictor through its Service; a corrupt image goes to the DLQ alone, with a reason."""
+    deploy = kube_json("-n", NAMESPACE, "get", "deployment", bridge_deployment())
+    assert deploy["status"].get("readyReplicas", 0) >= 1, deploy["status"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    env = kube_json("-n", NAMESPACE, "get", "configmap", bridge_deployment())["data"]
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka.kafka.svc.cluster.local:9092"
+    assert env["INFERENCE_URL"] == f"http://{isvc_name(MODELS[0])}-predictor.{NAMESPACE}.svc.cluster.local"
+
+    label = f"e2e-{uuid.uuid4().hex[:8]}"
+    good = {f"{label}-{n:03d}": jpeg(96, 96, seed=n) for n in range(24)}
+    corrupt = f"{label}-corrupt"
+    records = [raw_record(i, image, {"n": n}) for n, (i, image) in enumerate(good.items())]
+    records.append(raw_record(corrupt, b"\xff\xd8\xff\xe0 truncated, not a JPEG"))
+    t0 = time.monotonic()
+    produce(kafka_bootstrap, BRIDGE_TOPICS.input, records)
+    out = collect(kafka_bootstrap, BRIDGE_TOPICS, set(good) | {corrupt}, timeout_s=300)
+    print(f"kafka path: {out.report(set(good) | {corrupt}, label)}, {time.monotonic() - t0:.1f}s")
+    assert set(good) <= set(out.predictions), sorted(set(good) - set(out.predictions))[:5]
+    assert corrupt in out.dlq and corrupt not in out.predictions
+    assert out.dlq[corrupt][0]["error_class"] not in ("", "retries_exhausted"), out.dlq[corrupt][0]
+    for image_id in good:
+        prediction = out.predictions[image_id][0]
+        assert prediction["model"] == MODELS[0] and prediction["label"] in ("benign", "harmful"), prediction
+        assert prediction["metadata"]["n"] == int(image_id.rsplit("-", 1)[1])
 
 
 def _bridge_image() -> str:
