@@ -40,13 +40,13 @@ apply() {
 }
 
 topics() {  # the same topics and sizes as the local stack (bridge/topics.py), created through the NodePort
-  "$PY" -m bridge.topics --bootstrap "$BOOTSTRAP" --wait 120 ensure
+  (cd "$ROOT" && "$PY" -m bridge.topics --bootstrap "$BOOTSTRAP" --wait 120 ensure)
 }
 
 case "${1:-install}" in
   install)
     phase "kafka image imported into the node's containerd" \
-      env CONTAINERD_ADDRESS="$CONTAINERD_SOCK" "$ROOT/scripts/images.sh" load
+      env CONTAINERD_ADDRESS="$CONTAINERD_SOCK" "$ROOT/scripts/images.sh" load kafka
     phase "kafka: StatefulSet + PV in namespace $KAFKA_NAMESPACE, broker Ready" apply
     phase "kafka: topics image_data / image_predictions / image_data.dlq via $BOOTSTRAP" topics
     ;;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The chart's images, built from docker/*.Dockerfile and cached as OCI archives outside the clone.
-#   scripts/images.sh build            build what changed (Docker if an engine answers, else Debian's buildah)
-#   scripts/images.sh load             build if needed, then import into containerd (skips equal digests)
+#   scripts/images.sh build [NAME...]  build what changed (Docker if an engine answers, else Debian's buildah)
+#   scripts/images.sh load [NAME...]   build if needed, then import into containerd (skips equal digests)
+# NAME: bridge, predictor or kafka; default all three.
 #   scripts/images.sh archive NAME     print the archive path of bridge|predictor|kafka for the current sources
 #   scripts/images.sh refs             print the image names (one per line)
 # Names: docker.io/image-moderation/{bridge,predictor}:<appVersion> (the chart's defaults, fully qualified as
@@ -269,7 +270,7 @@ cmd_build() {
     pip_mounts
   fi
   say "builder: $b; cache: $IMAGE_CACHE"
-  for name in "${IMAGES[@]}"; do
+  for name in "${SELECTED[@]}"; do
     stage_context "$name"; ctx="$CONTEXT"
     key="$(image_key "$name" "$ctx" "$b")"
     archive="$(archive_of "$name" "$key")"
@@ -306,7 +307,7 @@ cmd_load() {
   local name archive want have
   cmd_build
   [[ -S $CONTAINERD_ADDRESS ]] || { echo "no containerd socket at $CONTAINERD_ADDRESS (CONTAINERD_ADDRESS=…)" >&2; exit 1; }
-  for name in "${IMAGES[@]}"; do
+  for name in "${SELECTED[@]}"; do
     current_archive "$name"; archive="$ARCHIVE"
     want="$(archive_digest "$archive")"
     have="$(ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images ls "name==$(ref "$name")" 2>/dev/null | awk 'NR>1 {print $3}')"
@@ -337,13 +338,22 @@ cleanup() {  # build contexts and any buildah container a failed step left behin
   for c in "$CTR" "${CTRS[@]}"; do [[ -z $c ]] || buildah rm "$c" >/dev/null 2>&1 || true; done
 }
 trap cleanup EXIT
+select_images() {  # select_images [NAME...] : sets SELECTED (default: every image)
+  local name
+  SELECTED=("${@:-${IMAGES[@]}}")
+  for name in "${SELECTED[@]}"; do
+    [[ " ${IMAGES[*]} " == *" $name "* ]] || { echo "unknown image $name (${IMAGES[*]})" >&2; exit 2; }
+  done
+}
+
+SELECTED=()
 case "${1:-}" in
-  build) cmd_build
+  build) select_images "${@:2}"; cmd_build
     echo "push: docker push $(ref bridge) && docker push $(ref predictor) (REGISTRY=… for your registry;" \
       "$(ref kafka) is the local cluster's broker, not needed with your own Kafka)"
     echo "then: --set bridge.image.repository=$PREFIX/bridge,bridge.image.tag=$TAG" \
       "--set predictor.image.repository=$PREFIX/predictor,predictor.image.tag=$TAG" ;;
-  load) cmd_load ;;
+  load) select_images "${@:2}"; cmd_load ;;
   archive) current_archive "${2:?bridge|predictor|kafka}"; echo "$ARCHIVE" ;;
   refs) for name in "${IMAGES[@]}"; do ref "$name"; done ;;
   *) echo "usage: $0 build|load|archive NAME|refs" >&2; exit 2 ;;
