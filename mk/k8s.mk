@@ -30,12 +30,16 @@ k8s-validate: k8s-schemas ## Every rendered object (chart variants, k8s/ overlay
 rules-test: k8s-tools ## promtool check rules + promtool unit tests of every alert (monitoring/tests)
 	$(K8S_PYTEST) tests/test_monitoring_rules.py
 
+.PHONY: dashboard-schema
+dashboard-schema: k8s-tools ## The chart's Grafana dashboard against Grafana's schema (grafana-foundation-sdk, Go, pinned in monitoring/)
+	$(K8S_PYTEST) tests/test_monitoring_dashboard.py -k schema
+
 .PHONY: dashboard-check
 dashboard-check: k8s-tools models ## Live: real Prometheus scrapes the local stack; every panel query and recording rule has data
 	$(K8S_PYTEST) tests/test_monitoring_dashboard.py
 
 .PHONY: k8s-check
-k8s-check: chart-lint k8s-validate rules-test ## All offline Kubernetes checks (no running stack needed)
+k8s-check: chart-lint k8s-validate rules-test dashboard-schema ## All offline Kubernetes checks (no running stack needed)
 
 .PHONY: k8s-render
 k8s-render: k8s-tools ## Regenerate k8s/base from `helm template` with the chart's defaults (then commit)
