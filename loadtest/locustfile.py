@@ -186,6 +186,24 @@ class KafkaUser(User):
                             response_length=len(image), exception=exc, context={})
 
 
+REQUEST_LOG = os.environ.get("LOADTEST_REQUEST_LOG", "")
+
+
+@events.init.add_listener
+def _request_log(environment, **_kw) -> None:  # noqa: ANN001 - locust hook signature
+    """LOADTEST_REQUEST_LOG=FILE: one CSV line per request (epoch end time, ms, ok), so a run can be cut into
+    windows afterwards (`make e2e-scale`: throughput and p95 before and after a scale-out)."""
+    if not REQUEST_LOG:
+        return
+    out = open(REQUEST_LOG, "a", buffering=1)  # noqa: SIM115 - open for the whole run, closed at quit
+
+    def record(request_type, name, response_time, exception=None, **_rest) -> None:  # noqa: ANN001
+        out.write(f"{time.time():.3f},{response_time:.1f},{0 if exception else 1}\n")
+
+    environment.events.request.add_listener(record)
+    environment.events.quitting.add_listener(lambda **_: out.close())
+
+
 @events.quitting.add_listener
 def _slo_gate(environment, **_kw) -> None:  # noqa: ANN001 - locust hook signature
     """Turn the run's totals into the process exit code: 1 when p95 or the error rate breaks the SLO."""
