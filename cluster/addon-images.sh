@@ -2,6 +2,7 @@
 # The cluster's own images, each one static binary built by cluster/build.sh in an image `FROM scratch`
 # (buildah, Debian), imported into the node's containerd. No registry is involved: the kubelet finds
 # them in containerd (imagePullPolicy IfNotPresent). An image is rebuilt only when its binary changed.
+#   cluster/addon-images.sh [base|scale]   base: what cluster-up needs; scale: metrics-server and KEDA
 set -euo pipefail
 # shellcheck source=cluster/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -31,6 +32,19 @@ image() {  # image REF BINARY USER [PATH] : the binary at PATH (default /BINARY)
   echo "image $ref imported"
 }
 
-image "$PAUSE_IMAGE" pause 65535:65535
-image "$COREDNS_IMAGE" coredns 65532:65532
-image "$KSERVE_IMAGE" kserve-manager 65532:65532 /manager   # KServe's manifests run /manager
+case "${1:-base}" in
+  base)
+    image "$PAUSE_IMAGE" pause 65535:65535
+    image "$COREDNS_IMAGE" coredns 65532:65532
+    image "$KSERVE_IMAGE" kserve-manager 65532:65532 /manager   # KServe's manifests run /manager
+    ;;
+  scale)
+    image "$METRICS_SERVER_IMAGE" metrics-server 65532:65532
+    # Paths as in KEDA's own images. No CA bundle: both trust the API server through their service
+    # account's CA and each other through KEDA's own CA; public roots would serve only scalers reaching
+    # outside the machine, which no pod here can. /tmp (some scalers write there) is an emptyDir in keda.yaml.
+    image "$KEDA_OPERATOR_IMAGE" keda-operator 65532:65532 /keda
+    image "$KEDA_ADAPTER_IMAGE" keda-adapter 65532:65532 /keda-adapter
+    ;;
+  *) echo "usage: $0 [base|scale]" >&2; exit 2 ;;
+esac

@@ -6,8 +6,11 @@
 #   coredns                                                                                 github.com/coredns/coredns
 #   kube-router, firewall only (NetworkPolicy enforcement: iptables + ipset)                  github.com/cloudnativelabs/kube-router/v2
 #   pause (the pod sandbox), from the kubernetes module's build/pause/linux/pause.c         gcc -static
+# and, only for `scale` (autoscaling add-ons, not part of `all`, which cluster-up runs):
+#   metrics-server                                                                          sigs.k8s.io/metrics-server
+#   keda-operator (./cmd/operator), keda-adapter (./cmd/adapter, the external metrics API)   github.com/kedacore/keda/v2
 # Each binary is stamped with its version and skipped when its stamp exists.
-#   cluster/build.sh [all|kubernetes|kserve|coredns|netpol|pause]
+#   cluster/build.sh [all|kubernetes|kserve|coredns|netpol|pause|scale|metrics-server|keda]
 set -euo pipefail
 # shellcheck source=cluster/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -15,12 +18,24 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOMODCACHE="$CLUSTER_CACHE/go/mod" GOCACHE="$CLUSTER_CACHE/go/build"
 export GOPATH="$CLUSTER_CACHE/go/path" CGO_ENABLED=0 GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 mkdir -p "$CLUSTER_BIN" "$GOMODCACHE" "$GOCACHE"
-# One build at a time (make e2e and a hand-run cluster-up may overlap): the second waits, then skips.
-exec 9>"$CLUSTER_CACHE/.build.lock"
-flock 9
+
+locked() {  # locked TARGET : build_TARGET under a lock of its own
+  # Two runs of one target (make e2e and a hand-run cluster-up) wait for each other, then skip; other
+  # targets go on meanwhile (a long KEDA build never holds up cluster-up's binaries).
+  local fd
+  exec {fd}>"$CLUSTER_CACHE/.build-$1.lock"
+  flock "$fd"
+  "build_${1//-/_}"
+  exec {fd}>&-
+}
 
 module_dir() {  # module_dir MODULE@VERSION : a writable copy of the downloaded module (the cache is read-only)
-  local mod="$1" src dst="$CLUSTER_CACHE/src/${1//\//_}"
+  local mod="$1" src dst="$CLUSTER_CACHE/src/${1//\//_}" fd
+  # Targets sharing a module (kubernetes, pause) have separate locks: one copies, the other waits here.
+  # module_dir runs in $(...), so this lock ends with it.
+  mkdir -p "$CLUSTER_CACHE/src"
+  exec {fd}>"$dst.lock"
+  flock "$fd"
   if [[ ! -f "$dst/.copied" ]]; then
     src="$(go mod download -json "$mod" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
     [[ -n "$src" ]] || { echo "go mod download $mod failed" >&2; return 1; }
@@ -91,12 +106,31 @@ build_pause() {
   stamp pause "$v"
 }
 
+build_metrics_server() {
+  local v="$METRICS_SERVER_VERSION" dir ldflags
+  have metrics-server "$v" && return 0
+  dir="$(module_dir "sigs.k8s.io/metrics-server@$v")"
+  # The module's Makefile stamps client-go's version package (what /version and the user agent report).
+  ldflags="-s -w -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/client-go/pkg/version.gitTreeState=clean"
+  phase "build metrics-server $v" bash -c "cd '$dir' && nice -n 10 go build -trimpath -ldflags '$ldflags' -o '$CLUSTER_BIN/metrics-server' ./cmd/metrics-server"
+  stamp metrics-server "$v"
+}
+
+build_keda() {  # the operator and the metrics API server; the admission webhooks are left out (optional)
+  local v="$KEDA_VERSION" dir ldflags name
+  have keda-operator "$v" && have keda-adapter "$v" && return 0
+  dir="$(module_dir "github.com/kedacore/keda/v2@$v")"
+  ldflags="-s -w -X github.com/kedacore/keda/v2/version.Version=$v"
+  for name in operator adapter; do
+    have "keda-$name" "$v" && continue
+    phase "build keda-$name $v" bash -c "cd '$dir' && nice -n 10 go build -trimpath -ldflags '$ldflags' -o '$CLUSTER_BIN/keda-$name' ./cmd/$name"
+    stamp "keda-$name" "$v"
+  done
+}
+
 case "${1:-all}" in
-  all) build_pause; build_kubernetes; build_coredns; build_netpol; build_kserve ;;
-  netpol) build_netpol ;;
-  kubernetes) build_kubernetes ;;
-  kserve) build_kserve ;;
-  coredns) build_coredns ;;
-  pause) build_pause ;;
-  *) echo "usage: $0 [all|kubernetes|kserve|coredns|netpol|pause]" >&2; exit 2 ;;
+  all) for t in pause kubernetes coredns netpol kserve; do locked "$t"; done ;;
+  scale) locked metrics-server; locked keda ;;
+  kubernetes|kserve|coredns|netpol|pause|metrics-server|keda) locked "$1" ;;
+  *) echo "usage: $0 [all|kubernetes|kserve|coredns|netpol|pause|scale|metrics-server|keda]" >&2; exit 2 ;;
 esac

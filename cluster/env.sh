@@ -12,6 +12,11 @@ COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 # NetworkPolicy enforcement: kube-router's firewall (iptables + ipset). sigs.k8s.io/kube-network-policies
 # was tried first: it needs nftables' `queue` expression, which this kernel lacks (nft: No such file).
 KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
+# Autoscaling add-ons (`cluster/addons.sh scale`, not part of cluster-up).
+METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.8.0}"   # sigs.k8s.io/metrics-server module
+# KEDA's binaries must match the KEDA CRDs addons.sh applies, so its one pin is scripts/k8s-tools.sh's.
+KEDA_VERSION="$(sed -n 's/^KEDA_VERSION="\(v[^"]*\)".*/\1/p' "$ROOT/scripts/k8s-tools.sh")"
+[[ -n "$KEDA_VERSION" ]] || { echo "env.sh: no KEDA_VERSION in scripts/k8s-tools.sh" >&2; exit 1; }
 
 CLUSTER_CACHE="${CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/image-moderation/cluster}"
 CLUSTER_BIN="$CLUSTER_CACHE/bin"
@@ -39,6 +44,9 @@ CONTAINERD_SOCK="/run/containerd/containerd.sock"     # cAdvisor only finds cont
 PAUSE_IMAGE="registry.k8s.io/pause:local"             # built from the kubernetes module's pause.c
 COREDNS_IMAGE="localhost/image-moderation/coredns:$COREDNS_VERSION"
 KSERVE_IMAGE="localhost/image-moderation/kserve-controller:$KSERVE_VERSION"
+METRICS_SERVER_IMAGE="localhost/image-moderation/metrics-server:$METRICS_SERVER_VERSION"
+KEDA_OPERATOR_IMAGE="localhost/image-moderation/keda-operator:$KEDA_VERSION"
+KEDA_ADAPTER_IMAGE="localhost/image-moderation/keda-metrics-apiserver:$KEDA_VERSION"
 
 
 mkdir -p "$CLUSTER_DIR/logs"
