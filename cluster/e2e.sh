@@ -37,6 +37,7 @@ footprint() { FOOTPRINT="$("$PY" "$HERE/footprint.py")"; }
 step "cluster-up" "$HERE/up.sh" \
   && step "images (build if changed)" "$ROOT/scripts/images.sh" build \
   && step "deploy (helm --wait)" "$HERE/deploy.sh" install \
+  && { [[ $MODE != scale ]] || step "metrics-server + KEDA (addons.sh scale)" "$HERE/addons.sh" scale; } \
   && footprint \
   && step "$MODE (pytest cluster/tests/$TESTS)" "$PY" -m pytest -q -p no:cacheprovider $REPORT \
     "$ROOT/cluster/tests/$TESTS" ${PYTEST_ARGS:-}

@@ -77,6 +77,9 @@ cert ca kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" server "DNS:
 # KServe's webhooks, reached by the apiserver through their Service (the name KServe's manifests use).
 cert ca kserve-webhook "/CN=kserve-webhook-server-service.kserve.svc" server \
   "DNS:kserve-webhook-server-service.kserve.svc,DNS:kserve-webhook-server-service.kserve.svc.$CLUSTER_DOMAIN"
+# metrics-server's serving certificate (the APIService trusts the cluster CA through its caBundle).
+cert ca metrics-server "/CN=metrics-server.kube-system.svc" server \
+  "DNS:metrics-server.kube-system.svc,DNS:metrics-server.kube-system.svc.$CLUSTER_DOMAIN"
 [[ -f "$PKI/service-account.key" ]] || openssl genrsa -out "$PKI/service-account.key" 2048 2>/dev/null
 [[ -f "$PKI/service-account.pub" ]] || openssl rsa -in "$PKI/service-account.key" -pubout -out "$PKI/service-account.pub" 2>/dev/null
 
