@@ -1,5 +1,7 @@
 """Shared helpers of the Kubernetes and monitoring tests: pinned tools, chart rendering, KServe's pod merge,
-and a real Prometheus scraping the local stack with the chart's own monitors and rules.
+and a real Prometheus with the chart's own monitors and rules, scraping the local stack (static targets) or a
+cluster (the operator's Kubernetes-discovery jobs, used by cluster/tests/prometheus_support.py), and the checks
+that every dashboard query and recording rule returns data.
 
 Tools come from `make k8s-tools` (scripts/k8s-tools.sh): helm, kubeconform, kube-score, kustomize in
 .cache/tools/bin, promtool/prometheus from Debian, schemas generated from the pinned real API definitions.
@@ -8,12 +10,14 @@ Tools come from `make k8s-tools` (scripts/k8s-tools.sh): helm, kubeconform, kube
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -155,6 +159,29 @@ def dashboard_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ Prometheus
 
 
+def relabel_config(rule: dict[str, Any]) -> dict[str, Any]:
+    """A monitor's RelabelConfig (camelCase) as Prometheus config, as the operator writes it (action lowercased)."""
+    keys = {"sourceLabels": "source_labels", "separator": "separator", "targetLabel": "target_label",
+            "regex": "regex", "modulus": "modulus", "replacement": "replacement", "action": "action"}
+    unknown = set(rule) - set(keys)
+    assert not unknown, f"relabeling fields not translated: {unknown}"
+    out = {keys[k]: v for k, v in rule.items()}
+    if "action" in out:
+        out["action"] = out["action"].lower()
+    return out
+
+
+def monitor_endpoints(docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
+    """(monitor, its one endpoint, the job label its relabelings set) of the chart's PodMonitor/ServiceMonitor."""
+    out = []
+    for kind in ("PodMonitor", "ServiceMonitor"):
+        for mon in find(docs, kind):
+            (ep,) = mon["spec"].get("podMetricsEndpoints") or mon["spec"]["endpoints"]
+            job = next(r["replacement"] for r in ep.get("relabelings", []) if r.get("targetLabel") == "job")
+            out.append((mon, ep, job))
+    return out
+
+
 def scrape_configs(docs: list[dict[str, Any]], interval: str = "2s",
                    bridge_target: str | None = None) -> list[dict[str, Any]]:
     """Static scrape jobs equivalent to the chart's PodMonitor and ServiceMonitor, aimed at the local stack.
@@ -162,61 +189,190 @@ def scrape_configs(docs: list[dict[str, Any]], interval: str = "2s",
     Job names and metric relabelings are taken from the rendered monitors; `namespace` and `pod` are the
     labels the operator's Kubernetes discovery would attach."""
     cfg = stack()
-    jobs = []
     targets = {
         "PodMonitor": (f"{cfg['STACK_HOST']}:{cfg['TORCHSERVE_METRICS_PORT']}", "predictor-local"),
         "ServiceMonitor": (bridge_target or f"{cfg['STACK_HOST']}:{cfg['BRIDGE_PORT']}", "bridge-local"),
     }
-    for kind, (target, pod) in targets.items():
-        for mon in find(docs, kind):
-            endpoints = mon["spec"].get("podMetricsEndpoints") or mon["spec"]["endpoints"]
-            (ep,) = endpoints
-            job = next(r["replacement"] for r in ep.get("relabelings", []) if r.get("targetLabel") == "job")
-            metric_relabel = [
-                {k: v for k, v in {"action": r.get("action"), "regex": r.get("regex")}.items() if v}
-                for r in ep.get("metricRelabelings", [])
-            ]
-            jobs.append(
-                {
-                    "job_name": job,
-                    "metrics_path": ep.get("path", "/metrics"),
-                    "scrape_interval": interval,
-                    "static_configs": [{"targets": [target], "labels": {"namespace": NAMESPACE, "pod": pod}}],
-                    "metric_relabel_configs": metric_relabel,
-                }
-            )
+    jobs = []
+    for mon, ep, job in monitor_endpoints(docs):
+        target, pod = targets[mon["kind"]]
+        jobs.append(
+            {
+                "job_name": job,
+                "metrics_path": ep.get("path", "/metrics"),
+                "scrape_interval": interval,
+                "static_configs": [{"targets": [target], "labels": {"namespace": NAMESPACE, "pod": pod}}],
+                "metric_relabel_configs": [relabel_config(r) for r in ep.get("metricRelabelings", [])],
+            }
+        )
+    return jobs
+
+
+# Endpoint fields kubernetes_scrape_configs translates; any other field fails the translation (not ignored).
+_TRANSLATED_ENDPOINT_FIELDS = {"port", "portNumber", "path", "interval", "scheme", "params", "honorLabels",
+                               "relabelings", "metricRelabelings", "filterRunning"}
+
+
+def _running() -> dict[str, Any]:
+    """generateRunningFilter: pods that have ended are not scraped."""
+    return {"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)"}
+
+
+def _label(name: str) -> str:
+    """The operator's sanitizeLabelName: every character outside [a-zA-Z0-9_] becomes `_`."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def _from_label(source: str, target: str) -> dict[str, Any]:
+    """A discovered label onto the target, when it is set."""
+    return {"source_labels": [source], "target_label": target, "regex": "(.+)", "replacement": "${1}"}
+
+
+def _copy_labels(meta: str, names: list[str]) -> list[dict[str, Any]]:
+    """podTargetLabels / targetLabels: each of the object's labels under its sanitized name."""
+    return [_from_label(f"{meta}_{_label(n)}", _label(n)) for n in names]
+
+
+def _selector_relabelings(selector: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    """The monitor's label selector as `keep`/`drop` relabelings on the pod's or service's labels."""
+    label, present = f"__meta_kubernetes_{role}_label", f"__meta_kubernetes_{role}_labelpresent"
+    out = [
+        {"action": "keep", "source_labels": [f"{label}_{_label(k)}", f"{present}_{_label(k)}"], "regex": f"({v});true"}
+        for k, v in sorted(selector.get("matchLabels", {}).items())
+    ]
+    for exp in selector.get("matchExpressions", []):
+        key, op = _label(exp["key"]), exp["operator"]
+        if op in ("In", "NotIn"):
+            out.append({"action": "keep" if op == "In" else "drop",
+                        "source_labels": [f"{label}_{key}", f"{present}_{key}"],
+                        "regex": f"({'|'.join(exp['values'])});true"})
+        else:
+            out.append({"action": "keep" if op == "Exists" else "drop", "source_labels": [f"{present}_{key}"],
+                        "regex": "true"})
+    return out
+
+
+def _pod_monitor_relabelings(mon: dict[str, Any], ep: dict[str, Any]) -> list[dict[str, Any]]:
+    """generatePodMonitorConfig: running pods, selector, container port (by name or number), labels, job."""
+    spec, meta = mon["spec"], mon["metadata"]
+    out = [_running()] if ep.get("filterRunning", True) else []
+    out += _selector_relabelings(spec["selector"], "pod")
+    if ep.get("port"):
+        out.append({"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                    "regex": ep["port"]})
+    elif ep.get("portNumber"):
+        # Only ports the container declares are discovered: an undeclared portNumber selects no target.
+        out.append({"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_number"],
+                    "regex": str(ep["portNumber"])})
+    out += [
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        *_copy_labels("__meta_kubernetes_pod_label", spec.get("podTargetLabels", [])),
+        {"target_label": "job", "replacement": f"{meta['namespace']}/{meta['name']}"},
+    ]
+    if spec.get("jobLabel"):
+        out.append(_from_label(f"__meta_kubernetes_pod_label_{_label(spec['jobLabel'])}", "job"))
+    return out
+
+
+def _service_monitor_relabelings(mon: dict[str, Any], ep: dict[str, Any]) -> list[dict[str, Any]]:
+    """generateServiceMonitorConfig (role endpoints): selector, Service port by name, labels, running pods, job."""
+    spec = mon["spec"]
+    out = _selector_relabelings(spec["selector"], "service")
+    if ep.get("port"):
+        out.append({"action": "keep", "source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": ep["port"]})
+    target = ["__meta_kubernetes_endpoint_address_target_kind", "__meta_kubernetes_endpoint_address_target_name"]
+    out += [
+        {"source_labels": list(target), "separator": ";", "regex": f"{kind};(.*)", "replacement": "${1}",
+         "target_label": kind.lower()}
+        for kind in ("Node", "Pod")
+    ]
+    out += [
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+    ]
+    out += [_running()] if ep.get("filterRunning", True) else []
+    out += _copy_labels("__meta_kubernetes_service_label", spec.get("targetLabels", []))
+    out += _copy_labels("__meta_kubernetes_pod_label", spec.get("podTargetLabels", []))
+    out.append({"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job", "replacement": "${1}"})
+    if spec.get("jobLabel"):
+        out.append(_from_label(f"__meta_kubernetes_service_label_{_label(spec['jobLabel'])}", "job"))
+    return out
+
+
+def kubernetes_scrape_configs(docs: list[dict[str, Any]], kubeconfig: str | Path,
+                              interval: str = "5s") -> list[dict[str, Any]]:
+    """The scrape jobs prometheus-operator generates from the chart's PodMonitor and ServiceMonitor.
+
+    Mirrors pkg/prometheus/promcfg.go of the pinned operator (PROMETHEUS_OPERATOR_VERSION in scripts/k8s-tools.sh),
+    so a cluster check proves the monitors as the operator would run them: `kubernetes_sd_configs` (role pod /
+    endpoints, the monitor's namespaces, reached through `kubeconfig`), the selector and port as `keep`
+    relabelings, the namespace/pod/container/service labels, the default job, then the monitor's own relabelings.
+    Left out: the monitor's interval (`interval` replaces it, so a test sees data in seconds) and the operator's
+    sharding relabelings (one shard). An endpoint field not translated here fails instead of being dropped."""
+    jobs = []
+    for mon, ep, _ in monitor_endpoints(docs):
+        pod_monitor = mon["kind"] == "PodMonitor"
+        meta, namespaces = mon["metadata"], mon["spec"].get("namespaceSelector", {})
+        unknown = set(ep) - _TRANSLATED_ENDPOINT_FIELDS
+        assert not unknown, f"{mon['kind']} {meta['name']}: endpoint fields not translated: {unknown}"
+        sd: dict[str, Any] = {"role": "pod" if pod_monitor else "endpoints", "kubeconfig_file": str(kubeconfig)}
+        if not namespaces.get("any"):
+            sd["namespaces"] = {"names": namespaces.get("matchNames") or [meta["namespace"]]}
+        relabel = [{"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"}]
+        relabel += _pod_monitor_relabelings(mon, ep) if pod_monitor else _service_monitor_relabelings(mon, ep)
+        if ep.get("port"):
+            relabel.append({"target_label": "endpoint", "replacement": ep["port"]})
+        relabel += [relabel_config(r) for r in ep.get("relabelings", [])]
+        job: dict[str, Any] = {
+            "job_name": f"{'podMonitor' if pod_monitor else 'serviceMonitor'}/{meta['namespace']}/{meta['name']}/0",
+            "honor_labels": bool(ep.get("honorLabels", False)),
+            "kubernetes_sd_configs": [sd],
+            "scrape_interval": interval,
+            "metrics_path": ep.get("path", "/metrics"),
+            **{key: ep[key] for key in ("scheme", "params") if key in ep},
+            "relabel_configs": relabel,
+            "metric_relabel_configs": [relabel_config(r) for r in ep.get("metricRelabelings", [])],
+        }
+        jobs.append(job)
     return jobs
 
 
 @contextmanager
 def prometheus(workdir: Path, docs: list[dict[str, Any]], interval: str = "2s",
-               bridge_target: str | None = None) -> Iterator[str]:
-    """A real Prometheus (Debian package) on PROMETHEUS_PORT with the chart's rules; yields its base URL.
+               bridge_target: str | None = None, *, scrape: list[dict[str, Any]] | None = None,
+               listen: str | None = None) -> Iterator[str]:
+    """A real Prometheus (Debian package) with the chart's rules; yields its base URL.
 
-    `bridge_target` scrapes a test's own bridge (host:port) instead of the stack.env one."""
+    By default it listens on PROMETHEUS_PORT and scrapes the local stack (`scrape_configs`; `bridge_target`
+    scrapes a test's own bridge, host:port, instead of the stack.env one). `scrape` replaces those jobs (the
+    cluster check passes `kubernetes_scrape_configs`) and `listen` (host:port) the address."""
     cfg = stack()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "rules.yaml").write_text(yaml.safe_dump(rules_of(docs), sort_keys=False))
-    self_target = f"{cfg['STACK_HOST']}:{cfg['PROMETHEUS_PORT']}"
+    listen = listen or f"{cfg['STACK_HOST']}:{cfg['PROMETHEUS_PORT']}"
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(workdir / "rules.yaml")],
         "scrape_configs": [
-            {"job_name": "prometheus", "static_configs": [{"targets": [self_target]}]},
-            *scrape_configs(docs, interval, bridge_target),
+            {"job_name": "prometheus", "static_configs": [{"targets": [listen]}]},
+            *(scrape if scrape is not None else scrape_configs(docs, interval, bridge_target)),
         ],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     check = run([tool("promtool"), "check", "config", str(workdir / "prometheus.yml")])
     assert check.returncode == 0, check.stdout + check.stderr
-    base = f"http://{cfg['STACK_HOST']}:{cfg['PROMETHEUS_PORT']}"
+    base = f"http://{listen}"
     log = (workdir / "prometheus.log").open("w")
     proc = subprocess.Popen(
         [
             tool("prometheus"),
             f"--config.file={workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address={cfg['STACK_HOST']}:{cfg['PROMETHEUS_PORT']}",
+            f"--web.listen-address={listen}",
             "--storage.tsdb.retention.time=1h",
         ],
         stdout=log,
@@ -257,3 +413,34 @@ def grafana_expr(expr: str, rate_interval: str = "1m") -> str:
     return (
         expr.replace("$__rate_interval", rate_interval).replace("$namespace", ".*").replace("$model", ".*")
     )
+
+
+def finite(result: list[dict[str, Any]]) -> bool:
+    return any(math.isfinite(float(r["value"][1])) for r in result)
+
+
+def recording_rules(docs: list[dict[str, Any]]) -> list[str]:
+    return sorted({r["record"] for g in rules_of(docs)["groups"] for r in g["rules"] if "record" in r})
+
+
+def panel_queries(dashboard: dict[str, Any], skip: Callable[[dict[str, Any]], bool]) -> dict[str, str]:
+    """'<panel title> [<refId>]' -> its query as Grafana sends it (`grafana_expr`), for every panel not skipped."""
+    return {
+        f"{p['title']} [{t['refId']}]": grafana_expr(t["expr"])
+        for p in dashboard["panels"]
+        if not skip(p)
+        for t in p["targets"]
+    }
+
+
+def without_data(base: str, docs: list[dict[str, Any]], dashboard: dict[str, Any],
+                 skip: Callable[[dict[str, Any]], bool]) -> list[str]:
+    """The recording rules, panel queries (but the skipped panels') and query variables that return no finite
+    value yet; a variable `label_values(metric, label)` needs the metric to carry the label."""
+    missing = [r for r in recording_rules(docs) if not finite(query(base, r))]
+    missing += [name for name, expr in panel_queries(dashboard, skip).items() if not finite(query(base, expr))]
+    for var in (v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"):
+        metric, label = re.match(r"label_values\((.+), (\w+)\)$", var).groups()
+        if not any(label in r["metric"] for r in query(base, grafana_expr(metric))):
+            missing.append(f"variable {var}")
+    return missing

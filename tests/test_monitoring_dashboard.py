@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import math
 import re
 import subprocess
 import time
@@ -246,21 +245,11 @@ def _traffic(client: httpx.Client, producer: Producer, photos: list[bytes], roun
     producer.flush(10)
 
 
-def _finite(result: list[dict[str, Any]]) -> bool:
-    return any(math.isfinite(float(r["value"][1])) for r in result)
-
-
 def test_every_panel_and_recording_rule_returns_data_live(
     serving: str, kafka_bridge: str, docs: list[dict[str, Any]], dashboard: dict[str, Any], tmp_path: Path
 ) -> None:
-    records = sorted({r["record"] for g in k.rules_of(docs)["groups"] for r in g["rules"] if "record" in r})
-    panel_queries = {
-        f"{p['title']} [{t['refId']}]": k.grafana_expr(t["expr"])
-        for p in dashboard["panels"]
-        if not cluster_only(p)
-        for t in p["targets"]
-    }
-    variables = [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    records = k.recording_rules(docs)
+    panel_queries = k.panel_queries(dashboard, skip=cluster_only)
     skipped = [p["title"] for p in dashboard["panels"] if cluster_only(p)]
     photos = _photos()
     producer = Producer({"bootstrap.servers": kafka_bridge})
@@ -273,13 +262,7 @@ def test_every_panel_and_recording_rule_returns_data_live(
         while True:
             _traffic(client, producer, photos, round_no)
             round_no += 1
-            missing = [r for r in records if not _finite(k.query(prom, r))]
-            missing += [name for name, expr in panel_queries.items() if not _finite(k.query(prom, expr))]
-            for var in variables:  # label_values(metric, label): the metric must have the label
-                metric, label = re.match(r"label_values\((.+), (\w+)\)$", var).groups()
-                metric = k.grafana_expr(metric)
-                if not any(label in r["metric"] for r in k.query(prom, metric)):
-                    missing.append(f"variable {var}")
+            missing = k.without_data(prom, docs, dashboard, skip=cluster_only)
             if not missing:
                 break
             if time.monotonic() > deadline:
