@@ -302,3 +302,22 @@ def test_predictor_hpa_owned_by_kserve_or_by_the_chart() -> None:
     res = k.run([k.tool("helm"), "template", "x", str(k.CHART), "--set", "predictor.hpa.owner=chart",
                  "--set", "predictor.deploymentMode=Knative"])
     assert res.returncode != 0 and "needs predictor.deploymentMode=Standard" in res.stderr, res.stderr
+
+
+def test_pod_monitor_reaches_the_undeclared_metrics_port(default_docs: list[dict[str, Any]]) -> None:
+    """Prometheus discovers only declared container ports, and TorchServe's :8082 is not declared (Knative
+    allows one port): the PodMonitor keeps the runtime container's target and rewrites its address to :8082
+    (a `portNumber: 8082` selected nothing on the local cluster)."""
+    (mon,) = k.find(default_docs, "PodMonitor")
+    (ep,) = mon["spec"]["podMetricsEndpoints"]
+    declared = {p["containerPort"] for d in k.predictor_deployments(default_docs)
+                for c in d["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+    assert 8082 not in declared and "portNumber" not in ep and "port" not in ep, (declared, ep)
+    rules = ep["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_container_name"], "action": "keep",
+            "regex": "kserve-container"} in rules
+    (address,) = [r for r in rules if r.get("targetLabel") == "__address__"]
+    assert address["sourceLabels"] == ["__meta_kubernetes_pod_ip"] and address["replacement"] == "$1:8082"
+    containers = {c["name"] for d in k.predictor_deployments(default_docs)
+                  for c in d["spec"]["template"]["spec"]["containers"]}
+    assert containers == {"kserve-container"}
