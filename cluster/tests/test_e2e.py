@@ -423,6 +423,13 @@ def test_uninstall_leaves_nothing_behind() -> None:
     assert remaining <= defaults, remaining
 
 
+def _answers(remote: httpx.Client) -> bool:
+    try:
+        return remote.get("/ping", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def test_kustomize_overlay_deploys_the_same_objects() -> None:
     """`kubectl apply -k k8s/overlays/local-cluster` in a second namespace serves the same answers."""
     namespace = "im-kustomize"
@@ -433,6 +440,9 @@ def test_kustomize_overlay_deploys_the_same_objects() -> None:
         for model in MODELS:
             svc = kube_json("-n", namespace, "get", "service", f"{isvc_name(model)}-predictor")
             with http_client(f"http://{svc['spec']['clusterIP']}:80") as remote:
+                # Ready is the pod's state; kube-proxy programs the new endpoint moments later (refused until
+                # then, seen once under load): wait for the Service, as any client of a fresh Service must.
+                wait_until(lambda: _answers(remote), 60, f"the {namespace} {model} Service to accept connections")
                 r = remote.post(f"/v2/models/{model}/infer", json=v2_request([jpeg()]))
                 assert r.status_code == 200, r.text
                 assert predictions_from(r.json())[0].label in ("benign", "harmful")
