@@ -278,16 +278,20 @@ def test_predictor_hpa_owned_by_kserve_or_by_the_chart() -> None:
     owner=chart: the chart's HPA with the same bounds and metric plus `behavior`, aimed at the Deployment KServe
     makes, and the InferenceService tells KServe to make none (autoscalerClass external)."""
     docs = k.load_docs(k.helm_template())
-    assert not [h for h in k.find(docs, "HorizontalPodAutoscaler") if "predictor" in h["metadata"]["name"]]
+    targets = [h["spec"]["scaleTargetRef"]["name"] for h in k.find(docs, "HorizontalPodAutoscaler")]
+    assert not [t for t in targets if "predictor" in t]
     assert all("serving.kserve.io/autoscalerClass" not in i["metadata"]["annotations"]
                for i in k.find(docs, "InferenceService"))
     behavior = {"scaleDown": {"stabilizationWindowSeconds": 30}}
     docs = k.load_docs(k.helm_template(sets=["predictor.hpa.owner=chart", "models.resnet50.maxReplicas=3",
                                              "predictor.hpa.behavior.scaleDown.stabilizationWindowSeconds=30"]))
     deployments = {d["metadata"]["name"] for d in k.predictor_deployments(docs)}
-    hpas = {h["metadata"]["name"]: h for h in k.find(docs, "HorizontalPodAutoscaler")
-            if "predictor" in h["metadata"]["name"]}
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in k.find(docs, "HorizontalPodAutoscaler")
+            if "predictor" in h["spec"]["scaleTargetRef"]["name"]}
     assert set(hpas) == deployments == {f"image-moderation-{m}-predictor" for m in ("mobilenet-v2", "resnet50")}
+    # KServe deletes an HPA named like its own (<isvc>-predictor) when the class is external.
+    assert {h["metadata"]["name"] for h in hpas.values()} == {f"image-moderation-{m}-hpa"
+                                                              for m in ("mobilenet-v2", "resnet50")}
     for isvc in k.find(docs, "InferenceService"):
         assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
         hpa = hpas[f"{isvc['metadata']['name']}-predictor"]["spec"]

@@ -113,7 +113,7 @@ def _window(log: Path, t0: float, t1: float) -> tuple[int, float, float, int]:
 
 def test_predictor_hpa_scales_out_under_locust_and_back_in() -> None:
     model = MODELS[0]
-    deployment = hpa = f"{isvc_name(model)}-predictor"
+    deployment, hpa = f"{isvc_name(model)}-predictor", f"{isvc_name(model)}-hpa"  # the chart's HPA
     spec = kube_json("-n", NAMESPACE, "get", "hpa", hpa)["spec"]
     assert spec["minReplicas"] == 1 and spec["maxReplicas"] >= 2, spec
     # The resource metrics API answers for the predictor's pods (metrics-server scraping the kubelet).
