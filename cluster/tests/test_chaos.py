@@ -2,7 +2,7 @@
 (in-cluster broker -> the chart's bridge -> the MobileNetV2 predictor Service) while pods die:
 
 1. a predictor pod deleted (`kubectl delete pod`),
-2. the bridge pod killed with SIGKILL (`--grace-period=0 --force`),
+2. the bridge's process killed with SIGKILL from the node (no SIGTERM first; the kubelet restarts it),
 3. the broker pod restarted (`kubectl delete pod kafka-0`; its log is on a PersistentVolume),
 4. a predictor pod deleted again.
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -48,6 +50,7 @@ N = int(os.environ.get("CHAOS_N", "5000"))
 RUNS = int(os.environ.get("CHAOS_RUNS", "2"))
 RATE = float(os.environ.get("CHAOS_RATE", "40"))  # records per second the producer writes
 REPORT = ROOT / ".run" / "cluster" / "logs" / "chaos-report.txt"
+CONTAINERD_SOCK = "/run/containerd/containerd.sock"  # cluster/env.sh
 RECOVERY_TIMEOUT_S = 300
 
 
@@ -57,6 +60,8 @@ class Fault:
     at_share: float  # inject once this share of N has come out
     selector: Callable[[], tuple[str, str]]  # -> (namespace, label selector) of the pods it hits
     kill: Callable[[str, str], None]  # (namespace, pod)
+    # A deleted pod is replaced by a new one (another uid); a killed process restarts in the same pod.
+    in_place: bool = False
     injected_at: float = 0.0
     recovered_s: float | None = None
     longest_gap_s: float = 0.0
@@ -81,8 +86,18 @@ def _delete(namespace: str, pod: str) -> None:
 
 
 def _sigkill(namespace: str, pod: str) -> None:
-    # Grace period 0: the kubelet kills the container with SIGKILL, no SIGTERM, no shutdown hook.
-    kubectl("-n", namespace, "delete", "pod", pod, "--grace-period=0", "--force", "--wait=false")
+    """SIGKILL the pod's process from the node, as a crash or the OOM killer ends it: no SIGTERM, no shutdown.
+
+    Not `kubectl delete --grace-period=0 --force`: the kubelet still sends SIGTERM first (with a 2 s grace), and
+    the bridge then leaves its group cleanly. Not `kill -9 1` in the container: PID 1 of a PID namespace gets
+    only the signals it handles from inside it. The test runs on the node, so it signals the container's init
+    process, found through containerd (the CRI's container id is containerd's task id)."""
+    status = kube_json("-n", namespace, "get", "pod", pod)["status"]["containerStatuses"][0]
+    task = status["containerID"].removeprefix("containerd://")
+    tasks = subprocess.run(["ctr", "-a", CONTAINERD_SOCK, "-n", "k8s.io", "task", "ls"], capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    (pid,) = [int(line.split()[1]) for line in tasks if line.startswith(task)]
+    os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -167,6 +182,17 @@ def _ready(pod: dict) -> bool:
         c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
+def _restarts(pod: dict) -> int:
+    return sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
+
+
+def _replaces(pod: dict, victim: dict, in_place: bool) -> bool:
+    """A new pod for a deleted one; the same pod with one more container restart for a killed process."""
+    if in_place:
+        return pod["metadata"]["uid"] == victim["metadata"]["uid"] and _restarts(pod) > _restarts(victim)
+    return pod["metadata"]["uid"] != victim["metadata"]["uid"]
+
+
 def _inject(fault: Fault, stream: Stream) -> None:
     namespace, selector = fault.selector()
     victims = [p for p in _pods(namespace, selector) if _ready(p)]
@@ -184,8 +210,8 @@ def _inject(fault: Fault, stream: Stream) -> None:
         if latest > last:
             fault.longest_gap_s = max(fault.longest_gap_s, latest - last)
             last = latest
-        if fault.replacement_ready_s is None and any(
-                _ready(p) and p["metadata"]["uid"] != victim["metadata"]["uid"] for p in _pods(namespace, selector)):
+        if fault.replacement_ready_s is None and any(_ready(p) and _replaces(p, victim, fault.in_place)
+                                                     for p in _pods(namespace, selector)):
             fault.replacement_ready_s = now - fault.injected_at
         # Back to half the pre-fault rate over the last 5 s, the replacement Ready, and nothing left to do:
         # once every id is out, the rate cannot recover and need not.
@@ -217,7 +243,7 @@ def test_chaos_nothing_lost(run: int, kafka_bootstrap: str) -> None:
     writer = threading.Thread(target=_produce, args=(kafka_bootstrap, label, failures), daemon=True)
     faults = [
         Fault("predictor pod deleted", 0.10, _predictor_pods, _delete),
-        Fault("bridge pod SIGKILLed", 0.30, _bridge_pods, _sigkill),
+        Fault("bridge process SIGKILLed", 0.30, _bridge_pods, _sigkill, in_place=True),
         Fault("broker pod restarted", 0.50, _broker_pods, _delete),
         Fault("predictor pod deleted again", 0.70, _predictor_pods, _delete),
     ]
