@@ -37,6 +37,7 @@ case "${1:-base}" in
     image "$PAUSE_IMAGE" pause 65535:65535
     image "$COREDNS_IMAGE" coredns 65532:65532
     image "$KSERVE_IMAGE" kserve-manager 65532:65532 /manager   # KServe's manifests run /manager
+    image "$KUBE_STATE_METRICS_IMAGE" kube-state-metrics 65534:65534
     ;;
   scale)
     image "$METRICS_SERVER_IMAGE" metrics-server 65532:65532

@@ -36,6 +36,11 @@ crds() {
   "$KUBECTL" wait --for=condition=Established --timeout=10s crd --all
 }
 
+kube_state_metrics() {
+  sed -e "s#@IMAGE@#$KUBE_STATE_METRICS_IMAGE#g" "$HERE/manifests/kube-state-metrics.yaml" | apply -f -
+  "$KUBECTL" -n kube-system rollout status deployment/kube-state-metrics --timeout=120s
+}
+
 coredns() {
   sed -e "s#@DOMAIN@#$CLUSTER_DOMAIN#g" -e "s#@DNS@#$DNS_SERVICE_IP#g" -e "s#@IMAGE@#$COREDNS_IMAGE#g" \
     "$HERE/manifests/coredns.yaml" | apply -f -
@@ -116,6 +121,7 @@ case "${1:-base}" in
     phase "  CRDs: KServe $KSERVE_VERSION, prometheus-operator, KEDA" crds
     phase "  CoreDNS $COREDNS_VERSION ($DNS_SERVICE_IP)" coredns
     phase "  KServe controller + webhooks $KSERVE_VERSION" kserve
+    phase "  kube-state-metrics $KUBE_STATE_METRICS_VERSION (kube_* series)" kube_state_metrics
     ;;
   scale)
     phase "  binaries: metrics-server $METRICS_SERVER_VERSION, KEDA $KEDA_VERSION (cache)" "$HERE/build.sh" scale

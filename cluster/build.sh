@@ -6,6 +6,7 @@
 #   coredns                                                                                 github.com/coredns/coredns
 #   kube-router, firewall only (NetworkPolicy enforcement: iptables + ipset)                  github.com/cloudnativelabs/kube-router/v2
 #   pause (the pod sandbox), from the kubernetes module's build/pause/linux/pause.c         gcc -static
+#   kube-state-metrics (kube_* series of the chart's dashboard)                             k8s.io/kube-state-metrics/v2
 # and, only for `scale` (autoscaling add-ons, not part of `all`, which cluster-up runs):
 #   metrics-server                                                                          sigs.k8s.io/metrics-server
 #   keda-operator (./cmd/operator), keda-adapter (./cmd/adapter, the external metrics API)   github.com/kedacore/keda/v2
@@ -116,6 +117,14 @@ build_metrics_server() {
   stamp metrics-server "$v"
 }
 
+build_kube_state_metrics() {
+  local v="$KUBE_STATE_METRICS_VERSION" dir
+  have kube-state-metrics "$v" && return 0
+  dir="$(module_dir "k8s.io/kube-state-metrics/v2@$v")"
+  phase "build kube-state-metrics $v" bash -c "cd '$dir' && nice -n 10 go build -trimpath -ldflags '-s -w -X github.com/prometheus/common/version.Version=${v#v}' -o '$CLUSTER_BIN/kube-state-metrics' ."
+  stamp kube-state-metrics "$v"
+}
+
 build_keda() {  # the operator and the metrics API server; the admission webhooks are left out (optional)
   local v="$KEDA_VERSION" dir ldflags name
   have keda-operator "$v" && have keda-adapter "$v" && return 0
@@ -129,8 +138,8 @@ build_keda() {  # the operator and the metrics API server; the admission webhook
 }
 
 case "${1:-all}" in
-  all) for t in pause kubernetes coredns netpol kserve; do locked "$t"; done ;;
+  all) for t in pause kubernetes coredns netpol kserve kube-state-metrics; do locked "$t"; done ;;
   scale) locked metrics-server; locked keda ;;
-  kubernetes|kserve|coredns|netpol|pause|metrics-server|keda) locked "$1" ;;
-  *) echo "usage: $0 [all|kubernetes|kserve|coredns|netpol|pause|scale|metrics-server|keda]" >&2; exit 2 ;;
+  kubernetes|kserve|coredns|netpol|pause|kube-state-metrics|metrics-server|keda) locked "$1" ;;
+  *) echo "usage: $0 [all|kubernetes|kserve|coredns|netpol|pause|kube-state-metrics|scale|metrics-server|keda]" >&2; exit 2 ;;
 esac

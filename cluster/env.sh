@@ -14,6 +14,9 @@ COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
 # Autoscaling add-ons (`cluster/addons.sh scale`, not part of cluster-up).
 METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.8.0}"   # sigs.k8s.io/metrics-server module
+# k8s.io/kube-state-metrics/v2: the proxy lists no version (403), but this exact one is served (v2.16.0 fails
+# the checksum database, v2.17.0 and v2.14.0 are refused). It feeds the dashboard's kube_* panels.
+KUBE_STATE_METRICS_VERSION="${KUBE_STATE_METRICS_VERSION:-v2.15.0}"
 # KEDA's binaries must match the KEDA CRDs addons.sh applies, so its one pin is scripts/k8s-tools.sh's.
 KEDA_VERSION="$(sed -n 's/^KEDA_VERSION="\(v[^"]*\)".*/\1/p' "$ROOT/scripts/k8s-tools.sh")"
 [[ -n "$KEDA_VERSION" ]] || { echo "env.sh: no KEDA_VERSION in scripts/k8s-tools.sh" >&2; exit 1; }
@@ -45,6 +48,7 @@ PAUSE_IMAGE="registry.k8s.io/pause:local"             # built from the kubernete
 COREDNS_IMAGE="localhost/image-moderation/coredns:$COREDNS_VERSION"
 KSERVE_IMAGE="localhost/image-moderation/kserve-controller:$KSERVE_VERSION"
 METRICS_SERVER_IMAGE="localhost/image-moderation/metrics-server:$METRICS_SERVER_VERSION"
+KUBE_STATE_METRICS_IMAGE="localhost/image-moderation/kube-state-metrics:$KUBE_STATE_METRICS_VERSION"
 KEDA_OPERATOR_IMAGE="localhost/image-moderation/keda-operator:$KEDA_VERSION"
 KEDA_ADAPTER_IMAGE="localhost/image-moderation/keda-metrics-apiserver:$KEDA_VERSION"
 

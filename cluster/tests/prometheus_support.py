@@ -4,7 +4,7 @@ live check (tests/test_monitoring_dashboard.py checks the same queries against t
 Its scrape jobs are the ones prometheus-operator generates from the chart's PodMonitor and ServiceMonitor
 (`tests.k8s_support.kubernetes_scrape_configs`), so the monitors themselves are proven, not a hand-written
 equivalent; plus the kubelet's cAdvisor endpoint, whose container_* series feed the dashboard's CPU and memory
-panels. The chart's PrometheusRule is loaded as rules.
+panels, and kube-state-metrics for its kube_* panels. The chart's PrometheusRule is loaded as rules.
 
 Debian builds Prometheus without Kubernetes discovery (client-go is not packaged: `promtool check config` answers
 "field kubernetes_sd_configs not found"). `KubernetesDiscovery` stands in for it: an HTTP service discovery
@@ -40,6 +40,7 @@ NODE_IP = os.environ.get("NODE_IP") or cluster_pin("NODE_IP")
 KUBELET_PORT = 10250  # cluster/config/kubelet.yaml
 VALUES = ROOT / "helm" / "image-moderation" / "ci" / "local-cluster-values.yaml"
 CADVISOR_JOB = "kubelet-cadvisor"
+KUBE_STATE_METRICS_JOB = "kube-state-metrics"
 META = "__meta_kubernetes_"
 
 
@@ -286,10 +287,29 @@ def kubelet_cadvisor_job(pki: Path = PKI, target: str = f"{NODE_IP}:{KUBELET_POR
     }
 
 
+def kube_state_metrics_job(kubeconfig: str | Path, interval: str = "5s") -> dict[str, Any]:
+    """kube-state-metrics (cluster/manifests/kube-state-metrics.yaml) through its Service's endpoints, as
+    kube-prometheus-stack scrapes it: honor_labels keeps the namespace of the objects it describes."""
+    return {
+        "job_name": KUBE_STATE_METRICS_JOB,
+        "honor_labels": True,
+        "scrape_interval": interval,
+        "kubernetes_sd_configs": [{"role": "endpoints", "namespaces": {"names": ["kube-system"]},
+                                   "kubeconfig_file": str(kubeconfig)}],
+        "relabel_configs": [
+            {"action": "keep", "source_labels": [f"{META}service_name", f"{META}endpoint_port_name"],
+             "regex": "kube-state-metrics;http-metrics"},
+            {"target_label": "job", "replacement": KUBE_STATE_METRICS_JOB},
+        ],
+    }
+
+
 def scrape_configs(docs: list[dict[str, Any]], discovery: KubernetesDiscovery, pki: Path = PKI,
                    cadvisor_target: str = f"{NODE_IP}:{KUBELET_PORT}", interval: str = "5s") -> list[dict[str, Any]]:
-    """The chart's monitors as the operator runs them (discovery through `discovery`), and the kubelet's cAdvisor."""
-    jobs = discovery.http_sd(k.kubernetes_scrape_configs(docs, discovery.kubeconfig, interval))
+    """The chart's monitors as the operator runs them (discovery through `discovery`), the kubelet's cAdvisor and
+    kube-state-metrics."""
+    jobs = discovery.http_sd([*k.kubernetes_scrape_configs(docs, discovery.kubeconfig, interval),
+                              kube_state_metrics_job(discovery.kubeconfig, interval)])
     return [*jobs, kubelet_cadvisor_job(pki, cadvisor_target, interval)]
 
 

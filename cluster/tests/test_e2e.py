@@ -221,9 +221,6 @@ def test_kafka_path_through_the_cluster(kafka_bootstrap: str) -> None:
         assert prediction["metadata"]["n"] == int(image_id.rsplit("-", 1)[1])
 
 
-# kube-state-metrics cannot be built here: the Go module proxy refuses every version of k8s.io/kube-state-metrics/v2
-# (`go list -m -versions` answers 403 "This module version is not available"), so no kube_* series exist.
-NO_KUBE_STATE_METRICS = "kube_* series need kube-state-metrics, which cannot be built here (Go proxy: 403)"
 DASHBOARD_DEADLINE_S = 240
 
 
@@ -257,7 +254,8 @@ def _targets_up(prom: str, jobs: list[str]) -> dict[str, list[str]]:
 def _wait_for_targets(prom: str, docs: list[dict[str, Any]], timeout_s: float = 120) -> dict[str, list[str]]:
     """Every job has a target up, and the predictor job one per running predictor pod; else fail saying what
     discovery found and the relabelings dropped."""
-    jobs = [job for _, _, job in k.monitor_endpoints(docs)] + [prometheus_support.CADVISOR_JOB]
+    jobs = [job for _, _, job in k.monitor_endpoints(docs)] + [prometheus_support.CADVISOR_JOB,
+                                                                 prometheus_support.KUBE_STATE_METRICS_JOB]
     predictor_job = next(job for mon, _, job in k.monitor_endpoints(docs) if mon["kind"] == "PodMonitor")
     pods = kube_json("-n", NAMESPACE, "get", "pods", "-l", "serving.kserve.io/inferenceservice")["items"]
     running = {p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running"}
@@ -278,22 +276,17 @@ def _wait_for_targets(prom: str, docs: list[dict[str, Any]], timeout_s: float = 
 def test_dashboard_queries_return_data_from_the_cluster(kafka_bootstrap: str, tmp_path: Path) -> None:
     """The chart's Grafana dashboard (Grafana itself is AGPL, so its queries are sent to Prometheus as Grafana
     would, every variable on All) against a real Prometheus that scrapes this cluster with the jobs the operator
-    makes of the chart's PodMonitor/ServiceMonitor, plus the kubelet's cAdvisor, and evaluates the chart's rules
-    (cluster/tests/prometheus_support.py). Under real traffic every panel query and recording rule returns a finite
-    value, the container_* panels included (the local check cannot have those); only the kube_* panels are
-    skipped (NO_KUBE_STATE_METRICS)."""
+    makes of the chart's PodMonitor/ServiceMonitor, plus the kubelet's cAdvisor and kube-state-metrics, and
+    evaluates the chart's rules (cluster/tests/prometheus_support.py). Under real traffic every panel query and
+    recording rule returns a finite value, the cluster-only panels (container_*, kube_*) included: the local
+    check cannot have those."""
     docs = prometheus_support.chart_docs()
     dashboard = k.dashboard_of(docs)
-    kube = [p for p in dashboard["panels"] if any(m.startswith("kube_") for m in _metrics_of(p))]
-    # Skipping loses nothing else: the skipped panels read kube_* series only, and only they are skipped.
-    assert kube and all(m.startswith("kube_") for p in kube for m in _metrics_of(p)), [p["title"] for p in kube]
-    skipped = {p["title"] for p in kube}
+    metrics = {m for p in dashboard["panels"] for m in _metrics_of(p)}
+    assert any(m.startswith("kube_") for m in metrics) and any(m.startswith("container_") for m in metrics)
 
-    def is_skipped(panel: dict[str, Any]) -> bool:
-        return panel["title"] in skipped
-
-    # The cAdvisor panels are queried here, unlike locally.
-    assert any(m.startswith("container_") for p in dashboard["panels"] if not is_skipped(p) for m in _metrics_of(p))
+    def is_skipped(_panel: dict[str, Any]) -> bool:
+        return False
     with prometheus_support.cluster_prometheus(tmp_path / "prometheus", docs) as prom:
         print(f"targets up: {_wait_for_targets(prom, docs)}")
         deadline = time.monotonic() + DASHBOARD_DEADLINE_S
@@ -308,9 +301,6 @@ def test_dashboard_queries_return_data_from_the_cluster(kafka_bootstrap: str, tm
                 pytest.fail(f"no data after {DASHBOARD_DEADLINE_S}s ({round_no} traffic rounds) for: {missing}")
             time.sleep(3)
         for panel in dashboard["panels"]:
-            if is_skipped(panel):
-                print(f"{panel['title']}: skipped, {NO_KUBE_STATE_METRICS}")
-                continue
             counts = [f"{t['refId']}={len(k.query(prom, k.grafana_expr(t['expr'])))}" for t in panel["targets"]]
             print(f"{panel['title']}: {' '.join(counts)} series")
         print(f"dashboard on the cluster: {len(k.recording_rules(docs))} recording rules and "
