@@ -2,7 +2,7 @@
 CLUSTER_KUBECONFIG := $(ROOT)/.run/cluster/kubeconfig
 
 .PHONY: cluster-up
-cluster-up: $(SETUP_STAMP) k8s-tools ## Build (cached) and start a single-node cluster: etcd, control plane, containerd, kubelet, kube-proxy, CoreDNS, KServe
+cluster-up: $(SETUP_STAMP) k8s-tools ## Build (cached) and start a single-node cluster: etcd, control plane, containerd, kubelet, kube-proxy, CoreDNS, KServe, kube-state-metrics
 	cluster/up.sh
 
 .PHONY: cluster-down
@@ -14,7 +14,7 @@ cluster-status: ## Nodes and pods of the local cluster (KUBECONFIG=.run/cluster/
 	@KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/status.sh
 
 .PHONY: cluster-deploy
-cluster-deploy: models images ## helm install the chart on the local cluster (ci/local-cluster-values.yaml) and wait for Ready
+cluster-deploy: models images ## The local Kafka broker, then helm install of the chart (ci/local-cluster-values.yaml), wait for Ready
 	cluster/deploy.sh
 
 .PHONY: e2e
@@ -22,7 +22,7 @@ e2e: $(SETUP_STAMP) k8s-tools models ## cluster-up + images + deploy + end-to-en
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/e2e.sh checks
 
 .PHONY: e2e-chaos
-e2e-chaos: $(SETUP_STAMP) k8s-tools models ## cluster-up + deploy, then CHAOS_N (5000) records through the in-cluster Kafka path while predictor, bridge and broker pods die: 0 lost, CHAOS_RUNS (2) runs
+e2e-chaos: $(SETUP_STAMP) k8s-tools models ## cluster-up + deploy, CHAOS_N (5000) records via Kafka while pods die: 0 lost; CHAOS_RUNS (2) runs
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/e2e.sh chaos
 
 .PHONY: e2e-scale
