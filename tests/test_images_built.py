@@ -129,6 +129,11 @@ def _buildah_run(name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
     """Run CMD in a container of the built image (runc, as the cluster runs it), as the image's user, offline."""
     if shutil.which("buildah") is None:
         pytest.skip("buildah is not installed (the archive was built elsewhere)")
+    # runc by name: buildah prefers crun when both are installed (Debian's buildah depends on crun | runc),
+    # and crun refuses this host's hybrid cgroup layout; runc is also what the cluster's containerd runs.
+    runc = shutil.which("runc")
+    if runc is None:
+        pytest.skip("runc is not installed (make cluster-up installs it)")
     manifest, config, path = image(name)
     # The image built here is in buildah's storage already; otherwise read the archive (which takes over the
     # name, so the image it displaces is removed afterwards, as scripts/images.sh does after a rebuild).
@@ -149,6 +154,8 @@ def _buildah_run(name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
                 "run",
                 "--isolation",
                 "oci",
+                "--runtime",
+                runc,
                 "--network",
                 "none",
                 "--user",
