@@ -121,6 +121,7 @@ class Bridge:
         self.stopping = False
         self.exit_code = 0
         self.kafka_ok = False
+        self.kafka_down_since: float | None = time.monotonic()  # unreachable until the first answer
         self.heartbeat = time.monotonic()
         self._paused = False
         self._full_since: float | None = None
@@ -154,7 +155,23 @@ class Bridge:
 
     @property
     def live(self) -> bool:
-        return self.exit_code == 0 and time.monotonic() - self.heartbeat < self.cfg.liveness_timeout_s
+        """Not wedged: the fetch loop turns, no fatal error, and Kafka answered the consumer recently.
+
+        The last condition restarts a client that stopped reconnecting: in `make e2e-chaos` a consumer whose
+        session timed out while the broker restarted never rejoined its group, though its poll loop turned and
+        the broker answered every other client. A new process joins at once; nothing is lost (the offsets of
+        unfinished records were never committed)."""
+        now = time.monotonic()
+        limit = self.cfg.kafka_unreachable_restart_s
+        unreachable = limit > 0 and self.kafka_down_since is not None and now - self.kafka_down_since > limit
+        return self.exit_code == 0 and now - self.heartbeat < self.cfg.liveness_timeout_s and not unreachable
+
+    def _set_kafka_ok(self, ok: bool) -> None:
+        self.kafka_ok = ok
+        if ok:
+            self.kafka_down_since = None
+        elif self.kafka_down_since is None:
+            self.kafka_down_since = time.monotonic()
 
     def _update_ready(self) -> None:
         m.READY.set(1 if self.ready else 0)
@@ -205,7 +222,7 @@ class Bridge:
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self.kafka_ok = False
+            self._set_kafka_ok(False)
             self._update_ready()
         # Connection errors repeat every reconnect attempt and librdkafka logs them already.
         quiet = err.code() == KafkaError._TRANSPORT and not err.fatal()
@@ -615,9 +632,9 @@ class Bridge:
         assert self.consumer is not None
         try:
             self.consumer.list_topics(self.cfg.input_topic, timeout=5)
-            self.kafka_ok = True
+            self._set_kafka_ok(True)
         except KafkaException:
-            self.kafka_ok = False
+            self._set_kafka_ok(False)
         for tp in self.consumer.assignment():
             try:
                 _low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)

@@ -61,6 +61,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "BRIDGE_PAUSE_AFTER_S": ("5", "at the in-flight cap, how long to wait for room before pausing the partitions "
                                   "(seconds; a pause drops librdkafka's prefetched records)"),
     "BRIDGE_LIVENESS_TIMEOUT_S": ("60", "/livez fails when the fetch loop has not turned for this long (seconds)"),
+    "BRIDGE_KAFKA_UNREACHABLE_RESTART_S": ("120", "/livez fails when the consumer has not reached Kafka for this long "
+                                           "(seconds; 0: never), so a wedged client is replaced by a fresh process"),
     "BRIDGE_COMMIT_INTERVAL_S": ("1", "how often finished offsets are committed (seconds)"),
     "BRIDGE_SHUTDOWN_TIMEOUT_S": ("20", "on SIGTERM, how long in-flight work may finish before it is handed back"),
     "BRIDGE_PORT": ("", "port of /livez /readyz /metrics (default: $BRIDGE_PORT from stack.env)"),
@@ -112,6 +114,7 @@ class Config:
     lag_interval_s: float
     pause_after_s: float
     liveness_timeout_s: float
+    kafka_unreachable_restart_s: float
     commit_interval_s: float
     shutdown_timeout_s: float
     host: str
@@ -156,6 +159,7 @@ class Config:
             lag_interval_s=float(e("BRIDGE_LAG_INTERVAL_S")),
             pause_after_s=float(e("BRIDGE_PAUSE_AFTER_S")),
             liveness_timeout_s=float(e("BRIDGE_LIVENESS_TIMEOUT_S")),
+            kafka_unreachable_restart_s=float(e("BRIDGE_KAFKA_UNREACHABLE_RESTART_S")),
             commit_interval_s=float(e("BRIDGE_COMMIT_INTERVAL_S")),
             shutdown_timeout_s=float(e("BRIDGE_SHUTDOWN_TIMEOUT_S")),
             host=e("BRIDGE_HOST") or s["STACK_HOST"],

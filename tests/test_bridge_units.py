@@ -3,13 +3,15 @@ backoff and configuration. (Broker and TorchServe behaviour is tested in test_br
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 
 import jsonschema
 import pytest
 
-from bridge.app import backoff
+from bridge.app import Bridge, backoff
 from bridge.config import Config, security_settings
 from bridge.contract import ContractError, dlq_headers, parse_record, prediction_value, schema
 from bridge.inference import classify
@@ -365,3 +367,27 @@ def test_dlq_limit_leaves_room_for_the_dlq_headers() -> None:
                     failed_at=1.7e9)
     assert record_size(b"k" * 100, b"v" * (1000000 - 100 - 512), h) <= cfg.dlq_max_message_bytes
     assert cfg.producer_settings()["message.max.bytes"] == cfg.dlq_max_message_bytes
+
+
+def test_liveness_fails_when_kafka_stays_unreachable() -> None:
+    """A consumer that cannot reach Kafka for BRIDGE_KAFKA_UNREACHABLE_RESTART_S is not live (the kubelet then
+    replaces the process): seen in make e2e-chaos, a client that never rejoined after a broker restart."""
+    async def check() -> None:
+        bridge = Bridge(Config.from_env({"BRIDGE_KAFKA_UNREACHABLE_RESTART_S": "30"}))
+        assert bridge.live  # not reached yet, but not for long
+        bridge._set_kafka_ok(True)
+        bridge.kafka_down_since = None
+        assert bridge.live
+        bridge._set_kafka_ok(False)
+        first = bridge.kafka_down_since
+        bridge._set_kafka_ok(False)  # a repeated failure keeps the first moment
+        assert first is not None and bridge.kafka_down_since == first and bridge.live
+        bridge.kafka_down_since = first - 31
+        assert not bridge.live
+        bridge._set_kafka_ok(True)
+        assert bridge.live and bridge.kafka_down_since is None
+        never = Bridge(Config.from_env({"BRIDGE_KAFKA_UNREACHABLE_RESTART_S": "0"}))
+        never.kafka_down_since = time.monotonic() - 10_000
+        assert never.live
+
+    asyncio.run(check())
