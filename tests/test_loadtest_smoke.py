@@ -76,6 +76,13 @@ def test_cpu_by_role_counts_the_process_that_burns_it() -> None:
     assert 0.5 < cores[LOADGEN] <= 1.2, cores
 
 
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def test_cpu_by_role_splits_out_the_frontend_jit(serving: str) -> None:
     """A JVM that has served requests has spent CPU compiling them; the bench reports that share apart."""
     import httpx
@@ -84,7 +91,11 @@ def test_cpu_by_role_splits_out_the_frontend_jit(serving: str) -> None:
     from loadtest.cpu import JIT, JIT_OF, _jit_seconds, cores_by_role
     from tests.image_factory import jpeg
 
-    (java,) = [p for p in psutil.process_iter(["cmdline"]) if "org.pytorch.serve" in " ".join(p.info["cmdline"] or [])]
+    # The local stack's frontend: the JVM in scripts/serving.sh's process group (a local cluster's predictor
+    # pods run TorchServe JVMs of their own, visible here too).
+    group = int((Path(__file__).resolve().parents[1] / ".run" / "torchserve.pid").read_text())
+    (java,) = [p for p in psutil.process_iter(["cmdline"]) if "org.pytorch.serve" in " ".join(p.info["cmdline"] or [])
+               and _group_of(p.pid) == group]
     assert _jit_seconds(java.pid) > 0
     with cores_by_role() as cores, httpx.Client(base_url=serving, timeout=30) as client:
         for seed in range(10):
