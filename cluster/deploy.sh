@@ -22,7 +22,7 @@ MODELS_DIR="$ROOT/model-archive/build"
 "$KUBECTL" get --raw /readyz >/dev/null 2>&1 || { echo "no cluster: run 'make cluster-up' first" >&2; exit 1; }
 
 load_images() {
-  CONTAINERD_ADDRESS="$CONTAINERD_SOCK" "$ROOT/scripts/images.sh" load
+  CONTAINERD_ADDRESS="$CONTAINERD_SOCK" "$ROOT/scripts/images.sh" load bridge predictor  # kafka.sh loads its own
 }
 
 namespace() {
@@ -35,12 +35,7 @@ namespace() {
 
 model_volume() {
   [[ -f "$MODELS_DIR/config/config.properties" ]] || { echo "no archives: run 'make models'" >&2; return 1; }
-  # A Retain volume whose claim was deleted (namespace removed by hand) stays Released, bound to the old
-  # claim's UID: forget that UID so the new claim of the same name binds again.
-  local pv="image-moderation-models-$NAMESPACE"
-  if [[ "$("$KUBECTL" get pv "$pv" -o jsonpath='{.status.phase}' 2>/dev/null)" == Released ]]; then
-    "$KUBECTL" patch pv "$pv" --type json -p '[{"op": "remove", "path": "/spec/claimRef/uid"}]'
-  fi
+  rebind_released_pv "image-moderation-models-$NAMESPACE"  # its namespace may have been removed by hand
   sed -e "s#@NAMESPACE@#$NAMESPACE#g" -e "s#@PATH@#$MODELS_DIR#g" -e "s#@NODE@#$NODE_NAME#g" \
     "$HERE/manifests/models-volume.yaml" | "$KUBECTL" apply -f -
   "$KUBECTL" -n "$NAMESPACE" wait --for=jsonpath='{.status.phase}'=Bound pvc/image-moderation-models --timeout=60s

@@ -53,6 +53,13 @@ KEDA_OPERATOR_IMAGE="localhost/image-moderation/keda-operator:$KEDA_VERSION"
 KEDA_ADAPTER_IMAGE="localhost/image-moderation/keda-metrics-apiserver:$KEDA_VERSION"
 
 
+rebind_released_pv() {  # rebind_released_pv NAME : a Retain volume whose claim was deleted stays Released;
+  # forget the old claim's UID so a new claim of the same name binds again
+  if [[ "$("$CLUSTER_BIN/kubectl" get pv "$1" -o jsonpath='{.status.phase}' 2>/dev/null)" == Released ]]; then
+    "$CLUSTER_BIN/kubectl" patch pv "$1" --type json -p '[{"op": "remove", "path": "/spec/claimRef/uid"}]'
+  fi
+}
+
 mkdir -p "$CLUSTER_DIR/logs"
 PHASE_LOG="${PHASE_LOG:-$CLUSTER_DIR/logs/phases.log}"
 # fd 3 is the terminal: phase lines of nested scripts reach it while their tools' output goes to the log.

@@ -31,10 +31,7 @@ apply() {
   mkdir -p "$KAFKA_DATA"
   chown "$KAFKA_UID:$KAFKA_UID" "$KAFKA_DATA"
   chmod 700 "$KAFKA_DATA"
-  # A Retain volume whose claim was deleted stays Released: forget the old claim so the new one binds.
-  if [[ "$("$KUBECTL" get pv "kafka-data-$KAFKA_NAMESPACE" -o jsonpath='{.status.phase}' 2>/dev/null)" == Released ]]; then
-    "$KUBECTL" patch pv "kafka-data-$KAFKA_NAMESPACE" --type json -p '[{"op": "remove", "path": "/spec/claimRef/uid"}]'
-  fi
+  rebind_released_pv "kafka-data-$KAFKA_NAMESPACE"
   manifest | "$KUBECTL" apply -f -
   "$KUBECTL" -n "$KAFKA_NAMESPACE" rollout status statefulset/kafka --timeout=5m
 }

@@ -41,9 +41,7 @@ topics() {
 
 start() {
   fetch
-  "$BROKER_SH" config
-  "$BROKER_SH" format
-  start_bg kafka "$BROKER_SH" run
+  start_bg kafka "$BROKER_SH" run  # writes server.properties, formats the data dir once, runs the broker
   for _ in $(seq 1 $(( ${KAFKA_START_TIMEOUT_S:-90} * 4 ))); do
     port_open && break
     is_running kafka || { echo "kafka died; last log lines:" >&2; tail -n 40 "$LOG_DIR/kafka.log" >&2; exit 1; }
