@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bridge.config import dlq_limit
+from bridge.contract import schema
 from bridge.topics import ensure_topics
+from handlers.registry import LABELS
 from handlers.stack import stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,6 +185,13 @@ def raw_record(image_id: str, image: bytes, metadata: dict | None = None,
                content_type: str = "image/jpeg") -> tuple[str, bytes, list[tuple[str, bytes]]]:
     return image_id, image, [("content-type", content_type.encode()),
                              ("metadata", json.dumps(metadata or {"id": image_id}).encode())]
+
+
+def check_prediction(doc: dict, model: str) -> None:
+    """An `image_predictions` value valid against its JSON Schema, from `model`, its label matching its score."""
+    jsonschema.validate(doc, schema("image_predictions"))
+    assert doc["model"] == model and doc["label"] in LABELS
+    assert (doc["label"] == "harmful") == (doc["harmful_score"] >= doc["threshold"])
 
 
 @dataclass
