@@ -83,20 +83,31 @@ def rows(consumer: Consumer, dlq_topic: str, timeout_s: float | None = None,
                       v.get("threshold"), v.get("inference_ms"), v.get("end_to_end_ms"))
 
 
-def table(seen: list[Row], title: str, limit: int = 30) -> Table:
+ID_WIDTH = 20  # with the other columns the table fits an 80-column terminal
+
+
+def short_id(row: Row, prefix: str = "", width: int = ID_WIDTH) -> str:
+    """The id without the run's common prefix (and the demo's `<model>/` part, which the model column shows);
+    a long one keeps its distinctive tail ("…long_name.png")."""
+    text = row.id.removeprefix(prefix).removeprefix(f"{row.model}/") if prefix else row.id
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def table(seen: list[Row], title: str, limit: int = 30, prefix: str = "") -> Table:
     t = Table(title=title, expand=False)
-    t.add_column("id", overflow="fold", min_width=18)  # ids are the point of the table: wrap, never cut
+    t.add_column("id", no_wrap=True)
     t.add_column("model", no_wrap=True)
     t.add_column("label", no_wrap=True)
-    for col in ("score/thr", "infer ms", "e2e ms"):
+    for col in ("score/thr", "infer", "e2e ms"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in seen[-limit:]:
         if r.dlq:
-            t.add_row(r.id, r.model, f"[red]DLQ: {r.reason}[/red]", "", "", f"[red]{r.error[:60]}[/red]")
+            t.add_row(short_id(r, prefix), r.model, f"[red]DLQ: {r.reason}[/red]", "", "",
+                      f"[red]{r.error[:20]}[/red]")
         else:
             style = "bold red" if r.label == "harmful" else "green"
-            t.add_row(r.id, r.model, f"[{style}]{r.label}[/{style}]", f"{r.score:.3f}/{r.threshold:.2f}",
-                      f"{r.inference_ms:.0f}", f"{r.end_to_end_ms:.0f}")
+            t.add_row(short_id(r, prefix), r.model, f"[{style}]{r.label}[/{style}]",
+                      f"{r.score:.3f}/{r.threshold:.2f}", f"{r.inference_ms:.0f}", f"{r.end_to_end_ms:.0f}")
     return t
 
 
@@ -110,18 +121,20 @@ def summary(seen: list[Row]) -> str:
 
 
 def follow(consumer: Consumer, cfg: Config, expect: set[str] | None, timeout_s: float | None,
-           console: Console) -> list[Row]:
+           console: Console, prefix: str = "") -> list[Row]:
     """Live table until every expected id was seen (or timeout / Ctrl-C); returns the rows."""
     seen: list[Row] = []
     ids: set[str] = set()
     title = f"{cfg.output_topic} + {cfg.dlq_topic} @ {cfg.bootstrap_servers}"
-    with Live(table(seen, title), console=console, refresh_per_second=4) as live:
+    if prefix:
+        title += f"\nids {prefix}…"
+    with Live(table(seen, title, prefix=prefix), console=console, refresh_per_second=4) as live:
         try:
             for row in rows(consumer, cfg.dlq_topic, timeout_s):
                 if row is not None:
                     seen.append(row)
                     ids.add(row.id)
-                    live.update(table(seen, title))
+                    live.update(table(seen, title, prefix=prefix))
                 if expect is not None and expect <= ids:
                     break
         except KeyboardInterrupt:
@@ -130,10 +143,10 @@ def follow(consumer: Consumer, cfg: Config, expect: set[str] | None, timeout_s: 
 
 
 def follow_then_summarise(consumer: Consumer, cfg: Config, ids: set[str] | None, timeout: float | None,
-                          console: Console) -> list[Row]:
+                          console: Console, prefix: str = "") -> list[Row]:
     """Live table until `ids` are all seen (or the timeout / Ctrl-C), then close and print the summary."""
     try:
-        seen = follow(consumer, cfg, ids, timeout, console)
+        seen = follow(consumer, cfg, ids, timeout, console, prefix)
     finally:
         consumer.close()
     console.print()

@@ -1,7 +1,8 @@
 """`python -m bridge.demo [--images DIR]`: the main job over Kafka (part of `make demo`).
 
-Streams the sample photos (or DIR) into `image_data` and prints each prediction from `image_predictions`
-(or DLQ record) as it arrives, with end-to-end latency; stops once every id came back.
+Streams the sample photos (or DIR) into `image_data`, once per model the bridge serves (the `model` header
+picks it; records without one get BRIDGE_INFERENCE_MODEL), and prints each prediction from
+`image_predictions` (or DLQ record) as it arrives, with end-to-end latency; stops once every id came back.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bridge.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--images", help="folder of images (default: the bundled sample photos)")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--models", nargs="+", default=list(cfg.models), help="models to stream through (default: all "
+                    "the bridge serves, BRIDGE_INFERENCE_MODELS)")
     args = ap.parse_args(argv)
     console = Console()
     files = files_from([args.images] if args.images else [])
@@ -32,12 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     ids = set()
     for image_id, path in files:
         data = path.read_bytes()
-        value, headers = encode(run + image_id, data, content_type(path), {"file": path.name}, False)
-        producer.produce(cfg.input_topic, key=(run + image_id).encode(), value=value, headers=headers)
-        ids.add(run + image_id)
+        for model in args.models:
+            record_id = f"{run}{model}/{image_id}"
+            value, headers = encode(record_id, data, content_type(path), {"file": path.name}, False)
+            producer.produce(cfg.input_topic, key=record_id.encode(), value=value,
+                             headers=[*headers, ("model", model.encode())])
+            ids.add(record_id)
     producer.flush(30)
-    console.print(f"sent {len(ids)} images to {cfg.input_topic}; waiting for {cfg.output_topic} ...")
-    seen = follow_then_summarise(consumer, cfg, ids, args.timeout, console)
+    console.print(f"sent {len(files)} images x {len(args.models)} models ({', '.join(args.models)}) to "
+                  f"{cfg.input_topic}; waiting for {cfg.output_topic} ...")
+    seen = follow_then_summarise(consumer, cfg, ids, args.timeout, console, prefix=run)
     missing = ids - {r.id for r in seen}
     if missing:
         console.print(f"[red]{len(missing)} ids not seen within {args.timeout:.0f}s (is the bridge up? make status)")

@@ -34,24 +34,41 @@ def classify(client: httpx.Client, model: str, path: Path) -> tuple[str, str, fl
     return f"[{colour}]{pred.label}[/{colour}]", f"{pred.harmful_score:.3f} / {pred.threshold:.2f}", ms
 
 
+def provenance_warnings(client: httpx.Client, models: list[str]) -> dict[str, str]:
+    """model -> warning for models whose weights were not pretrained (from the v2 model metadata)."""
+    warnings = {}
+    for model in models:
+        response = client.get(f"/v2/models/{model}")
+        params = response.json().get("parameters") or {} if response.status_code == 200 else {}
+        if params.get("warning"):
+            warnings[model] = params["warning"]
+    return warnings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", default=os.environ.get("IMAGES") or None, help="folder (default: sample photos)")
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     args = parser.parse_args()
     files = images_in(args.images)
-    table = Table(title=f"KServe v2 {url('INFERENCE_PORT')}/v2/models/<model>/infer (score / threshold)")
-    for column in ("file", "model", "label"):
-        table.add_column(column)
-    table.add_column("harmful score", justify="right")
-    table.add_column("latency ms", justify="right")
+    table = Table(title=f"KServe v2 {url('INFERENCE_PORT')}/v2/models/<model>/infer")
+    table.add_column("file", no_wrap=True, max_width=24, overflow="ellipsis")
+    table.add_column("model", no_wrap=True)
+    table.add_column("label", no_wrap=True)
+    table.add_column("score / thr", justify="right", no_wrap=True)
+    table.add_column("ms", justify="right", no_wrap=True)
     with httpx.Client(base_url=url("INFERENCE_PORT"), timeout=60) as client:
+        warnings = provenance_warnings(client, args.models)
         for path in files:
             for i, model in enumerate(args.models):
                 label, score, ms = classify(client, model, path)
-                table.add_row(path.name if i == 0 else "", model, label, score, f"{ms:.0f}",
+                name = f"[yellow]{model} (!)[/yellow]" if model in warnings else model
+                table.add_row(path.name if i == 0 else "", name, label, score, f"{ms:.0f}",
                               end_section=i == len(args.models) - 1)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for warning in warnings.values():  # the table alone would make a random-init model look usable
+        console.print(f"[yellow](!) {warning}[/yellow]")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """KServe-protocol front door for the local stack (what KServe's ingress + runtime give you on a cluster).
 
-TorchServe itself answers `POST /v1/models/{m}:predict` and `POST /v2/models/{m}/infer`; those are passed
-through byte for byte (the handler owns the envelopes). What TorchServe lacks for KServe clients and
-probes is answered here from its management API, with kserve's own v2 data models:
-`/v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{m}`, `/v2/models/{m}/ready`, `/v1/models`,
-`/v1/models/{m}`.
+TorchServe itself answers `POST /v1/models/{m}:predict`, `:explain` and `POST /v2/models/{m}/infer`; those
+are passed through byte for byte (the handler owns the envelopes). What TorchServe lacks for KServe clients
+and probes is answered here from its management API, with kserve's own v2 data models:
+`/v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{m}` (with the weights' provenance as
+`parameters`), `/v2/models/{m}/ready`, `/v1/models`, `/v1/models/{m}`.
+
+Every error leaves here as `{"error", "reason"}` (handlers/errors.py): the handler's already do; TorchServe's
+own (`{"code", "type", "message"}`: unknown model, no worker, timeout) and aiohttp's (unknown route, wrong
+method, body over GATEWAY_MAX_BODY_BYTES) are translated.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -26,12 +31,15 @@ from kserve.protocol.rest.v2_datamodels import (
 )
 
 from handlers.envelopes import V2_INPUT_NAME, V2_OUTPUTS
+from handlers.errors import REASONS, error_body
+from handlers.provenance import Provenance
 from handlers.stack import stack, url
 
 log = logging.getLogger("gateway")
 PLATFORM = "pytorch_torchserve"
 SERVER_NAME = "image-moderation"
 MAX_BODY_BYTES = int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(40 * 1024 * 1024)))
+GATEWAY_TIMEOUT_S = float(os.environ.get("GATEWAY_TIMEOUT_S", "120"))
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -60,12 +68,61 @@ async def _registered(request: web.Request) -> tuple[str, list[dict[str, Any]]]:
     except aiohttp.ClientError as exc:
         raise _http_error(web.HTTPServiceUnavailable, f"inference server unavailable: {exc}") from None
     if description is None:
-        raise _http_error(web.HTTPNotFound, f"model {name} not found")
+        raise _http_error(web.HTTPNotFound, f"model {name} not found", "model_not_found")
     return name, description
 
 
-def _http_error(kind: type[web.HTTPException], message: str) -> web.HTTPException:
-    return kind(text=json.dumps({"error": message}), content_type="application/json")
+def _error(reason: str, message: str) -> web.Response:
+    return web.json_response(error_body(reason, message), status=REASONS[reason])
+
+
+def _http_error(kind: type[web.HTTPException], message: str, reason: str | None = None) -> web.HTTPException:
+    return kind(text=json.dumps(error_body(reason or _STATUS_REASON[kind.status_code], message)),
+                content_type="application/json")
+
+
+# aiohttp's and TorchServe's statuses -> our reasons (a status without its own reason is reported as internal).
+_STATUS_REASON: dict[int, str] = {400: "malformed_request", 404: "not_found", 405: "method_not_allowed",
+                                  408: "timeout", 413: "body_too_large", 415: "unsupported_content_type",
+                                  500: "internal", 503: "unavailable", 504: "timeout"}
+_TORCHSERVE_TYPES: dict[str, str] = {"ModelNotFoundException": "model_not_found",
+                                     "ServiceUnavailableException": "unavailable",
+                                     "RequestTimeoutException": "timeout"}
+
+
+def _translate(status: int, payload: bytes) -> dict[str, Any] | None:
+    """Our error body for one of TorchServe's own (`{"code", "type", "message"}`), None for ours or non-errors."""
+    if status < 400:
+        return None
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc = None
+    if isinstance(doc, dict) and "reason" in doc and "error" in doc:
+        return None  # the handler's own body
+    message = str(doc.get("message") or doc) if isinstance(doc, dict) else payload[:300].decode("utf-8", "replace")
+    kind = str(doc.get("type", "")) if isinstance(doc, dict) else ""
+    reason = _TORCHSERVE_TYPES.get(kind) or _STATUS_REASON.get(status, "internal")
+    return error_body(reason, message or f"HTTP {status}")
+
+
+@web.middleware
+async def json_errors(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """aiohttp's plain-text refusals (unknown route, wrong method, body too large) in our error format."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        reason = _STATUS_REASON.get(exc.status, "internal")
+        if exc.status == 413:
+            message = f"request body over the gateway's limit of {MAX_BODY_BYTES} bytes (GATEWAY_MAX_BODY_BYTES)"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        else:
+            message = f"no route {request.method} {request.path}"
+        return web.json_response(error_body(reason, message), status=exc.status)
 
 
 def _ready(description: list[dict[str, Any]] | None) -> bool:
@@ -93,10 +150,16 @@ async def forward(request: web.Request) -> web.Response:
             skip_auto_headers=() if "Content-Type" in request.headers else ("Content-Type",),
         ) as resp:
             payload = await resp.read()
+            translated = _translate(resp.status, payload)
+            if translated is not None:
+                return web.json_response(translated, status=resp.status)
             ctype = resp.headers.get("Content-Type", "application/json")
             return web.Response(body=payload, status=resp.status, headers={"Content-Type": ctype})
     except aiohttp.ClientConnectionError as exc:
-        raise _http_error(web.HTTPServiceUnavailable, f"inference server unavailable: {exc}") from None
+        return _error("unavailable", f"inference server unavailable: {exc}")
+    except TimeoutError:
+        return _error("timeout", f"no answer from the inference server within {GATEWAY_TIMEOUT_S:g} s "
+                                 "(GATEWAY_TIMEOUT_S)")
 
 
 async def live(_: web.Request) -> web.Response:
@@ -122,8 +185,22 @@ async def model_ready(request: web.Request) -> web.Response:
     return _json(ModelReadyResponse(name=name, ready=ready), 200 if ready else 503)
 
 
+async def _provenance(request: web.Request, name: str) -> Provenance | None:
+    """The weights' provenance, asked from a worker through TorchServe's describe call (None if it cannot say)."""
+    try:
+        async with request.app[SESSION].get(f"{request.app[MANAGEMENT]}/models/{name}",
+                                            params={"customized": "true"}) as resp:
+            if resp.status != 200:
+                return None
+            described = (await resp.json(content_type=None))[0].get("customizedMetadata")
+        return Provenance(**(json.loads(described) if isinstance(described, str) else described))
+    except (TimeoutError, aiohttp.ClientError, LookupError, TypeError, ValueError):
+        return None
+
+
 async def model_metadata(request: web.Request) -> web.Response:
     name, description = await _registered(request)
+    provenance = await _provenance(request, name)
     meta = ModelMetadataResponse(
         name=name,
         versions=[str(v.get("modelVersion")) for v in description],
@@ -131,7 +208,10 @@ async def model_metadata(request: web.Request) -> web.Response:
         inputs=[MetadataTensor(name=V2_INPUT_NAME, datatype="BYTES", shape=[-1])],
         outputs=[MetadataTensor(name=name, datatype=dt, shape=[-1]) for name, dt in V2_OUTPUTS.items()],
     )
-    return _json(meta)
+    body = meta.model_dump(mode="json")
+    if provenance is not None:  # beyond OIP's model-metadata fields (v2 clients ignore unknown keys)
+        body["parameters"] = provenance.parameters()
+    return web.json_response(body)
 
 
 async def v1_models(request: web.Request) -> web.Response:
@@ -149,7 +229,7 @@ async def v1_model_status(request: web.Request) -> web.Response:
 
 
 async def _session(app: web.Application):  # type: ignore[no-untyped-def]
-    timeout = aiohttp.ClientTimeout(total=float(os.environ.get("GATEWAY_TIMEOUT_S", "120")))
+    timeout = aiohttp.ClientTimeout(total=GATEWAY_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=int(os.environ.get("GATEWAY_MAX_CONNECTIONS", "256")))
     app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
     yield
@@ -157,20 +237,22 @@ async def _session(app: web.Application):  # type: ignore[no-untyped-def]
 
 
 def build_app(inference_url: str | None = None, management_url: str | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     app[INFERENCE] = inference_url or url("TORCHSERVE_INFERENCE_PORT")
     app[MANAGEMENT] = management_url or url("TORCHSERVE_MANAGEMENT_PORT")
     app.cleanup_ctx.append(_session)
     app.router.add_post(r"/v1/models/{model}:predict", forward)
+    app.router.add_post(r"/v1/models/{model}:explain", forward)
     app.router.add_post("/v2/models/{model}/infer", forward)
     app.router.add_post("/v2/models/{model}/versions/{version}/infer", forward)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", server_ready)
     app.router.add_get("/v2", server_metadata)
-    app.router.add_get("/v2/models/{model}", model_metadata)
-    app.router.add_get("/v2/models/{model}/ready", model_ready)
+    # A model name never holds ":", so `GET /v1/models/m:predict` is a 405, not "model m:predict not found".
+    app.router.add_get("/v2/models/{model:[^/:]+}", model_metadata)
+    app.router.add_get("/v2/models/{model:[^/:]+}/ready", model_ready)
     app.router.add_get("/v1/models", v1_models)
-    app.router.add_get("/v1/models/{model}", v1_model_status)
+    app.router.add_get("/v1/models/{model:[^/:]+}", v1_model_status)
     return app
 
 

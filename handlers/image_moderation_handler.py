@@ -9,6 +9,10 @@ and a bad row gets its own 4xx while the other rows still get predictions.
 Two interchangeable backends, picked by `handler.backend` in the model config: eager PyTorch on
 model.pt, or ONNX Runtime on model.onnx (exported by `make models`; normalisation folded into the
 graph, so the worker only resizes to uint8 pixels and never imports torchvision).
+
+A request that TorchServe marks as an explanation (KServe v1 `:explain`, TorchServe `/explanations`) gets
+an occlusion grid per image (handlers/explain.py) next to its prediction; TorchServe's describe call
+(`GET /models/{m}?customized=true`) answers the weights' provenance (handlers/provenance.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,8 +30,10 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.envelopes import ParsedRequest, Prediction, parse_request, render_response
-from handlers.errors import ModerationError
+from handlers.errors import ModerationError, error_body
+from handlers.explain import explanation, occlusion_grid
 from handlers.imaging import decode_image
+from handlers.provenance import Provenance
 from handlers.registry import (
     HARMFUL_INDEX,
     LABELS,
@@ -85,25 +91,26 @@ class ImageModerationHandler(BaseHandler):
         if graph is not None:
             self.model = self._onnx_session(os.path.join(model_dir, graph))
             self._to_pixels = input_array
-            weights = graph
         else:
             model = build_model(architecture)
-            meta = load_checkpoint(model, os.path.join(model_dir, CHECKPOINT_FILE))
+            load_checkpoint(model, os.path.join(model_dir, CHECKPOINT_FILE))
             model.eval()
             if self.settings.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             self.model = model
             self._to_pixels = input_transform()
             self._normalize = normalize()
-            weights = meta.get("weights", "unknown")
+        self.provenance = Provenance.read(model_dir, self.model_name)
         self.metrics = ModerationMetrics(context.metrics, self.model_name)
         self.context = context
         self.initialized = True
         logger.info(
             "loaded %s (%s, version %s, backend %s, threshold %.4f, threads %d, weights: %s)",
             self.model_name, architecture, self.model_version, self.settings.backend, self.settings.threshold,
-            torch.get_num_threads(), weights,
+            torch.get_num_threads(), self.provenance.weights,
         )
+        if self.provenance.warning:
+            logger.warning("%s", self.provenance.warning)
 
     def _onnx_session(self, path: str) -> Any:
         """ONNX Runtime session; intra-op threads follow `torch_threads` so workers x threads still fits the CPU."""
@@ -120,9 +127,19 @@ class ImageModerationHandler(BaseHandler):
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         self.context = context
+        if self._is_describe():
+            return [json.dumps(asdict(self.provenance))]
         batch = self.preprocess(data)
         scores = self.inference(batch.pixels)
-        return self.postprocess(batch, scores)
+        responses = self.postprocess(batch, scores)
+        for idx, row in enumerate(batch.rows):  # explanations ride in the same server-side batch as predictions
+            if isinstance(row, ParsedRequest) and self._wants_explanation(idx):
+                responses[idx] = self._explain(batch, idx, scores)
+        return responses
+
+    def _wants_explanation(self, idx: int) -> bool:
+        """TorchServe sets the `explain` header on each request that came in through an explain route."""
+        return self.context is not None and self.context.get_request_header(idx, "explain") == "True"
 
     def preprocess(self, data: list[dict[str, Any]]) -> ImageModerationHandler.Batch:
         batch = self.Batch()
@@ -183,8 +200,33 @@ class ImageModerationHandler(BaseHandler):
         with torch.inference_mode():
             return torch.softmax(self.model(x).float(), dim=1)[:, HARMFUL_INDEX]
 
+    def _prediction(self, score: float) -> Prediction:
+        label = LABELS[HARMFUL_INDEX] if score >= self.settings.threshold else LABELS[1 - HARMFUL_INDEX]
+        return Prediction(label, round(score, 6), self.settings.threshold, self.model_name, self.model_version)
+
+    def _explain(self, batch: ImageModerationHandler.Batch, idx: int, scores: torch.Tensor) -> str:
+        """{"explanations": [...]}: each image's prediction plus its occlusion grid, scored by the served graph."""
+        start, end = batch.spans[idx]
+        t0 = time.perf_counter()
+        try:
+            out = [
+                explanation(asdict(self._prediction(float(scores[k]))),
+                            occlusion_grid(self._score_floats, batch.pixels[k], self.settings.explain_grid))
+                for k in range(start, end)
+            ]
+        except Exception as exc:  # noqa: BLE001 - a failed explanation must not fail the batch's predictions
+            logger.exception("explanation of request %d failed", idx)
+            self.context.set_response_status(500, "internal error", idx)
+            return json.dumps(error_body("internal", f"explanation failed: {type(exc).__name__}"))
+        logger.info("explained %d image(s) in %.2f s", end - start, time.perf_counter() - t0)
+        return json.dumps({"explanations": out})
+
+    def _score_floats(self, x: torch.Tensor) -> torch.Tensor:
+        """P(harmful) of a float batch in the backend's pixel layout (what captum perturbs)."""
+        pixels = x.round().clamp(0, 255).to(torch.uint8)
+        return self._forward([p.numpy() if self._onnx else p for p in pixels])
+
     def postprocess(self, batch: ImageModerationHandler.Batch, scores: torch.Tensor) -> list[str]:
-        threshold = self.settings.threshold
         responses: list[Any] = []
         label_counts: Counter[str] = Counter()
         for idx, (row, (start, end)) in enumerate(zip(batch.rows, batch.spans, strict=True)):
@@ -195,13 +237,10 @@ class ImageModerationHandler(BaseHandler):
                 continue
             if isinstance(row, Exception):
                 self.context.set_response_status(500, "internal error", idx)
-                responses.append(json.dumps({"error": f"internal error: {type(row).__name__}", "reason": "internal"}))
+                responses.append(json.dumps(error_body("internal", f"internal error: {type(row).__name__}")))
                 continue
-            preds = []
-            for score in scores[start:end].tolist():
-                label = LABELS[HARMFUL_INDEX] if score >= threshold else LABELS[1 - HARMFUL_INDEX]
-                label_counts[label] += 1
-                preds.append(Prediction(label, round(score, 6), threshold, self.model_name, self.model_version))
+            preds = [self._prediction(score) for score in scores[start:end].tolist()]
+            label_counts.update(p.label for p in preds)
             if row.protocol == "v2" and row.request_id is None:
                 row = ParsedRequest(row.protocol, row.images, self.context.get_request_id(idx))
             responses.append(json.dumps(render_response(row, preds, self.model_name, self.model_version)))

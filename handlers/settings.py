@@ -56,6 +56,9 @@ class HandlerSettings:
     # per-image throughput falls for large batches (cache-bound; MobileNetV2/ONNX numbers in loadtest/README.md),
     # and a bridge request alone carries up to 8 images.
     forward_batch: int = 0
+    # Cells per side of the KServe v1 `:explain` occlusion grid (must divide 224): 7 -> 49 extra forward passes
+    # per explained image, 32x32-pixel cells of the resized input.
+    explain_grid: int = 7
 
     @classmethod
     def load(
@@ -88,6 +91,8 @@ class HandlerSettings:
             raise ValueError(f"threshold for {model} must be within [0, 1], got {settings.threshold}")
         if settings.forward_batch < 0:
             raise ValueError(f"forward_batch for {model} must be >= 0, got {settings.forward_batch}")
+        if settings.explain_grid < 1 or 224 % settings.explain_grid:  # registry.IMAGE_SIZE (torch-free import here)
+            raise ValueError(f"explain_grid for {model} must divide 224, got {settings.explain_grid}")
         if settings.backend not in BACKENDS:
             raise ValueError(f"backend for {model} must be one of {', '.join(BACKENDS)}, got {settings.backend!r}")
         return settings

@@ -67,6 +67,8 @@ class TorchServeInstance:
                 "INFERENCE_BIND": f"127.0.0.1:{self.ports.inference}",
                 "MANAGEMENT_BIND": f"127.0.0.1:{self.ports.management}",
                 "METRICS_BIND": f"127.0.0.1:{self.ports.metrics}",
+                "GRPC_INFERENCE_PORT": str(self.ports.grpc),
+                "GRPC_MANAGEMENT_PORT": str(self.ports.grpc + 1),
                 "CONFIG_DIR": str(self.workdir),
                 "MODEL_STORE": str(self.store),
                 "JOB_QUEUE_SIZE": "1000",
@@ -78,7 +80,6 @@ class TorchServeInstance:
             config.write_text(re.sub(r" -Dlog4j\.configurationFile=\S+", "", text))
         with config.open("a") as fh:
             fh.write(f"initial_worker_port={self.ports.worker}\n")
-            fh.write(f"grpc_inference_port={self.ports.grpc}\ngrpc_management_port={self.ports.grpc + 1}\n")
         # TorchServe refuses to start while /tmp/.model_server.pid names a live server (the `make up` one):
         # a private TMPDIR gives this instance its own pid file (and worker sockets, short path for AF_UNIX).
         self.tmpdir = Path(tempfile.mkdtemp(prefix="ts-bench-"))

@@ -15,9 +15,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from handlers.envelopes import predictions_from, v1_request, v2_request
+from handlers.provenance import Provenance
 from handlers.registry import LABELS, MODEL_NAMES
 from handlers.settings import HandlerSettings
 from handlers.stack import stack, url
@@ -198,6 +200,9 @@ def test_probes_and_metadata_as_kserve_expects(client: httpx.Client) -> None:
         assert meta["name"] == model and meta["platform"] and meta["versions"]
         assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
         assert {o["name"] for o in meta["outputs"]} == {"label", "harmful_score", "threshold"}
+        # the weights' provenance travels from the checkpoint through the archive to the metadata
+        committed = torch.load(ROOT / "models" / model / "model.pt", weights_only=True)["meta"]
+        assert meta["parameters"] == Provenance.from_meta(model, committed).parameters()
         assert client.get(f"/v1/models/{model}").json() == {"name": model, "ready": True}
     assert sorted(client.get("/v1/models").json()["models"]) == sorted(MODELS)
     assert client.get("/v2/models/no_such_model/ready").status_code == 404

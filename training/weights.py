@@ -7,6 +7,7 @@ initialisation happens only with an explicit flag, and the provenance string say
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from importlib.util import find_spec
 from pathlib import Path
@@ -87,7 +88,8 @@ def init_weights(model: nn.Module, name: str, weights: str | None = None, random
         return "random initialisation (explicit --random-init; no ImageNet pretraining)"
     if weights:
         load_backbone(model, name, torch.load(weights, map_location="cpu", weights_only=True))
-        return f"ImageNet weights from user-supplied file {Path(weights).name}"
+        digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+        return f"ImageNet weights from user-supplied file {Path(weights).name} (sha256 {digest[:16]})"
     state = _torchvision_online(name)
     if state is not None:
         load_backbone(model, name, state)

@@ -1,0 +1,100 @@
+"""One error format on the local endpoint: every refusal is `{"error", "reason"}` with a documented reason.
+
+Covers what the gateway answers itself (unknown route, wrong method, body over its limit, unknown model) and
+what it translates from TorchServe's own bodies, plus TorchServe's gRPC listeners on their documented ports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from gateway.app import _translate
+from handlers.errors import REASONS
+from handlers.stack import stack
+from tests.image_factory import jpeg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_error(response: httpx.Response, status: int, reason: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error", "reason"} and body["reason"] == reason and body["error"], body
+    assert REASONS[reason] == status
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "reason"),
+    [
+        ("POST", "/v1/models/nope:predict", 404, "model_not_found"),
+        ("POST", "/v1/models/nope:explain", 404, "model_not_found"),
+        ("POST", "/v2/models/nope/infer", 404, "model_not_found"),
+        ("GET", "/v2/models/nope", 404, "model_not_found"),
+        ("GET", "/v2/models/nope/ready", 404, "model_not_found"),
+        ("GET", "/v1/models/nope", 404, "model_not_found"),
+        ("GET", "/v1/models/mobilenet_v2:predict", 405, "method_not_allowed"),
+        ("PUT", "/v2/models/mobilenet_v2/infer", 405, "method_not_allowed"),
+        ("GET", "/no/such/route", 404, "not_found"),
+    ],
+)
+def test_refusals_use_the_documented_error_body(client: httpx.Client, method: str, path: str, status: int,
+                                                reason: str) -> None:
+    response = client.request(method, path, content=jpeg(), headers={"Content-Type": "image/jpeg"})
+    assert_error(response, status, reason)
+
+
+def test_body_over_the_gateway_limit_is_413_body_too_large(client: httpx.Client) -> None:
+    from gateway.app import MAX_BODY_BYTES
+
+    response = client.post("/v2/models/mobilenet_v2/infer", content=b"\0" * (MAX_BODY_BYTES + 1),
+                           headers={"Content-Type": "application/octet-stream"})
+    assert_error(response, 413, "body_too_large")
+    assert client.post("/v1/models/mobilenet_v2:predict", content=jpeg(),
+                       headers={"Content-Type": "image/jpeg"}).status_code == 200  # and the gateway lives on
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (503, {"code": 503, "type": "ServiceUnavailableException", "message": "Model has no worker"}, "unavailable"),
+        (408, {"code": 408, "type": "RequestTimeoutException", "message": "Request timed out"}, "timeout"),
+        (500, {"code": 500, "type": "InternalServerException", "message": "Worker died."}, "internal"),
+        (404, {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: x"}, "model_not_found"),
+    ],
+)
+def test_torchserve_bodies_are_translated(status: int, body: dict, reason: str) -> None:
+    translated = _translate(status, json.dumps(body).encode())
+    assert translated == {"error": body["message"], "reason": reason}
+    ours = {"error": "payload is not a recognised image format", "reason": "not_an_image"}
+    assert _translate(400, json.dumps(ours).encode()) is None  # the handler's own bodies pass unchanged
+    assert _translate(502, b"<html>bad gateway</html>")["reason"] == "internal"
+
+
+def test_every_reason_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    documented = dict(re.findall(r"^\| `(\w+)` \| (\d{3}) \|", readme, re.M))
+    assert documented == {reason: str(status) for reason, status in REASONS.items()}
+
+
+def test_torchserve_grpc_apis_answer_on_the_documented_loopback_ports() -> None:
+    """TorchServe 0.12 cannot turn its gRPC APIs off: they are served on stack.env's ports, loopback only."""
+    s = stack()
+    config = (ROOT / ".run" / "torchserve" / "config.properties").read_text()
+    for api in ("inference", "management"):
+        assert f"grpc_{api}_address=127.0.0.1" in config
+        assert f"grpc_{api}_port={s[f'TORCHSERVE_GRPC_{api.upper()}_PORT']}" in config
+    raw = {"request_serializer": lambda _: b"", "response_deserializer": bytes}
+    with grpc.insecure_channel(f"127.0.0.1:{s['TORCHSERVE_GRPC_INFERENCE_PORT']}") as channel:
+        ping = channel.unary_unary("/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping", **raw)
+        assert b"Healthy" in ping(None, timeout=10)
+    with grpc.insecure_channel(f"127.0.0.1:{s['TORCHSERVE_GRPC_MANAGEMENT_PORT']}") as channel:
+        listed = channel.unary_unary("/org.pytorch.serve.grpc.management.ManagementAPIsService/ListModels", **raw)
+        answer = listed(None, timeout=10)
+        assert b"mobilenet_v2" in answer and b"resnet50" in answer
