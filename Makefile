@@ -14,17 +14,29 @@ SETUP_STAMP := $(VENV)/.setup-done
 help: ## List every target with one line each
 	@awk 'BEGIN{FS=":.*## "} /^##@/{printf "\n%s\n", substr($$0,5)} /^[a-zA-Z0-9_.-]+:.*## /{printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# What the machine must have, checked before any work (scripts/preflight.sh): the strictest goal asked for.
+PREFLIGHT_MODE := $(or $(if $(filter cluster-up cluster-deploy e2e e2e-chaos e2e-scale,$(MAKECMDGOALS)),cluster),$(if \
+  $(filter test,$(MAKECMDGOALS)),test),$(if $(filter demo up classify,$(MAKECMDGOALS)),demo),setup)
+PHASE := scripts/phase.sh
+
+.PHONY: preflight
+preflight: ## Check up front for everything the goal needs (python3.11, Java 17, mvn, Go, root, ...); one message
+	@scripts/preflight.sh $(PREFLIGHT_MODE)
+
 .PHONY: setup
-setup: $(SETUP_STAMP) ## Create .venv with every pinned Python dependency (idempotent)
-$(SETUP_STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	$(PY) -m pip install -q -e .
-	touch $@
+setup: preflight $(SETUP_STAMP) ## Create .venv with every pinned Python dependency (idempotent)
+# The project is not a package (no `packages`): only its pinned [project] dependencies are installed
+# (an editable install of nothing made setuptools print a warning box).
+$(SETUP_STAMP): pyproject.toml | preflight
+	@$(PHASE) "setup: .venv + pip ready" bash -c 'set -e; test -x $(PY) || python3 -m venv $(VENV); $(PY) -m pip install --upgrade pip wheel setuptools'
+	@$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+	  > $(VENV)/requirements.txt
+	@$(PHASE) "setup: python deps installed" $(PY) -m pip install --progress-bar off -r $(VENV)/requirements.txt
+	@touch $@
 
 ##@ Main job
 .PHONY: demo
-demo: setup models up ## Set up, build the archives, start the stack, classify sample photos (or IMAGES=DIR)
+demo: preflight setup models up ## Set up, build the archives, start the stack, classify sample photos (or IMAGES=DIR)
 	$(PY) -m demo.classify $(if $(IMAGES),--images "$(IMAGES)")
 	$(DEMO_STREAM)
 
@@ -33,7 +45,7 @@ include $(sort $(wildcard mk/*.mk))
 # After the includes, so every mk file's TEST_PREREQS (tool and jar fetches) is known here.
 ##@ Quality
 .PHONY: test
-test: $(SETUP_STAMP) models $(TEST_PREREQS) ## Install what the tests need, then run every test (starts and stops real services)
+test: preflight $(SETUP_STAMP) models $(TEST_PREREQS) ## Install what the tests need, then run every test (starts and stops real services)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint

@@ -11,8 +11,8 @@ TEST_PREREQS += k8s-tools k8s-schemas
 .PHONY: k8s-tools
 k8s-tools: $(K8S_TOOLS_STAMP) ## Build helm/kubeconform/kube-score/kustomize (go install, pinned) + Debian prometheus/promtool
 $(K8S_TOOLS_STAMP): $(K8S_TOOLS)
-	$(K8S_TOOLS) tools
-	touch $@
+	@$(K8S_TOOLS) tools
+	@touch $@
 
 .PHONY: k8s-schemas
 k8s-schemas: $(SETUP_STAMP) k8s-tools ## Generate strict JSON schemas from the pinned k8s OpenAPI + KServe/prom-operator/KEDA CRDs

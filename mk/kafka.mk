@@ -12,7 +12,7 @@ DEMO_STREAM = $(PY) -m bridge.demo $(if $(IMAGES),--images "$(IMAGES)")
 .PHONY: kafka-fetch
 kafka-fetch: $(KAFKA_STAMP) ## Fetch the pinned Apache Kafka jars from Maven Central into .cache/kafka (once)
 $(KAFKA_STAMP): kafka/pom.xml
-	scripts/kafka.sh fetch
+	@scripts/kafka.sh fetch
 
 .PHONY: kcat
 kcat: ## Install Debian's kcat (apt-get, once): a Kafka client not written here, for interop tests and debugging

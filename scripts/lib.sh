@@ -61,7 +61,28 @@ apt_install() {  # apt_install PACKAGE COMMAND... : install a Debian package onc
   for cmd in "$@"; do command -v "$cmd" >/dev/null || missing=1; done
   [[ $missing -eq 0 ]] && return 0
   if [[ $(id -u) -ne 0 ]]; then echo "$* missing: run 'sudo apt-get install -y $pkg'" >&2; return 1; fi
-  echo "installing Debian's $pkg package ($*) ..."
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >/dev/null; }
+  phase "apt-get: Debian's $pkg installed" _apt_get_install "$pkg"
+}
+
+_apt_get_install() {  # _apt_get_install PACKAGE : install, refreshing the package lists only when needed
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends "$1" || { apt-get update -q && apt-get install -y -q --no-install-recommends "$1"; }
+}
+
+phase() {  # phase LABEL CMD... : CMD's output to a log; prints "LABEL (N s)", or on failure the log's tail and path
+  # One line per long step instead of minutes of tool chatter (go: downloading, pip, Maven). In a subshell
+  # with errexit, outside any `||` (which would switch errexit off inside a function passed as CMD).
+  local label="$1" start=$SECONDS log rc errexit=0; shift
+  log="$LOG_DIR/$(printf '%s' "$label" | tr -cs 'a-zA-Z0-9._' '-' | sed 's/^-*//; s/-*$//').log"
+  [[ $- == *e* ]] && errexit=1
+  set +e
+  ( set -e; "$@" ) >"$log" 2>&1 </dev/null
+  rc=$?
+  [[ $errexit -eq 1 ]] && set -e
+  if [[ $rc -eq 0 ]]; then
+    echo "$label ($((SECONDS - start)) s)"
+  else
+    { echo "$label FAILED (exit $rc after $((SECONDS - start)) s); last lines of $log:"; tail -n 30 "$log" | sed 's/^/  /'; } >&2
+  fi
+  return $rc
 }
