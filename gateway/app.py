@@ -30,7 +30,7 @@ from kserve.protocol.rest.v2_datamodels import (
     ServerReadyResponse,
 )
 
-from handlers.envelopes import V2_INPUT_NAME, V2_OUTPUTS
+from handlers.envelopes import V2_INPUT_NAME, V2_OUTPUTS, media_type
 from handlers.errors import REASONS, error_body
 from handlers.provenance import Provenance
 from handlers.stack import stack, url
@@ -103,7 +103,7 @@ def _translate(status: int, payload: bytes) -> dict[str, Any] | None:
     message = str(doc.get("message") or doc) if isinstance(doc, dict) else payload[:300].decode("utf-8", "replace")
     kind = str(doc.get("type", "")) if isinstance(doc, dict) else ""
     reason = _TORCHSERVE_TYPES.get(kind) or _STATUS_REASON.get(status, "internal")
-    return error_body(reason, message or f"HTTP {status}")
+    return error_body(reason, (message or f"HTTP {status}")[:300])
 
 
 @web.middleware
@@ -138,8 +138,17 @@ async def _models(request: web.Request) -> list[str]:
         return [m["modelName"] for m in (await resp.json(content_type=None))["models"]]
 
 
+# TorchServe's frontend parses these bodies itself and fails on image bytes with a 500 (ErrorDataDecoderException);
+# `curl --data-binary @photo.jpg` without -H sends the first.
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
 async def forward(request: web.Request) -> web.Response:
     """Pass an inference request to TorchServe unchanged and relay its answer (status, type, body)."""
+    if media_type(request.headers.get("Content-Type")) in _FORM_TYPES:
+        return _error("unsupported_content_type",
+                      f"content type {media_type(request.headers.get('Content-Type'))!r} not supported; send "
+                      "image/*, application/octet-stream or JSON (curl: -H 'Content-Type: image/jpeg')")
     body = await request.read()
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
     try:

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from captum.attr import Occlusion
 
 from handlers.registry import IMAGE_SIZE, IMAGENET_MEAN
 
@@ -34,6 +33,8 @@ def occlusion_grid(
     `pixels` is one image as the backend takes it (uint8 HWC for ONNX, CHW for eager PyTorch); `score` maps a
     float batch of that layout to P(harmful) per image. Positive values: the cell raised the harmful score.
     """
+    from captum.attr import Occlusion  # imported on the first explanation: captum pulls in matplotlib (~25 MB RSS)
+
     if IMAGE_SIZE % grid:
         raise ValueError(f"explain grid {grid} must divide {IMAGE_SIZE}")
     x = torch.as_tensor(np.asarray(pixels)).float().unsqueeze(0)

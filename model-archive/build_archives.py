@@ -23,6 +23,7 @@ from string import Template
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from handlers.provenance import Provenance  # noqa: E402
 from handlers.registry import MODEL_NAMES, PixelGraph, build_model, load_checkpoint  # noqa: E402
 from handlers.settings import INT8_ONNX_FILE, ONNX_FILE, graph_file  # noqa: E402
 
@@ -40,6 +41,8 @@ CLUSTER = {
     "INFERENCE_BIND": "0.0.0.0:8080",
     "MANAGEMENT_BIND": "127.0.0.1:8081",
     "METRICS_BIND": "0.0.0.0:8082",
+    "GRPC_INFERENCE_PORT": "7070",
+    "GRPC_MANAGEMENT_PORT": "7071",
     "CONFIG_DIR": "/mnt/models/config",
     "MODEL_STORE": "/mnt/models/model-store",
     "JOB_QUEUE_SIZE": "200",
@@ -149,8 +152,13 @@ def committed_int8_graph(model: str) -> Path | None:
 
 def build_archive(model: str, store: Path) -> Path:
     ckpt = checkpoint_for(model)
-    version = str(load_checkpoint(build_model(model), str(ckpt)).get("version", "1.0"))
+    meta = load_checkpoint(build_model(model), str(ckpt))
+    version = str(meta.get("version", "1.0"))
     stage = stage_handler_package(model)
+    provenance = Provenance.from_meta(model, {**meta, "version": version})
+    provenance.write(stage)  # lands in the model dir: the handler serves it as model metadata
+    if provenance.warning:
+        log.warning("%s", provenance.warning)
     backend = str(handler_config(model).get("backend", "eager")).lower()
     if graph_file(backend) is not None:
         # TorchServe copies --extra-files folder contents to the model dir: model.onnx lands beside model.pt.
@@ -206,6 +214,8 @@ def main() -> None:
                 "INFERENCE_BIND": f"{host}:{env['TORCHSERVE_INFERENCE_PORT']}",
                 "MANAGEMENT_BIND": f"{host}:{env['TORCHSERVE_MANAGEMENT_PORT']}",
                 "METRICS_BIND": f"{host}:{env['TORCHSERVE_METRICS_PORT']}",
+                "GRPC_INFERENCE_PORT": env["TORCHSERVE_GRPC_INFERENCE_PORT"],
+                "GRPC_MANAGEMENT_PORT": env["TORCHSERVE_GRPC_MANAGEMENT_PORT"],
                 "CONFIG_DIR": str(args.out.parent),
                 "MODEL_STORE": str(BUILD_DIR / "model-store"),
                 "JOB_QUEUE_SIZE": env.get("TORCHSERVE_JOB_QUEUE_SIZE", "1000"),

@@ -5,6 +5,7 @@ the pinned Kubernetes / KServe / prometheus-operator / KEDA schemas, kube-score,
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +326,31 @@ def test_pod_monitor_reaches_the_undeclared_metrics_port(default_docs: list[dict
     containers = {c["name"] for d in k.predictor_deployments(default_docs)
                   for c in d["spec"]["template"]["spec"]["containers"]}
     assert containers == {"kserve-container"}
+
+
+def render_notes(tmp_path: Path, sets: tuple[str, ...] = ()) -> str:
+    """NOTES.txt as `helm install` prints it: a chart copy with one extra template that emits `im.notes`."""
+    chart = tmp_path / "chart"
+    shutil.copytree(k.CHART, chart)
+    (chart / "templates" / "zz-notes-probe.yaml").write_text('notes: {{ include "im.notes" . | toJson }}\n')
+    cmd = [k.tool("helm"), "template", k.RELEASE, str(chart), "--namespace", k.NAMESPACE,
+           "--show-only", "templates/zz-notes-probe.yaml"] + [a for s in sets for a in ("--set", s)]
+    res = k.run(cmd)
+    assert res.returncode == 0, res.stderr
+    return yaml.safe_load(res.stdout)["notes"]
+
+
+def test_release_notes_warn_about_random_init_weights_of_the_committed_checkpoints(tmp_path: Path) -> None:
+    """The chart cannot see the archive, so the warning is a value; it must match models/<m>/model.pt."""
+    import torch
+
+    from handlers.provenance import Provenance
+
+    values = yaml.safe_load((k.CHART / "values.yaml").read_text())["models"]
+    notes = render_notes(tmp_path)
+    for model, settings in values.items():
+        meta = torch.load(k.ROOT / "models" / model / "model.pt", weights_only=True)["meta"]
+        random_init = not Provenance.from_meta(model, meta).pretrained
+        assert bool(settings["weightsWarning"]) == random_init, model
+        assert (f"WARNING: {model} was fine-tuned from RANDOM weights" in notes) == random_init, notes
+    assert "WARNING" not in render_notes(tmp_path / "off", ("models.resnet50.enabled=false",))

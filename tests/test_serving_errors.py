@@ -50,6 +50,14 @@ def test_refusals_use_the_documented_error_body(client: httpx.Client, method: st
     assert_error(response, status, reason)
 
 
+def test_form_encoded_image_is_415_not_torchserves_500(client: httpx.Client) -> None:
+    """curl --data-binary without -H sends form-urlencoded, which TorchServe's frontend fails on with a 500."""
+    for ctype in ("application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        response = client.post("/v1/models/mobilenet_v2:predict", content=jpeg(), headers={"Content-Type": ctype})
+        assert_error(response, 415, "unsupported_content_type")
+        assert "Content-Type: image/jpeg" in response.json()["error"]
+
+
 def test_body_over_the_gateway_limit_is_413_body_too_large(client: httpx.Client) -> None:
     from gateway.app import MAX_BODY_BYTES
 
@@ -95,6 +103,7 @@ def test_torchserve_grpc_apis_answer_on_the_documented_loopback_ports() -> None:
         ping = channel.unary_unary("/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping", **raw)
         assert b"Healthy" in ping(None, timeout=10)
     with grpc.insecure_channel(f"127.0.0.1:{s['TORCHSERVE_GRPC_MANAGEMENT_PORT']}") as channel:
-        listed = channel.unary_unary("/org.pytorch.serve.grpc.management.ManagementAPIsService/ListModels", **raw)
-        answer = listed(None, timeout=10)
+        listed = channel.unary_unary("/org.pytorch.serve.grpc.management.ManagementAPIsService/ListModels",
+                                     request_serializer=bytes, response_deserializer=bytes)
+        answer = listed(b"\x08\x0a", timeout=10)  # ListModelsRequest{limit: 10} in protobuf wire format
         assert b"mobilenet_v2" in answer and b"resnet50" in answer
