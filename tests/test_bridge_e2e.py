@@ -11,13 +11,10 @@ import shutil
 import subprocess
 
 import httpx
-import jsonschema
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from bridge.contract import schema
-from handlers.registry import LABELS
 from handlers.stack import url
 from tests.image_factory import jpeg, png, refused_variants
 from tests.kafka_support import (
@@ -25,6 +22,7 @@ from tests.kafka_support import (
     MAX_BYTES,
     BridgeProcess,
     Topics,
+    check_prediction,
     collect,
     committed_total,
     kafka,  # noqa: F401  (fixture)
@@ -35,12 +33,6 @@ from tests.kafka_support import (
 )
 
 pytestmark = pytest.mark.usefixtures("serving")
-
-
-def _check_prediction(doc: dict, model: str) -> None:
-    jsonschema.validate(doc, schema("image_predictions"))
-    assert doc["model"] == model and doc["label"] in LABELS
-    assert (doc["label"] == "harmful") == (doc["harmful_score"] >= doc["threshold"])
 
 
 def test_broker_topics_are_created_idempotently(kafka: str) -> None:  # noqa: F811
@@ -60,7 +52,7 @@ def test_both_models_end_to_end(kafka: str, topics: Topics, serving: str, model:
         out = collect(kafka, topics, ids, timeout_s=180)
         assert out.seen() == ids and not out.dlq, out.report(ids, model)
         for image_id, docs in out.predictions.items():
-            _check_prediction(docs[0], model)
+            check_prediction(docs[0], model)
             assert docs[0]["id"] == image_id and docs[0]["metadata"] == {"n": int(image_id.rsplit("-", 1)[1])}
         assert bridge.terminate() == 0
     finally:
@@ -151,7 +143,7 @@ def test_interop_with_a_plain_confluent_kafka_producer_and_consumer(kafka: str, 
         assert got["interop-raw"]["metadata"] == {"camera": "front"}
         assert got["interop-json"]["metadata"] == {"camera": "back"}
         for doc in got.values():
-            _check_prediction(doc, "mobilenet_v2")
+            check_prediction(doc, "mobilenet_v2")
     finally:
         bridge.stop_quietly()
 
@@ -177,7 +169,7 @@ def test_interop_with_kcat_producer_and_consumer(kafka: str, topics: Topics, ser
         pred = out[topics.output]
         assert pred["key"] == "kcat-good"
         doc = json.loads(pred["payload"])
-        _check_prediction(doc, "mobilenet_v2")
+        check_prediction(doc, "mobilenet_v2")
         assert doc["id"] == "kcat-good" and doc["metadata"] == {"via": "kcat"}
         dead = out[topics.dlq]
         assert dead["key"] == "kcat-bad" and dead["payload"] == "not an image at all"
@@ -200,6 +192,6 @@ def test_bridge_on_a_bare_torchserve_as_the_chart_deploys_it(kafka: str, topics:
         out = collect(kafka, topics, ids, timeout_s=120)
         assert out.seen() == ids and not out.dlq, out.report(ids, "bare")
         for doc in out.predictions.values():
-            _check_prediction(doc[0], "mobilenet_v2")
+            check_prediction(doc[0], "mobilenet_v2")
     finally:
         bridge.stop_quietly()
