@@ -108,7 +108,9 @@ def export_onnx(model: str, ckpt: Path, out: Path) -> Path:
     with warnings.catch_warnings():
         # The TorchScript exporter is chosen on purpose (dynamo=False): the torch.export one needs onnxscript,
         # which is not pinned, and the int8 graphs and the score-parity tests were made with this one. Its
-        # deprecation notice names nothing a user of `make models` can act on.
+        # deprecation notices (the exporter's own, and its internal logging helper's "The feature will be removed")
+        # name nothing a user of `make models` can act on.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
         warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
                                 category=DeprecationWarning)
         torch.onnx.export(

@@ -75,10 +75,12 @@ phase() {  # phase LABEL CMD... : CMD's output to a log; prints "LABEL (N s)", o
   local label="$1" start=$SECONDS log rc errexit=0; shift
   log="$LOG_DIR/$(printf '%s' "$label" | tr -cs 'a-zA-Z0-9._' '-' | sed 's/^-*//; s/-*$//').log"
   [[ $- == *e* ]] && errexit=1
+  [[ -t 1 ]] && printf '%s ...' "$label"  # on a terminal, say what runs now; the result line replaces it
   set +e
   ( set -e; "$@" ) >"$log" 2>&1 </dev/null
   rc=$?
   [[ $errexit -eq 1 ]] && set -e
+  [[ -t 1 ]] && printf '\r\033[K'
   if [[ $rc -eq 0 ]]; then
     echo "$label ($((SECONDS - start)) s)"
   else

@@ -113,6 +113,29 @@ def test_predictions_equal_the_local_stack(model: str, predictor_urls: dict[str,
                 assert abs(got.threshold - local.threshold) <= 1e-6
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_explanations_equal_the_local_stack(model: str, predictor_urls: dict[str, str],
+                                            client: httpx.Client) -> None:
+    """KServe v1 `:explain` is answered by TorchServe in the pod (captum is in the predictor image)."""
+    image = skimage_photos()[0].read_bytes()
+    headers = {"Content-Type": "image/png"}
+    local = client.post(f"/v1/models/{model}:explain", content=image, headers=headers)
+    with http_client(predictor_urls[model]) as remote:
+        response = remote.post(f"/v1/models/{model}:explain", content=image, headers=headers)
+    assert response.status_code == 200 and local.status_code == 200, (response.text, local.text)
+    [got], [want] = response.json()["explanations"], local.json()["explanations"]
+    assert got["label"] == want["label"] and abs(got["harmful_score"] - want["harmful_score"]) <= 1e-4
+    assert len(got["grid"]) == len(want["grid"]) == 7
+    assert max(abs(a - b) for ra, rb in zip(got["grid"], want["grid"], strict=True)
+               for a, b in zip(ra, rb, strict=True)) <= 1e-3
+
+
+def test_release_notes_warn_about_random_init_resnet50() -> None:
+    notes = _helm("get", "notes", RELEASE, "-n", NAMESPACE)
+    assert notes.returncode == 0, notes.stderr
+    assert "WARNING: resnet50 was fine-tuned from RANDOM weights" in notes.stdout, notes.stdout
+
+
 def test_health_and_metadata_as_the_chart_documents(predictor_urls: dict[str, str]) -> None:
     # The chart's predictors are TorchServe itself: /ping is readiness (probes and the bridge use it),
     # and the v2 health/metadata routes of the local gateway are not served there (helm chart README).
