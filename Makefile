@@ -37,8 +37,8 @@ $(SETUP_STAMP): pyproject.toml | preflight
 ##@ Main job
 .PHONY: demo
 demo: preflight setup models up ## Set up, build the archives, start the stack, classify sample photos (or IMAGES=DIR)
-	$(PY) -m demo.classify $(if $(IMAGES),--images "$(IMAGES)")
-	$(DEMO_STREAM)
+	@$(PY) -m demo.classify $(if $(IMAGES),--images "$(IMAGES)")
+	@$(DEMO_STREAM)
 
 include $(sort $(wildcard mk/*.mk))
 

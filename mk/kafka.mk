@@ -20,11 +20,11 @@ kcat: ## Install Debian's kcat (apt-get, once): a Kafka client not written here,
 
 .PHONY: kafka-up
 kafka-up: $(SETUP_STAMP) $(KAFKA_STAMP) ## Start the Kafka broker (127.0.0.1:KAFKA_PORT, stack.env) and create the topics
-	scripts/kafka.sh start
+	@scripts/kafka.sh start
 
 .PHONY: kafka-down
 kafka-down: ## Stop the Kafka broker (data stays in .run/kafka; `make kafka-reset` wipes it)
-	scripts/kafka.sh stop
+	@scripts/kafka.sh stop
 
 .PHONY: kafka-reset
 kafka-reset: ## Stop the broker and delete its data (topics, offsets)
@@ -40,11 +40,11 @@ kafka-topics: $(SETUP_STAMP) ## List the topics and their partition counts
 
 .PHONY: bridge-up
 bridge-up: $(SETUP_STAMP) ## Start the Kafka bridge (/livez /readyz /metrics on BRIDGE_PORT); env vars: bridge/README.md
-	scripts/bridge.sh start
+	@scripts/bridge.sh start
 
 .PHONY: bridge-down
 bridge-down: ## Stop the bridge gracefully (finishes or hands back in-flight work, commits)
-	scripts/bridge.sh stop
+	@scripts/bridge.sh stop
 
 .PHONY: bridge-status
 bridge-status: ## Say whether the bridge runs and is ready

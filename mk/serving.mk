@@ -14,13 +14,13 @@ STACK_DOWN_TARGETS ?=
 
 .PHONY: up
 up: models ## Start the local stack in the background (returns once ready): TorchServe, gateway, Kafka, bridge
-	scripts/serving.sh start
-	$(if $(strip $(STACK_UP_TARGETS)),$(MAKE) --no-print-directory $(STACK_UP_TARGETS))
+	@scripts/serving.sh start
+	@$(if $(strip $(STACK_UP_TARGETS)),$(MAKE) --no-print-directory $(STACK_UP_TARGETS))
 
 .PHONY: down
 down: ## Stop everything `make up` started
-	$(if $(strip $(STACK_DOWN_TARGETS)),-$(MAKE) --no-print-directory $(STACK_DOWN_TARGETS))
-	scripts/serving.sh stop
+	@$(if $(strip $(STACK_DOWN_TARGETS)),-$(MAKE) --no-print-directory $(STACK_DOWN_TARGETS))
+	@scripts/serving.sh stop
 
 .PHONY: status
 status: ## Say what of the local stack runs and whether it is ready
@@ -29,4 +29,4 @@ status: ## Say what of the local stack runs and whether it is ready
 
 .PHONY: classify
 classify: up ## Classify IMAGES=DIR (default: sample photos) over HTTP (KServe v2) with both models
-	$(PY) -m demo.classify $(if $(IMAGES),--images "$(IMAGES)")
+	@$(PY) -m demo.classify $(if $(IMAGES),--images "$(IMAGES)")

@@ -160,7 +160,7 @@ def build_archive(model: str, store: Path) -> Path:
     provenance = Provenance.from_meta(model, {**meta, "version": version})
     provenance.write(stage)  # lands in the model dir: the handler serves it as model metadata
     if provenance.warning:
-        log.warning("%s", provenance.warning)
+        log.warning("models: WARNING: %s", provenance.warning)
     backend = str(handler_config(model).get("backend", "eager")).lower()
     if graph_file(backend) is not None:
         # TorchServe copies --extra-files folder contents to the model dir: model.onnx lands beside model.pt.
