@@ -180,7 +180,12 @@ def build_archive(model: str, store: Path) -> Path:
         "--archive-format", "default",
         "--force",
     ]
-    subprocess.run(cmd, check=True)
+    # The archiver's chatter ("WARNING - Overwriting ...", which --force asks for) stays out of the terminal
+    # unless it fails.
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"torch-model-archiver failed for {model} (exit {done.returncode}):\n"
+                         f"{done.stdout}{done.stderr}")
     shutil.rmtree(stage)
     mar = store / f"{model}.mar"
     log.debug("built %s (version %s, checkpoint %s, %.1f MB)", mar, version, ckpt, mar.stat().st_size / 1e6)
