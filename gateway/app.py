@@ -116,12 +116,11 @@ async def json_errors(request: web.Request,
         if exc.status < 400 or exc.content_type == "application/json":
             raise
         reason = _STATUS_REASON.get(exc.status, "internal")
-        if exc.status == 413:
-            message = f"request body over the gateway's limit of {MAX_BODY_BYTES} bytes (GATEWAY_MAX_BODY_BYTES)"
-        elif exc.status == 405:
-            message = f"{request.method} is not allowed on {request.path}"
-        else:
-            message = f"no route {request.method} {request.path}"
+        message = {
+            413: f"request body over the gateway's limit of {MAX_BODY_BYTES} bytes (GATEWAY_MAX_BODY_BYTES)",
+            405: f"{request.method} is not allowed on {request.path}",
+            404: f"no route {request.method} {request.path}",
+        }.get(exc.status, exc.reason)
         return web.json_response(error_body(reason, message), status=exc.status)
 
 
