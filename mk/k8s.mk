@@ -42,7 +42,7 @@ dashboard-check: k8s-tools models ## Live: real Prometheus scrapes the local sta
 k8s-check: chart-lint k8s-validate rules-test dashboard-schema ## All offline Kubernetes checks (no running stack needed)
 
 .PHONY: k8s-render
-k8s-render: k8s-tools ## Regenerate k8s/base from `helm template` with the chart's defaults (then commit)
+k8s-render: k8s-tools ## Regenerate k8s/base (chart defaults) and k8s/overlays/kserve's generated files from `helm template` (then commit)
 	$(PY) scripts/k8s_render.py
 
 .PHONY: upload-models
@@ -50,7 +50,7 @@ upload-models: models ## Upload model-archive/build/{config,model-store} to STOR
 	scripts/upload-models.sh "$(STORAGE_URI)"
 
 .PHONY: images
-images: ## Build the bridge + predictor images (Docker, else buildah on Debian-assembled bases; cached in ~/.cache/image-moderation/images)
+images: ## Build the bridge, predictor and kserve-predictor images + the local broker (Docker, else buildah on Debian-assembled bases; cached in ~/.cache/image-moderation/images)
 	scripts/images.sh build
 
 .PHONY: images-load

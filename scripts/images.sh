@@ -2,12 +2,12 @@
 # The chart's images, built from docker/*.Dockerfile and cached as OCI archives outside the clone.
 #   scripts/images.sh build [NAME...]  build what changed (Docker if an engine answers, else Debian's buildah)
 #   scripts/images.sh load [NAME...]   build if needed, then import into containerd (skips equal digests)
-# NAME: bridge, predictor or kafka; default all three.
-#   scripts/images.sh archive NAME     print the archive path of bridge|predictor|kafka for the current sources
+# NAME: bridge, predictor, kafka or kserve-predictor; default all four.
+#   scripts/images.sh archive NAME     print the archive path of NAME for the current sources
 #   scripts/images.sh refs             print the image names (one per line)
-# Names: docker.io/image-moderation/{bridge,predictor}:<appVersion> (the chart's defaults, fully qualified as
-# containerd stores them) and …/kafka (the local cluster's broker, cluster/manifests/kafka.yaml); REGISTRY=…
-# and TAG=… change them.
+# Names: docker.io/image-moderation/{bridge,predictor,kserve-predictor}:<appVersion> (the chart's defaults, fully
+# qualified as containerd stores them; kserve-predictor is the image of the chart's `runtime: kserve`) and …/kafka
+# (the local cluster's broker, cluster/manifests/kafka.yaml); REGISTRY=… and TAG=… change them.
 # Without Docker, the registry bases cannot be pulled: stand-ins are assembled from Debian with debootstrap and
 # the pinned wheels from PyPI, and passed through the Dockerfiles' base-image build arguments (docker/README.md).
 # Cache: IMAGE_CACHE (default ~/.cache/image-moderation/images) holds the archives, keyed by a hash of everything
@@ -22,7 +22,7 @@ PREFIX="${REGISTRY:-docker.io}/image-moderation"
 IMAGE_CACHE="${IMAGE_CACHE:-$HOME/.cache/image-moderation/images}"
 WHEELS="$IMAGE_CACHE/wheels"
 CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
-IMAGES=(bridge predictor kafka)  # kafka: the local cluster's broker, not a chart image
+IMAGES=(bridge predictor kafka kserve-predictor)  # kafka: the local cluster's broker, not a chart image
 export BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"  # build steps without runc's cgroup/OOM-score setup (cgroup v1 VM, no CAP_SYS_RESOURCE)
 NICE=(nice -n 10)                                         # 2 shared cores
 
@@ -191,7 +191,7 @@ prefetch() {  # prefetch NAME CONTEXT : the wheels the Dockerfile's pip steps wi
   cp "$req" "$WHEELS/.requirements/$1.txt"
   ctr="$(buildah from --quiet --pull-never "$(base_ref "$(base_of "$1")")")"
   CTRS+=("$ctr")
-  if [[ $1 == bridge ]]; then  # the Dockerfile's own recipe: a fresh venv with the base's ensurepip pip
+  if [[ $1 == bridge || $1 == kserve-predictor ]]; then  # the Dockerfile's own recipe: a fresh venv, ensurepip's pip
     buildah run --user 0:0 "$ctr" -- python -m venv /tmp/fetch-venv; pip=/tmp/fetch-venv/bin/pip
   else pip=/home/venv/bin/pip; fi  # the venv the Dockerfile's `python -m pip` installs into
   fetch_wheels "$1" "$ctr" "$pip"
@@ -216,10 +216,11 @@ base_arg() {  # base_arg NAME : the Dockerfile's base-image build argument for t
     bridge) echo "PYTHON_IMAGE=$(base_ref python)" ;;
     predictor) echo "TORCHSERVE_IMAGE=$(base_ref torchserve)" ;;
     kafka) echo "JRE_IMAGE=$(base_ref jre)" ;;
+    kserve-predictor) echo "PYTHON_IMAGE=$(base_ref python)" ;;
   esac
 }
 
-base_of() { case "$1" in bridge) echo python ;; predictor) echo torchserve ;; kafka) echo jre ;; esac; }
+base_of() { case "$1" in bridge|kserve-predictor) echo python ;; predictor) echo torchserve ;; kafka) echo jre ;; esac; }
 
 image_key() {  # image_key NAME CONTEXT BUILDER
   { echo "$1 $(ref "$1") $3"; tree_hash "$2"; declare -f build_image
@@ -350,11 +351,13 @@ SELECTED=()
 case "${1:-}" in
   build) select_images "${@:2}"; cmd_build
     echo "push: docker push $(ref bridge) && docker push $(ref predictor) (REGISTRY=… for your registry;" \
-      "$(ref kafka) is the local cluster's broker, not needed with your own Kafka)"
+      "$(ref kafka) is the local cluster's broker, not needed with your own Kafka;" \
+      "$(ref kserve-predictor) only for the chart's runtime=kserve)"
     echo "then: --set bridge.image.repository=$PREFIX/bridge,bridge.image.tag=$TAG" \
-      "--set predictor.image.repository=$PREFIX/predictor,predictor.image.tag=$TAG" ;;
+      "--set predictor.image.repository=$PREFIX/predictor,predictor.image.tag=$TAG" \
+      "(runtime=kserve: --set predictor.kserveImage.repository=$PREFIX/kserve-predictor,predictor.kserveImage.tag=$TAG)" ;;
   load) select_images "${@:2}"; cmd_load ;;
-  archive) current_archive "${2:?bridge|predictor|kafka}"; echo "$ARCHIVE" ;;
+  archive) current_archive "${2:?bridge|predictor|kafka|kserve-predictor}"; echo "$ARCHIVE" ;;
   refs) for name in "${IMAGES[@]}"; do ref "$name"; done ;;
   *) echo "usage: $0 build|load|archive NAME|refs" >&2; exit 2 ;;
 esac

@@ -31,6 +31,7 @@ def _chart_user(component: str) -> str:
 
 # The image's USER must be the chart's user: a volume's fsGroup, file ownership and `runAsNonRoot` line up.
 USERS = {name: _chart_user(name) for name in ("bridge", "predictor")}
+USERS["kserve-predictor"] = USERS["predictor"]  # runtime=kserve runs with the same predictor securityContext
 
 
 def archive(name: str) -> Path:
@@ -137,7 +138,7 @@ def _buildah_run(name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
     manifest, config, path = image(name)
     # The image built here is in buildah's storage already; otherwise read the archive (which takes over the
     # name, so the image it displaces is removed afterwards, as scripts/images.sh does after a rebuild).
-    ref = k.run([str(SCRIPT), "refs"]).stdout.split()[list(USERS).index(name)]
+    (ref,) = [r for r in k.run([str(SCRIPT), "refs"]).stdout.split() if r.rsplit("/", 1)[-1].split(":")[0] == name]
     ids = [
         i.removeprefix("sha256:")
         for i in k.run(["buildah", "images", "--no-trunc", "--format", "{{.ID}}", ref]).stdout.split()
@@ -199,3 +200,29 @@ def test_predictor_image_runs_torchserve_and_the_onnx_backend() -> None:
     assert onnxruntime == pins["onnxruntime"]
     # The local stand-in base carries the pinned torch (PyPI's +cu build); the published base its own +cpu build.
     assert torch.split("+")[0] == pins["torch"] or torch.endswith("+cpu"), torch
+
+
+def test_kserve_predictor_image_config_matches_the_chart() -> None:
+    _, config, _ = image("kserve-predictor")
+    c = config["config"]
+    assert c["User"] == USERS["kserve-predictor"]
+    assert c["Entrypoint"] == dockerfile_json("kserve-predictor", "ENTRYPOINT") == ["python", "-m", "kserve_runtime"]
+    assert {"8080/tcp", "8081/tcp"} <= set(c.get("ExposedPorts", {}))
+    e = env(config)
+    assert e["PATH"].startswith("/opt/venv/bin:") and e["KSERVE_HOST"] == "0.0.0.0"
+    assert e["KSERVE_WORKDIR"].startswith("/tmp/")  # the chart's only writable path
+
+
+def test_kserve_predictor_image_runs_the_runtime_without_torch() -> None:
+    res = _buildah_run(
+        "kserve-predictor",
+        "sh",
+        "-c",
+        "id -u && python -c 'import kserve_runtime.server, kserve_runtime.model, onnxruntime as o;print(o.__version__)'"
+        " && ! python -c 'import torch' 2>/dev/null && ! python -c 'import captum' 2>/dev/null && echo torch-free",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    uid, onnxruntime, torch_free = res.stdout.strip().splitlines()[-3:]
+    assert uid == USERS["kserve-predictor"].split(":")[0] and torch_free == "torch-free"
+    pins = dict(re.findall(r'"([A-Za-z0-9_.\-]+)==([^"]+)"', (k.ROOT / "pyproject.toml").read_text()))
+    assert onnxruntime == pins["onnxruntime"]

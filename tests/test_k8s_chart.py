@@ -13,7 +13,12 @@ import pytest
 import yaml
 
 from bridge.config import DEFAULTS as BRIDGE_DEFAULTS
+from kserve_runtime.config import DEFAULTS as KSERVE_DEFAULTS
 from tests import k8s_support as k
+
+# Values `runtime`: TorchServe (docker/predictor.Dockerfile) or `python -m kserve_runtime`
+# (docker/kserve-predictor.Dockerfile). The validation below runs every variant with each.
+RUNTIMES = ["torchserve", "kserve"]
 
 # Value sets that exercise every template branch; each must render and validate.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -34,9 +39,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def render(name: str) -> str:
+def render(name: str, runtime: str = "torchserve") -> str:
     v = VARIANTS[name]
-    return k.helm_template(v.get("values", []), v.get("sets", []))
+    return k.helm_template(v.get("values", []), [*v.get("sets", []), f"runtime={runtime}"])
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +54,11 @@ def default_docs() -> list[dict[str, Any]]:
     return k.load_docs(render("default"))
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("values", [[], [k.PRODUCTION_VALUES]], ids=["default", "production"])
-def test_helm_lint_strict(values: list[Path]) -> None:
-    cmd = [k.tool("helm"), "lint", "--strict", str(k.CHART), "--kube-version", k.KUBE_VERSION]
+def test_helm_lint_strict(values: list[Path], runtime: str) -> None:
+    cmd = [k.tool("helm"), "lint", "--strict", str(k.CHART), "--kube-version", k.KUBE_VERSION, "--set",
+           f"runtime={runtime}"]
     for v in values:
         cmd += ["-f", str(v)]
     res = k.run(cmd)
@@ -73,9 +80,11 @@ def kubeconform(schemas: Path, manifest: Path) -> list[dict[str, Any]]:
     return resources
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_every_object_valid_against_pinned_schemas(variant: str, schemas: Path, tmp_path: Path) -> None:
-    docs = k.load_docs(render(variant))
+def test_every_object_valid_against_pinned_schemas(variant: str, runtime: str, schemas: Path,
+                                                   tmp_path: Path) -> None:
+    docs = k.load_docs(render(variant, runtime))
     manifest = tmp_path / "all.yaml"
     manifest.write_text(yaml.safe_dump_all(docs + k.predictor_deployments(docs)))
     resources = kubeconform(schemas, manifest)
@@ -101,9 +110,10 @@ def test_schema_validation_rejects_unknown_fields(
         assert res.returncode != 0 and "minReplica" in res.stdout, res.stdout
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("variant", ["default", "production"])
-def test_kube_score_clean(variant: str, tmp_path: Path) -> None:
-    docs = k.load_docs(render(variant))
+def test_kube_score_clean(variant: str, runtime: str, tmp_path: Path) -> None:
+    docs = k.load_docs(render(variant, runtime))
     manifest = tmp_path / "all.yaml"
     manifest.write_text(yaml.safe_dump_all(docs + k.predictor_deployments(docs)))
     cmd = [k.tool("kube-score"), "score", "--output-format", "ci", str(manifest)]
@@ -121,10 +131,11 @@ def test_kube_score_clean(variant: str, tmp_path: Path) -> None:
     assert res.returncode == 0 and not problems, res.stdout
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_restricted_pod_security(variant: str) -> None:
+def test_restricted_pod_security(variant: str, runtime: str) -> None:
     """Pod Security 'restricted' for every container the chart runs, plus a read-only root filesystem."""
-    for name, spec in k.pod_specs(k.load_docs(render(variant))).items():
+    for name, spec in k.pod_specs(k.load_docs(render(variant, runtime))).items():
         pod_sc = spec["securityContext"]
         assert pod_sc["runAsNonRoot"] is True and pod_sc["seccompProfile"]["type"] == "RuntimeDefault", name
         assert spec["automountServiceAccountToken"] is False, name
@@ -138,8 +149,11 @@ def test_restricted_pod_security(variant: str) -> None:
             assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), f"{name}: writable /tmp"
 
 
-def test_inference_services_use_current_kserve_fields(default_docs: list[dict[str, Any]]) -> None:
-    isvcs = {d["metadata"]["name"]: d for d in k.find(default_docs, "InferenceService")}
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_inference_services_use_current_kserve_fields(runtime: str) -> None:
+    """One InferenceService per model, the same shape with either runtime; each loads only its own archive."""
+    docs = k.load_docs(render("default", runtime))
+    isvcs = {d["metadata"]["name"]: d for d in k.find(docs, "InferenceService")}
     assert set(isvcs) == {"image-moderation-mobilenet-v2", "image-moderation-resnet50"}
     for name, isvc in isvcs.items():
         model_name = isvc["metadata"]["labels"]["image-moderation/model"]
@@ -150,24 +164,42 @@ def test_inference_services_use_current_kserve_fields(default_docs: list[dict[st
         model = pred["model"]
         assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] == "v2"
         assert model["storageUri"] == "pvc://image-moderation-models"
-        assert model["args"] == ["--models", f"{model_name}={model_name}.mar"]
-    (runtime,) = k.find(default_docs, "ServingRuntime")
-    (container,) = runtime["spec"]["containers"]
+        assert model["runtime"] == f"image-moderation-{runtime}"
+        env = {e["name"]: e["value"] for e in model["env"]}
+        if runtime == "kserve":
+            assert "args" not in model and env["KSERVE_MODELS"] == model_name
+        else:
+            assert model["args"] == ["--models", f"{model_name}={model_name}.mar"] and "KSERVE_MODELS" not in env
+    (serving_runtime,) = k.find(docs, "ServingRuntime")
+    assert serving_runtime["metadata"]["name"] == f"image-moderation-{runtime}"
+    (container,) = serving_runtime["spec"]["containers"]
+    if runtime == "kserve":
+        # docker/kserve-predictor.Dockerfile (python -m kserve_runtime, ONNX Runtime, no torch).
+        assert container["image"] == "image-moderation/kserve-predictor:0.1.0"
+        assert container["command"] == ["python", "-m", "kserve_runtime"] and "args" not in container
+        return
     # docker/predictor.Dockerfile (TorchServe 0.12 + ONNX Runtime), tagged with the chart's appVersion.
     assert container["image"] == "image-moderation/predictor:0.1.0"
     assert "--model-store=/mnt/models/model-store" in container["args"]
     assert "--ts-config=/mnt/models/config/config.properties" in container["args"]
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize(
     ("cpu", "workers", "threads"), [("2", 1, "2"), ("4", 2, "2"), ("1500m", 1, "1"), ("3", 1, "3")]
 )
-def test_torch_threads_match_cpu_limit(cpu: str, workers: int, threads: str) -> None:
-    sets = [f"models.resnet50.resources.limits.cpu={cpu}", f"models.resnet50.workers={workers}"]
+def test_torch_threads_match_cpu_limit(cpu: str, workers: int, threads: str, runtime: str) -> None:
+    """Both runtimes run the archive's minWorkers forward passes at once (TorchServe workers, or the kserve
+    runtime's batcher), each with MODERATION_TORCH_THREADS_<MODEL> threads (torch or ONNX Runtime intra-op)."""
+    sets = [f"models.resnet50.resources.limits.cpu={cpu}", f"models.resnet50.workers={workers}", f"runtime={runtime}"]
     docs = k.load_docs(k.helm_template(sets=sets))
     (isvc,) = k.find(docs, "InferenceService", "image-moderation-resnet50")
     env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["model"]["env"]}
-    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["MODERATION_TORCH_THREADS_RESNET50"] == threads
+    assert env["MODERATION_TORCH_THREADS_RESNET50"] == threads
+    if runtime == "torchserve":
+        assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == threads
+    else:  # no torch, no OpenMP in that image
+        assert "OMP_NUM_THREADS" not in env and "MKL_NUM_THREADS" not in env
 
 
 def test_backend_override_reaches_the_handler_variable(default_docs: list[dict[str, Any]]) -> None:
@@ -192,7 +224,7 @@ def test_chart_workers_are_the_archives_workers() -> None:
         assert m["workers"] == archive["minWorkers"] == archive["maxWorkers"], model
 
 
-def test_predictor_image_is_built_from_the_project_dockerfile() -> None:
+def test_predictor_images_are_built_from_the_project_dockerfiles() -> None:
     """The default backend (ONNX) needs onnxruntime, which the stock TorchServe image lacks."""
     dockerfile = (k.ROOT / "docker" / "predictor.Dockerfile").read_text()
     # The published base by default; `make images` on a machine without a registry passes a local stand-in.
@@ -209,6 +241,11 @@ def test_predictor_image_is_built_from_the_project_dockerfile() -> None:
         assert f"docker.io/image-moderation/{name}:{chart['appVersion']}" in refs.stdout.split(), refs.stdout
         repo = values[name]["image"]["repository"]
         assert repo == f"image-moderation/{name}", repo
+    # runtime=kserve: docker/kserve-predictor.Dockerfile, `scripts/images.sh build kserve-predictor`.
+    assert f"docker.io/image-moderation/kserve-predictor:{chart['appVersion']}" in refs.stdout.split(), refs.stdout
+    assert values["predictor"]["kserveImage"]["repository"] == "image-moderation/kserve-predictor"
+    assert "ENTRYPOINT [\"python\", \"-m\", \"kserve_runtime\"]" in (
+        k.ROOT / "docker" / "kserve-predictor.Dockerfile").read_text()
 
 
 def test_bridge_replicas_capped_at_partitions() -> None:
@@ -247,7 +284,7 @@ def test_no_secret_by_default_and_sasl_needs_credentials(default_docs: list[dict
 def test_values_schema_rejects_bad_values() -> None:
     for bad in ["predictor.deploymentMode=Serverless", "models.resnet50.scaleMetric=gpu", "bridge.protocol=v3",
                 "bridge.kafka.securityProtocol=TLS", "monitoring.prometheusRule.latencySeconds=0.4",
-                "models.mobilenet_v2.backend=tensorrt"]:
+                "models.mobilenet_v2.backend=tensorrt", "runtime=triton"]:
         res = k.run([k.tool("helm"), "template", "x", str(k.CHART), "--set", bad])
         assert res.returncode != 0 and "values don't meet the specifications of the schema" in res.stderr, bad
 
@@ -354,3 +391,77 @@ def test_release_notes_warn_about_random_init_weights_of_the_committed_checkpoin
         assert bool(settings["weightsWarning"]) == random_init, model
         assert (f"WARNING: {model} was fine-tuned from RANDOM weights" in notes) == random_init, notes
     assert "WARNING" not in render_notes(tmp_path / "off", ("models.resnet50.enabled=false",))
+
+
+@pytest.mark.parametrize("mode", ["Standard", "Knative"])
+def test_kserve_runtime_container(mode: str) -> None:
+    """runtime=kserve: `python -m kserve_runtime` configured only by the KSERVE_* variables it reads, REST :8080 +
+    gRPC :8081 (h2c; Knative allows one port), KServe v2 health probes, nothing of TorchServe."""
+    sets = ["runtime=kserve", f"predictor.deploymentMode={mode}", "models.resnet50.backend=onnx"]
+    if mode == "Knative":
+        sets += ["models.mobilenet_v2.scaleMetric=concurrency", "models.resnet50.scaleMetric=rps"]
+    docs = k.load_docs(k.helm_template(sets=sets))
+    (runtime,) = k.find(docs, "ServingRuntime", "image-moderation-kserve")
+    assert "grpc-v2" in runtime["spec"]["protocolVersions"]
+    assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8080"
+    for deployment in k.predictor_deployments(docs):
+        model = deployment["metadata"]["name"].removeprefix("image-moderation-").removesuffix("-predictor")
+        model = model.replace("-", "_")
+        (c,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert {n for n in env if n.startswith("KSERVE_")} <= set(KSERVE_DEFAULTS)
+        assert env["KSERVE_HOST"] == "0.0.0.0" and env["KSERVE_MODEL_STORE"] == "/mnt/models/model-store"
+        assert (env["KSERVE_HTTP_PORT"], env["KSERVE_GRPC_PORT"]) == ("8080", "8081")
+        assert env["KSERVE_MODELS"] == model  # each InferenceService serves its own archive
+        assert env["KSERVE_WORKDIR"].startswith("/tmp/")  # the emptyDir: the root FS is read-only
+        assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])
+        assert env["MODERATION_MAX_IMAGE_BYTES"] == "20971520"
+        if model == "resnet50":
+            assert env["MODERATION_BACKEND_RESNET50"] == "onnx"
+        # Nothing of TorchServe: no torchserve command or flags, no config.properties, no Java/TorchServe env.
+        assert c["command"] == ["python", "-m", "kserve_runtime"] and not c.get("args")
+        assert not {"TEMP", "LOG_LOCATION", "METRICS_LOCATION", "JAVA_TOOL_OPTIONS", "OMP_NUM_THREADS"} & set(env)
+        assert "config.properties" not in json.dumps(c) and "torchserve" not in json.dumps(c)
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports == ({"http1": 8080} if mode == "Knative" else {"http1": 8080, "h2c": 8081})
+        assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+        assert c["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+        assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] == 600
+    # Metrics: /metrics on the REST port (declared, so selected by number), no rewrite to TorchServe's :8082.
+    (mon,) = k.find(docs, "PodMonitor")
+    (ep,) = mon["spec"]["podMetricsEndpoints"]
+    assert (ep["portNumber"], ep["path"]) == (8080, "/metrics")
+    assert not [r for r in ep["relabelings"] if r.get("targetLabel") == "__address__"]
+    # NetworkPolicy: inference on 8080 (+ gRPC 8081) from the same peers; scrapes reach 8080, 8082 is closed.
+    (policy,) = k.find(docs, "NetworkPolicy", "image-moderation-predictor")
+    inference, metrics = policy["spec"]["ingress"]
+    assert {p["port"] for p in inference["ports"]} == {8080, 8081, 8012}
+    assert {p["port"] for p in metrics["ports"]} == {8080, 9091}
+    # The bridge waits for its model's KServe v2 readiness (TorchServe's /ping does not exist here).
+    (cm,) = [d for d in k.find(docs, "ConfigMap") if d["metadata"]["name"] == "image-moderation-bridge"]
+    assert cm["data"]["INFERENCE_READY_PATH"] == "/v2/models/mobilenet_v2/ready"
+
+
+def test_torchserve_runtime_keeps_its_metrics_port_and_ready_path(default_docs: list[dict[str, Any]]) -> None:
+    (policy,) = k.find(default_docs, "NetworkPolicy", "image-moderation-predictor")
+    assert [p["port"] for p in policy["spec"]["ingress"][1]["ports"]] == [8082, 9091]
+    assert not k.find(default_docs, "ServingRuntime", "image-moderation-kserve")
+    docs = k.load_docs(k.helm_template(sets=["runtime=kserve", "bridge.inferenceReadyPath="]))
+    (cm,) = [d for d in k.find(docs, "ConfigMap") if d["metadata"]["name"] == "image-moderation-bridge"]
+    assert cm["data"]["INFERENCE_READY_PATH"] == ""  # "": the bridge's own protocol default
+
+
+def test_kserve_runtime_refuses_the_eager_backend() -> None:
+    """The kserve image has no torch: an `eager` backend would fail at load, so the chart refuses it."""
+    res = k.run([k.tool("helm"), "template", "x", str(k.CHART), "--set", "runtime=kserve",
+                 "--set", "models.resnet50.backend=eager"])
+    assert res.returncode != 0 and "runtime kserve serves the ONNX backends only" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_release_notes_name_the_runtime(runtime: str, tmp_path: Path) -> None:
+    notes = render_notes(tmp_path, (f"runtime={runtime}",))
+    expected = {"torchserve": "runtime torchserve: TorchServe 0.12 image image-moderation/predictor:0.1.0",
+                "kserve": "runtime kserve: python -m kserve_runtime, image image-moderation/kserve-predictor:0.1.0"}
+    assert expected[runtime] in notes, notes

@@ -1,5 +1,6 @@
 """The chart's Dockerfiles: hadolint clean, published bases by default, pins identical to pyproject.toml, and the
-bridge image carries every project module `python -m bridge` imports. The images built by `make images` (OCI
+bridge and kserve-predictor images carry every project module `python -m bridge` / `python -m kserve_runtime`
+imports (the latter without torch). The images built by `make images` (OCI
 archives in the image cache, scripts/images.sh) are checked in tests/test_images_built.py."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ PUBLISHED_BASES = {
     "bridge.Dockerfile": {"PYTHON_IMAGE": "python:3.11.11-slim-bookworm"},
     "predictor.Dockerfile": {"TORCHSERVE_IMAGE": "pytorch/torchserve:0.12.0-cpu"},
     "kafka.Dockerfile": {"JRE_IMAGE": "eclipse-temurin:17.0.13_11-jre-jammy"},
+    "kserve-predictor.Dockerfile": {"PYTHON_IMAGE": "python:3.11.11-slim-bookworm"},
 }
 
 
@@ -50,7 +52,8 @@ def test_base_image_is_a_build_arg_defaulting_to_the_published_base(dockerfile: 
 
 
 @pytest.mark.parametrize(
-    "requirements", ["bridge-requirements.txt", "predictor-requirements.txt", "torchserve-base-requirements.txt"]
+    "requirements", ["bridge-requirements.txt", "predictor-requirements.txt", "torchserve-base-requirements.txt",
+                     "kserve-predictor-requirements.txt"]
 )
 def test_image_pins_match_pyproject(requirements: str) -> None:
     pinned = dict(re.findall(r'"([A-Za-z0-9_.\-\[\]]+)==([^"]+)"', (k.ROOT / "pyproject.toml").read_text()))
@@ -61,7 +64,7 @@ def test_image_pins_match_pyproject(requirements: str) -> None:
 
 
 def _project_imports(module: Path, seen: set[Path]) -> set[Path]:
-    """Project files reachable from `module` through imports (bridge.*, handlers.*)."""
+    """Project files reachable from `module` through imports (bridge.*, handlers.*, kserve_runtime.*)."""
     if module in seen or not module.exists():
         return seen
     seen.add(module)
@@ -70,17 +73,37 @@ def _project_imports(module: Path, seen: set[Path]) -> set[Path]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         for name in names:
-            if name.split(".")[0] in {"bridge", "handlers", "demo"}:
+            if name.split(".")[0] in {"bridge", "handlers", "demo", "kserve_runtime"}:
                 path = k.ROOT / Path(*name.split("."))
                 _project_imports(path.with_suffix(".py") if not path.is_dir() else path / "__init__.py", seen)
     return seen
 
 
-def test_bridge_image_has_every_module_it_imports() -> None:
-    dockerfile = (DOCKER / "bridge.Dockerfile").read_text()
+@pytest.mark.parametrize(("image", "main", "user"), [("bridge", "bridge", "10001:10001"),
+                                                      ("kserve-predictor", "kserve_runtime", "1000:1000")])
+def test_image_has_every_module_it_imports(image: str, main: str, user: str) -> None:
+    dockerfile = (DOCKER / f"{image}.Dockerfile").read_text()
     copied = " ".join(line for line in dockerfile.splitlines() if line.startswith("COPY") and "--from" not in line)
-    needed = _project_imports(k.ROOT / "bridge" / "__main__.py", set())
+    needed = _project_imports(k.ROOT / main / "__main__.py", set())
+    assert len(needed) > 1, needed
     for path in needed:
         rel = path.relative_to(k.ROOT)
-        assert str(rel) in copied or f"{rel.parts[0]}/" in copied.split(), f"{rel} missing from the bridge image"
-    assert "USER 10001:10001" in dockerfile
+        assert str(rel) in copied or f"{rel.parts[0]}/" in copied.split(), f"{rel} missing from the {image} image"
+    assert "stack.env" in copied.split()  # handlers/stack.py reads it
+    assert f"USER {user}" in dockerfile
+
+
+def test_kserve_predictor_image_is_torch_free_and_fits_the_chart_user() -> None:
+    """ONNX Runtime on KServe's ModelServer only: no torch/captum (`:explain` and `eager` need the TorchServe
+    image), and the image's user is the chart's predictor user (one securityContext for both runtimes)."""
+    import yaml
+
+    reqs = (DOCKER / "kserve-predictor-requirements.txt").read_text()
+    names = {line.split("==")[0] for line in reqs.splitlines() if line.strip() and not line.startswith("#")}
+    assert {"kserve", "onnxruntime", "numpy", "pillow", "pyyaml", "prometheus-client"} <= names
+    assert not names & {"torch", "torchvision", "captum", "torchserve"}
+    sc = yaml.safe_load((k.CHART / "values.yaml").read_text())["predictor"]["securityContext"]
+    dockerfile = (DOCKER / "kserve-predictor.Dockerfile").read_text()
+    assert f"USER {sc['runAsUser']}:{sc['runAsGroup']}" in dockerfile
+    assert 'ENTRYPOINT ["python", "-m", "kserve_runtime"]' in dockerfile
+    assert "KSERVE_WORKDIR=/tmp/" in dockerfile and "EXPOSE 8080 8081" in dockerfile

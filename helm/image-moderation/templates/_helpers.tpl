@@ -44,8 +44,31 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-%s" (include "im.fullname" .ctx) (.model | replace "_" "-") | trunc 45 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* Runtime name: <fullname>-torchserve or <fullname>-kserve (values `runtime`), unless predictor.runtime.name. */}}
 {{- define "im.runtimeName" -}}
-{{- default (printf "%s-torchserve" (include "im.fullname" .)) .Values.predictor.runtime.name -}}
+{{- default (printf "%s-%s" (include "im.fullname" .) .Values.runtime) .Values.predictor.runtime.name -}}
+{{- end -}}
+
+{{/* "true" when the predictors run `python -m kserve_runtime` (values `runtime: kserve`), else "". */}}
+{{- define "im.kserveRuntime" -}}
+{{- if eq .Values.runtime "kserve" -}}true{{- end -}}
+{{- end -}}
+
+{{/* Port of the predictors' Prometheus metrics: TorchServe's metrics API, or the kserve runtime's REST port. */}}
+{{- define "im.predictorMetricsPort" -}}
+{{- if include "im.kserveRuntime" . -}}8080{{- else -}}8082{{- end -}}
+{{- end -}}
+
+{{/* INFERENCE_READY_PATH: bridge.inferenceReadyPath, or (null) the chart runtime's readiness of the bridge's model. */}}
+{{- define "im.inferenceReadyPath" -}}
+{{- $path := .Values.bridge.inferenceReadyPath -}}
+{{- if not (kindIs "invalid" $path) -}}
+{{- $path -}}
+{{- else if include "im.kserveRuntime" . -}}
+{{- printf "/v2/models/%s/ready" .Values.bridge.model -}}
+{{- else -}}
+/ping
+{{- end -}}
 {{- end -}}
 
 {{- define "im.bridgeName" -}}

@@ -1,9 +1,14 @@
 {{/* The release notes, as a named template so a test can render them (helm template skips NOTES.txt). */}}
 {{- define "im.notes" -}}
 {{- $ns := .Release.Namespace }}
+{{- $p := .Values.predictor }}
+{{- $runtime := printf "runtime torchserve: TorchServe 0.12 image %s:%s" $p.image.repository (default .Chart.AppVersion $p.image.tag) }}
+{{- if include "im.kserveRuntime" . }}
+{{- $runtime = printf "runtime kserve: python -m kserve_runtime, image %s:%s; ONNX backends only, no :explain" $p.kserveImage.repository (default .Chart.AppVersion $p.kserveImage.tag) }}
+{{- end }}
 image-moderation {{ .Chart.AppVersion }} is installed in namespace {{ $ns }}.
 
-Predictors (KServe {{ .Values.predictor.deploymentMode }} mode, TorchServe 0.12 image {{ .Values.predictor.image.repository }}:{{ default .Chart.AppVersion .Values.predictor.image.tag }}), archives from {{ .Values.predictor.storageUri }}:
+Predictors (KServe {{ .Values.predictor.deploymentMode }} mode, {{ $runtime }}), archives from {{ .Values.predictor.storageUri }}:
 {{- range $model, $m := .Values.models }}
 {{- if $m.enabled }}
   {{ $model }}: kubectl -n {{ $ns }} get inferenceservice {{ include "im.isvcName" (dict "ctx" $ "model" $model) }}
