@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from kserve.protocol.rest.v2_datamodels import (
-    MetadataTensor,
     ModelMetadataResponse,
     ModelReadyResponse,
     ServerLiveResponse,
@@ -30,8 +29,8 @@ from kserve.protocol.rest.v2_datamodels import (
     ServerReadyResponse,
 )
 
-from handlers.envelopes import V2_INPUT_NAME, V2_OUTPUTS, media_type
-from handlers.errors import REASONS, error_body
+from handlers.envelopes import FORM_TYPES, media_type, unsupported_content_type, v2_model_metadata
+from handlers.errors import REASONS, error_body, reason_for_status
 from handlers.provenance import Provenance
 from handlers.stack import stack, url
 
@@ -77,14 +76,10 @@ def _error(reason: str, message: str) -> web.Response:
 
 
 def _http_error(kind: type[web.HTTPException], message: str, reason: str | None = None) -> web.HTTPException:
-    return kind(text=json.dumps(error_body(reason or _STATUS_REASON[kind.status_code], message)),
+    return kind(text=json.dumps(error_body(reason or reason_for_status(kind.status_code), message)),
                 content_type="application/json")
 
 
-# aiohttp's and TorchServe's statuses -> our reasons (a status without its own reason is reported as internal).
-_STATUS_REASON: dict[int, str] = {400: "malformed_request", 404: "not_found", 405: "method_not_allowed",
-                                  408: "timeout", 413: "body_too_large", 415: "unsupported_content_type",
-                                  500: "internal", 503: "unavailable", 504: "timeout"}
 _TORCHSERVE_TYPES: dict[str, str] = {"ModelNotFoundException": "model_not_found",
                                      "ServiceUnavailableException": "unavailable",
                                      "RequestTimeoutException": "timeout"}
@@ -102,7 +97,7 @@ def _translate(status: int, payload: bytes) -> dict[str, Any] | None:
         return None  # the handler's own body
     message = str(doc.get("message") or doc) if isinstance(doc, dict) else payload[:300].decode("utf-8", "replace")
     kind = str(doc.get("type", "")) if isinstance(doc, dict) else ""
-    reason = _TORCHSERVE_TYPES.get(kind) or _STATUS_REASON.get(status, "internal")
+    reason = _TORCHSERVE_TYPES.get(kind) or reason_for_status(status)
     return error_body(reason, (message or f"HTTP {status}")[:300])
 
 
@@ -115,7 +110,7 @@ async def json_errors(request: web.Request,
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        reason = _STATUS_REASON.get(exc.status, "internal")
+        reason = reason_for_status(exc.status)
         message = {
             413: f"request body over the gateway's limit of {MAX_BODY_BYTES} bytes (GATEWAY_MAX_BODY_BYTES)",
             405: f"{request.method} is not allowed on {request.path}",
@@ -137,17 +132,12 @@ async def _models(request: web.Request) -> list[str]:
         return [m["modelName"] for m in (await resp.json(content_type=None))["models"]]
 
 
-# TorchServe's frontend parses these bodies itself and fails on image bytes with a 500 (ErrorDataDecoderException);
-# `curl --data-binary @photo.jpg` without -H sends the first.
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
 async def forward(request: web.Request) -> web.Response:
     """Pass an inference request to TorchServe unchanged and relay its answer (status, type, body)."""
-    if media_type(request.headers.get("Content-Type")) in _FORM_TYPES:
-        return _error("unsupported_content_type",
-                      f"content type {media_type(request.headers.get('Content-Type'))!r} not supported; send "
-                      "image/*, application/octet-stream or JSON (curl: -H 'Content-Type: image/jpeg')")
+    ctype = media_type(request.headers.get("Content-Type"))
+    if ctype in FORM_TYPES:  # TorchServe's frontend would parse the form itself and fail on image bytes with a 500
+        err = unsupported_content_type(ctype)
+        return web.json_response(err.to_dict(), status=err.status)
     body = await request.read()
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
     try:
@@ -209,17 +199,9 @@ async def _provenance(request: web.Request, name: str) -> Provenance | None:
 async def model_metadata(request: web.Request) -> web.Response:
     name, description = await _registered(request)
     provenance = await _provenance(request, name)
-    meta = ModelMetadataResponse(
-        name=name,
-        versions=[str(v.get("modelVersion")) for v in description],
-        platform=PLATFORM,
-        inputs=[MetadataTensor(name=V2_INPUT_NAME, datatype="BYTES", shape=[-1])],
-        outputs=[MetadataTensor(name=name, datatype=dt, shape=[-1]) for name, dt in V2_OUTPUTS.items()],
-    )
-    body = meta.model_dump(mode="json")
-    if provenance is not None:  # beyond OIP's model-metadata fields (v2 clients ignore unknown keys)
-        body["parameters"] = provenance.parameters()
-    return web.json_response(body)
+    body = v2_model_metadata(name, [str(v.get("modelVersion")) for v in description], PLATFORM,
+                             provenance.parameters() if provenance else None)
+    return web.json_response(ModelMetadataResponse.model_validate(body).model_dump(mode="json") | body)
 
 
 async def v1_models(request: web.Request) -> web.Response:

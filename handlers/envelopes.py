@@ -39,6 +39,8 @@ class Prediction:
 
 
 def _b64(value: Any, index: int) -> bytes:
+    """A v1/v2 JSON image element: base64 text. (Raw bytes arrive only over gRPC or the v2 binary extension,
+    through `parse_v2_inputs(..., binary=True)`.)"""
     if not isinstance(value, str):
         raise ModerationError("malformed_request", f"image {index}: expected a base64 string", index)
     try:
@@ -74,7 +76,13 @@ def _parse_v1(body: dict[str, Any]) -> ParsedRequest:
 
 
 def _parse_v2(body: dict[str, Any]) -> ParsedRequest:
-    inputs = body["inputs"]
+    request_id = body.get("id")
+    return parse_v2_inputs(body["inputs"], str(request_id) if request_id else None)
+
+
+def parse_v2_inputs(inputs: Any, request_id: str | None = None, binary: bool = False) -> ParsedRequest:
+    """The images of an OIP v2 request's `inputs` (dicts of name/datatype/shape/data), whatever the transport:
+    base64 strings in REST JSON, raw bytes elements over gRPC or the REST binary data extension (`binary`)."""
     if not isinstance(inputs, list) or not inputs:
         raise ModerationError("malformed_request", '"inputs" must be a non-empty list of tensors')
     tensor = next((t for t in inputs if isinstance(t, dict) and t.get("datatype") == "BYTES"), None)
@@ -89,8 +97,59 @@ def _parse_v2(body: dict[str, Any]) -> ParsedRequest:
     if not isinstance(shape, list) or not shape or int(_prod(shape)) != len(data):
         raise ModerationError("malformed_request", f'"shape" {shape} does not match {len(data)} data elements')
     _check_count(len(data))
-    request_id = body.get("id")
-    return ParsedRequest("v2", [_b64(v, i) for i, v in enumerate(data)], str(request_id) if request_id else None)
+    if binary:
+        return ParsedRequest("v2", [_raw(v, i) for i, v in enumerate(data)], request_id)
+    return ParsedRequest("v2", [_b64(v, i) for i, v in enumerate(data)], request_id)
+
+
+def _raw(value: Any, index: int) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):  # a binary-capable transport may still carry base64 text (JSON-mode clients)
+        return _b64(value, index)
+    raise ModerationError("malformed_request", f"image {index}: expected bytes", index)
+
+
+BINARY_HEADER = "inference-header-content-length"  # OIP v2 binary tensor data extension (tritonclient's default)
+
+
+def parse_v2_binary(body: bytes, json_length: int) -> ParsedRequest:
+    """An OIP v2 request in the binary tensor data extension: `json_length` bytes of JSON header, then each input
+    with `parameters.binary_data_size` in order; a BYTES tensor's elements are 4-byte little-endian lengths, each
+    followed by that many raw bytes (no base64)."""
+    try:
+        header = json.loads(body[:json_length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModerationError("malformed_request", f"invalid JSON header of a binary-extension body: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise ModerationError("malformed_request", 'binary-extension header needs an "inputs" list')
+    offset = json_length
+    for tensor in header["inputs"]:
+        size = ((tensor.get("parameters") or {}) if isinstance(tensor, dict) else {}).get("binary_data_size")
+        if size is None:
+            continue
+        chunk = body[offset:offset + int(size)]
+        if len(chunk) != int(size):
+            raise ModerationError("malformed_request", f'input "{tensor.get("name")}": body ends before its '
+                                                       f"{size} binary bytes")
+        offset += int(size)
+        if tensor.get("datatype") == "BYTES":
+            tensor["data"] = _unpack_bytes(chunk)
+    request_id = header.get("id")
+    return parse_v2_inputs(header["inputs"], str(request_id) if request_id else None, binary=True)
+
+
+def _unpack_bytes(chunk: bytes) -> list[bytes]:
+    out, i = [], 0
+    while i < len(chunk):
+        if i + 4 > len(chunk):
+            raise ModerationError("malformed_request", "truncated BYTES element length in binary data")
+        n = int.from_bytes(chunk[i:i + 4], "little")
+        if i + 4 + n > len(chunk):
+            raise ModerationError("malformed_request", "BYTES element longer than its binary data")
+        out.append(chunk[i + 4:i + 4 + n])
+        i += 4 + n
+    return out
 
 
 def _prod(shape: list[Any]) -> int:
@@ -100,6 +159,17 @@ def _prod(shape: list[Any]) -> int:
             raise ModerationError("malformed_request", f'invalid "shape" {shape}')
         n *= dim
     return n
+
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def unsupported_content_type(ctype: str) -> ModerationError:
+    """415 naming what to send; `curl --data-binary @photo.jpg` without -H sends the first form type."""
+    hint = " (curl: -H 'Content-Type: image/jpeg')" if ctype in FORM_TYPES else ""
+    return ModerationError("unsupported_content_type",
+                           f"content type {ctype!r} not supported; send image/*, application/octet-stream or JSON"
+                           + hint)
 
 
 def media_type(content_type: str | None) -> str:
@@ -127,10 +197,7 @@ def parse_request(body: Any, content_type: str | None) -> ParsedRequest:
     if isinstance(body, bytes):
         if not is_json_body(ctype, body):
             if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
-                raise ModerationError(
-                    "unsupported_content_type",
-                    f"content type {ctype!r} not supported; send image/*, application/octet-stream or JSON",
-                )
+                raise unsupported_content_type(ctype)
             return ParsedRequest("raw", [body])
         try:
             body = json.loads(body)
@@ -167,6 +234,22 @@ def render_response(request: ParsedRequest, preds: list[Prediction], model: str,
     if request.request_id is not None:
         response["id"] = request.request_id
     return response
+
+
+def v2_model_metadata(name: str, versions: list[str], platform: str,
+                      parameters: dict[str, str] | None = None) -> dict[str, Any]:
+    """OIP v2 `GET /v2/models/{m}` for a moderation model: its tensors derive from V2_INPUT_NAME/V2_OUTPUTS.
+    `parameters` (the weights' provenance) is beyond OIP's model-metadata fields; v2 clients ignore it."""
+    body: dict[str, Any] = {
+        "name": name,
+        "versions": versions,
+        "platform": platform,
+        "inputs": [{"name": V2_INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": out, "datatype": dt, "shape": [-1]} for out, dt in V2_OUTPUTS.items()],
+    }
+    if parameters:
+        body["parameters"] = parameters
+    return body
 
 
 # ---- client side of the same contract (bridge, load tests, demo, benchmarks) -------------------

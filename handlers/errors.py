@@ -28,10 +28,21 @@ CLIENT_REASONS: dict[str, int] = {
 }
 SERVER_REASONS: dict[str, int] = {
     "internal": 500,
+    "explain_unavailable": 501,
     "unavailable": 503,
     "timeout": 504,
 }
 REASONS: dict[str, int] = CLIENT_REASONS | SERVER_REASONS
+
+
+# A server's own refusals (no handler reason behind them) by HTTP status; any other status reports as internal.
+STATUS_REASONS: dict[int, str] = {400: "malformed_request", 404: "not_found", 405: "method_not_allowed",
+                                  408: "timeout", 413: "body_too_large", 415: "unsupported_content_type",
+                                  500: "internal", 503: "unavailable", 504: "timeout"}
+
+
+def reason_for_status(status: int) -> str:
+    return STATUS_REASONS.get(status, "internal")
 
 
 def error_body(reason: str, message: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from handlers.registry import IMAGE_SIZE, IMAGENET_MEAN
+from handlers.model_io import IMAGE_SIZE, IMAGENET_MEAN
 
 METHOD = "occlusion"
 # ImageNet mean colour: an occluded cell looks like "nothing in particular" rather than black, which is itself

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from handlers.errors import ModerationError
-from handlers.registry import IMAGE_SIZE
+from handlers.model_io import IMAGE_SIZE
 
 # We enforce our own pixel cap before decoding; Pillow's bomb check would only warn or raise later.
 Image.MAX_IMAGE_PIXELS = None

@@ -12,19 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2 as T
 
-LABELS: tuple[str, str] = ("benign", "harmful")
-HARMFUL_INDEX = LABELS.index("harmful")
-IMAGE_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from handlers.model_io import (  # noqa: F401 - re-exported: the torch-free half of the registry
+    HARMFUL_INDEX,
+    IMAGE_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LABELS,
+    MODEL_NAMES,
+    input_array,
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "mobilenet_v2": ModelSpec("mobilenet_v2", _mobilenet_v2, "classifier.1", "features."),
     "resnet50": ModelSpec("resnet50", _resnet50, "fc", ""),
 }
-MODEL_NAMES: tuple[str, ...] = tuple(REGISTRY)
+assert tuple(REGISTRY) == MODEL_NAMES, "handlers.model_io.MODEL_NAMES must list the registry's models"
 
 
 def spec(name: str) -> ModelSpec:
@@ -117,12 +119,6 @@ def eval_transform() -> T.Compose:
     from torchvision.transforms import v2 as T
 
     return T.Compose([input_transform(), normalize()])
-
-
-def input_array(image: Image.Image) -> np.ndarray:
-    """RGB PIL image -> uint8 224x224x3 array: the very pixels of `input_transform` (same PIL bilinear
-    resize) without torch/torchvision, for the ONNX Runtime path, whose graph normalises (`PixelGraph`)."""
-    return np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
 
 
 class PixelGraph(nn.Module):

@@ -12,8 +12,11 @@ $(ARCHIVE_STAMP): $(SETUP_STAMP) $(ARCHIVE_INPUTS)
 STACK_UP_TARGETS ?=
 STACK_DOWN_TARGETS ?=
 
+# Serving runtime of `make up` (and the tests' stack): torchserve (the mission's) or kserve (KServe ModelServer).
+RUNTIME ?= torchserve
+
 .PHONY: up
-up: models ## Start the local stack in the background (returns once ready): TorchServe, gateway, Kafka, bridge
+up: models ## Start the local stack in the background (returns once ready): TorchServe + gateway (or RUNTIME=kserve), Kafka, bridge
 	@scripts/serving.sh start
 	@$(if $(strip $(STACK_UP_TARGETS)),$(MAKE) --no-print-directory $(STACK_UP_TARGETS))
 

@@ -7,9 +7,11 @@ HEALTH="http://$STACK_HOST:${BRIDGE_PORT}"
 
 start() {
   # Same topology as the Helm chart: the bridge calls TorchServe itself (no gateway hop: 218.6 -> 249.5
-  # img/s through the bridge, loadtest/README.md), whose readiness is /ping. Either can be overridden.
-  INFERENCE_URL="${INFERENCE_URL:-http://$STACK_HOST:$TORCHSERVE_INFERENCE_PORT}" \
-  INFERENCE_READY_PATH="${INFERENCE_READY_PATH-/ping}" \
+  # img/s through the bridge, loadtest/README.md), whose readiness is /ping; with the KServe runtime
+  # (.run/runtime) it calls that on :INFERENCE_PORT, with the v2 model readiness. Either can be overridden.
+  local url="http://$STACK_HOST:$TORCHSERVE_INFERENCE_PORT" ready=/ping
+  if [[ $(cat "$RUN_DIR/runtime" 2>/dev/null) == kserve ]]; then url="http://$STACK_HOST:$INFERENCE_PORT" ready=""; fi
+  INFERENCE_URL="${INFERENCE_URL:-$url}" INFERENCE_READY_PATH="${INFERENCE_READY_PATH-$ready}" \
     start_bg bridge "$PY" -m bridge
   # Live = HTTP server up; ready = consumer joined and the endpoint answers (may take longer, not awaited).
   wait_http "$HEALTH/livez" 30 bridge

@@ -6,10 +6,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="${RUN_DIR:-$ROOT/.run}"
 LOG_DIR="$RUN_DIR/logs"
 mkdir -p "$RUN_DIR" "$LOG_DIR"
-set -a
-# shellcheck disable=SC1091
-source "$ROOT/stack.env"
-set +a
+# stack.env's ports and host, each overridable by the environment (as handlers/stack.py reads them).
+while IFS='=' read -r _key _value; do
+  [[ -n ${!_key:-} ]] || export "$_key=$_value"
+done < <(grep -E '^[A-Z][A-Z0-9_]*=' "$ROOT/stack.env")
+unset _key _value
 PY="${PY:-$ROOT/.venv/bin/python}"
 
 pidfile() { echo "$RUN_DIR/$1.pid"; }

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Local serving stack: TorchServe (Java frontend + Python workers) behind the KServe-protocol gateway.
+# Local serving stack, one of two runtimes on the same archives and the same KServe v1/v2 contract on :8080:
+#   RUNTIME=torchserve (default): TorchServe (Java frontend + Python workers) behind the KServe-protocol gateway;
+#   RUNTIME=kserve: KServe's Python ModelServer with ONNX Runtime (python -m kserve_runtime), REST + gRPC.
 #   scripts/serving.sh start|stop|status|restart
-# Ports from stack.env; every listener on 127.0.0.1. Archives come from `make models`.
+# Ports from stack.env; every listener on 127.0.0.1. Archives come from `make models`. The runtime that runs is
+# written to .run/runtime, so the bridge (and stop/status) find it without being told.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 TS_DIR="$RUN_DIR/torchserve"
 STORE="$ROOT/model-archive/build/model-store"
 GATEWAY_URL="http://$STACK_HOST:$INFERENCE_PORT"
+RUNTIME="${RUNTIME:-torchserve}"
+case "$RUNTIME" in torchserve|kserve) ;; *) echo "RUNTIME must be torchserve or kserve, not '$RUNTIME'" >&2; exit 2 ;; esac
 
 start_torchserve() {
   ls "$STORE"/*.mar >/dev/null 2>&1 || { echo "no archives in $STORE: run 'make models'" >&2; exit 1; }
@@ -19,7 +24,27 @@ start_torchserve() {
       --ts-config "$TS_DIR/config.properties" --model-store "$STORE" --models all --disable-token-auth
 }
 
+start_kserve() {
+  ls "$STORE"/*.mar >/dev/null 2>&1 || { echo "no archives in $STORE: run 'make models'" >&2; exit 1; }
+  rm -rf "$RUN_DIR/kserve" && mkdir -p "$RUN_DIR/kserve"
+  KSERVE_WORKDIR="$RUN_DIR/kserve" start_bg kserve "$PY" -m kserve_runtime
+}
+
+running_runtime() { cat "$RUN_DIR/runtime" 2>/dev/null || echo torchserve; }
+
 start() {
+  local other; other=$([[ $RUNTIME == kserve ]] && echo torchserve || echo kserve)
+  if [[ $(running_runtime) == "$other" ]] && { is_running "$other" || is_running gateway; }; then
+    echo "the $other runtime is running: scripts/serving.sh stop (make down) first" >&2; exit 1
+  fi
+  echo "$RUNTIME" > "$RUN_DIR/runtime"
+  if [[ $RUNTIME == kserve ]]; then
+    start_kserve
+    wait_http "$GATEWAY_URL/v2/health/ready" "${SERVING_START_TIMEOUT_S:-240}" kserve
+    echo "serving ready (KServe ModelServer runtime): $GATEWAY_URL (KServe v1/v2, metrics /metrics)," \
+      "OIP v2 gRPC $STACK_HOST:$INFERENCE_GRPC_PORT"
+    return
+  fi
   start_torchserve
   start_bg gateway "$PY" -m gateway
   wait_http "$GATEWAY_URL/v2/health/live" 60 gateway
@@ -29,11 +54,17 @@ start() {
 }
 
 stop() {
+  stop_bg kserve TERM 40
   stop_bg gateway
   stop_bg torchserve TERM 60
+  rm -f "$RUN_DIR/runtime"
 }
 
 status() {
+  if [[ $(running_runtime) == kserve ]]; then
+    status_line kserve "$GATEWAY_URL/v2/health/ready"
+    return
+  fi
   status_line torchserve "http://$STACK_HOST:$TORCHSERVE_INFERENCE_PORT/ping"
   status_line gateway "$GATEWAY_URL/v2/health/ready"
 }

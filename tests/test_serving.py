@@ -1,13 +1,18 @@
-"""The real serving stack (TorchServe 0.12 Java frontend + Python workers behind the KServe gateway).
+"""The serving contract, on both runtimes: TorchServe 0.12 behind the KServe gateway, and the KServe ModelServer
+runtime (`kserve_runtime/`). Every test taking `client` or `runtime_stack` runs once per runtime.
 
 Covers both models over raw, KServe v1 and v2 requests, multi-image requests, server-side batches that
-mix good and bad requests, every bad-input kind, concurrency, probes/metadata and a third-party v2 client.
+mix good and bad requests, every bad-input kind, concurrency, probes/metadata, metrics and third-party v2
+clients (tritonclient over REST, binary and JSON, and gRPC; kserve's InferenceRESTClient).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +28,7 @@ from handlers.provenance import Provenance
 from handlers.registry import LABELS, MODEL_NAMES
 from handlers.settings import HandlerSettings
 from handlers.stack import stack, url
+from tests.conftest import Runtime
 from tests.image_factory import accepted_variants, jpeg, refused_variants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +41,8 @@ def configured_threshold(model: str) -> float:
     return HandlerSettings.load(model, config["handler"], env={}).threshold
 
 
-def metrics_text() -> str:
-    return httpx.get(f"{url('TORCHSERVE_METRICS_PORT')}/metrics", timeout=10).text
+def metrics_text(runtime: Runtime) -> str:
+    return httpx.get(runtime.metrics_url, timeout=10).text
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -137,20 +143,24 @@ def test_malformed_bodies_are_400(client: httpx.Client, body: bytes, reason: str
     assert response.status_code == 400 and response.json()["reason"] == reason
 
 
-def _workers(model: str) -> list[tuple[int, str]]:
+def _workers(runtime: Runtime, model: str) -> list[tuple[int, str]]:
+    """TorchServe's worker processes (pid, status); the KServe runtime's one serving process."""
+    if runtime.name == "kserve":
+        return [(int((ROOT / ".run" / "kserve.pid").read_text()), "READY")]
     described = httpx.get(f"{url('TORCHSERVE_MANAGEMENT_PORT')}/models/{model}", timeout=10).json()
     return sorted((w["pid"], w["status"]) for version in described for w in version["workers"])
 
 
-def test_server_side_batch_mixing_good_and_bad_requests(serving: str) -> None:
-    """Concurrent requests land in the same TorchServe batch; bad rows fail alone, good rows get answers."""
+def test_server_side_batch_mixing_good_and_bad_requests(runtime_stack: Runtime) -> None:
+    """Concurrent requests land in the same server-side batch; bad rows fail alone, good rows get answers."""
     model = "mobilenet_v2"
+    serving = runtime_stack.base_url
     bad = list(refused_variants().values())
     good = [jpeg(400, 300, seed=100 + i) for i in range(12)]
     with httpx.Client(base_url=serving, timeout=120) as c:
         solo = [score_of(c, model, img) for img in good]
-    workers_before = _workers(model)
-    before = metrics_text()
+    workers_before = _workers(runtime_stack, model)
+    before = metrics_text(runtime_stack)
     jobs = []
     for i, img in enumerate(good):
         jobs.append(("good", i, img, None))
@@ -169,20 +179,20 @@ def test_server_side_batch_mixing_good_and_bad_requests(serving: str) -> None:
                     assert response.json()["harmful_score"] == pytest.approx(solo[i], abs=1e-4)
                 else:
                     assert response.status_code in (400, 413) and response.json()["reason"] == reason
-    after = metrics_text()
+    after = metrics_text(runtime_stack)
     batches = metric_value(after, "moderation_batch_images_count", ModelName=model) - metric_value(
         before, "moderation_batch_images_count", ModelName=model)
     singles = metric_value(after, "moderation_batch_images_bucket", ModelName=model, le="1.0") - metric_value(
         before, "moderation_batch_images_bucket", ModelName=model, le="1.0")
     assert batches > singles, "no forward pass held more than one image: server-side batching did not happen"
-    assert _workers(model) == workers_before, "a worker died or restarted"
+    assert _workers(runtime_stack, model) == workers_before, "a worker died or restarted"
 
 
-def test_fifty_concurrent_requests_all_answered(serving: str) -> None:
+def test_fifty_concurrent_requests_all_answered(runtime_stack: Runtime) -> None:
     images = [jpeg(640, 480, seed=i) for i in range(50)]
 
     def send(i: int) -> int:
-        with httpx.Client(base_url=serving, timeout=300) as c:
+        with httpx.Client(base_url=runtime_stack.base_url, timeout=300) as c:
             model = MODELS[i % len(MODELS)]
             return c.post(f"/v2/models/{model}/infer", json=v2_request([images[i]], f"c{i}")).status_code
 
@@ -209,7 +219,7 @@ def test_probes_and_metadata_as_kserve_expects(client: httpx.Client) -> None:
     assert client.get("/v2/models/no_such_model").status_code == 404
 
 
-def test_tritonclient_gets_correct_answers(client: httpx.Client) -> None:
+def test_tritonclient_gets_correct_answers(client: httpx.Client, runtime_stack: Runtime) -> None:
     import tritonclient.http as triton
 
     image = jpeg(500, 375, seed=77)
@@ -225,13 +235,68 @@ def test_tritonclient_gets_correct_answers(client: httpx.Client) -> None:
     assert result.get_response()["id"] == "triton-1"
     assert result.as_numpy("harmful_score").tolist() == pytest.approx([expected, expected], abs=1e-4)
     assert set(result.as_numpy("label").tolist()) <= {b"harmful", b"benign", "harmful", "benign"}
+    if runtime_stack.name == "kserve":  # the binary tensor data extension (tritonclient's default) and gRPC
+        raw = triton.InferInput("image", [2], "BYTES")
+        raw.set_data_from_numpy(np.array([image, b"not an image"], dtype=object))  # binary_data=True
+        with pytest.raises(triton.InferenceServerException, match=r"\[400\] image 1: .*not a recognised image"):
+            tc.infer("resnet50", [raw])
+        raw.set_data_from_numpy(np.array([image, image], dtype=object))
+        assert tc.infer("resnet50", [raw]).as_numpy("harmful_score").tolist() == pytest.approx([expected] * 2,
+                                                                                             abs=1e-4)
 
 
-def test_custom_metrics_reach_prometheus_endpoint(client: httpx.Client) -> None:
+TRITON_GRPC = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as tg
+
+target, image = sys.argv[1], open(sys.argv[2], "rb").read()
+gc = tg.InferenceServerClient(target)
+out = {"live": gc.is_server_live(), "ready": gc.is_server_ready() and gc.is_model_ready("mobilenet_v2"),
+       "metadata": gc.get_model_metadata("mobilenet_v2").name}
+tensor = tg.InferInput("image", [3], "BYTES")
+tensor.set_data_from_numpy(np.array([image] * 3, dtype=object))
+result = gc.infer("mobilenet_v2", [tensor], request_id="grpc-1")
+out |= {"id": result.get_response().id, "scores": result.as_numpy("harmful_score").tolist(),
+        "labels": [v.decode() for v in result.as_numpy("label").tolist()]}
+bad = tg.InferInput("image", [2], "BYTES")
+bad.set_data_from_numpy(np.array([image, b"\\x89PNG\\r\\n\\x1a\\n broken"], dtype=object))
+try:
+    gc.infer("mobilenet_v2", [bad])
+except tg.InferenceServerException as exc:
+    out["refused"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_tritonclient_grpc_gets_correct_answers(client: httpx.Client, runtime_stack: Runtime, tmp_path: Path) -> None:
+    """OIP v2 over gRPC with tritonclient.grpc, in its own interpreter: its generated protos and kserve's share the
+    `inference` package name and cannot be loaded into one process."""
+    if runtime_stack.grpc_target is None:
+        pytest.skip("OIP v2 gRPC is served by the KServe runtime (TorchServe's gRPC is its own protocol)")
+    image = jpeg(500, 375, seed=78)
+    expected = score_of(client, "mobilenet_v2", image)
+    (tmp_path / "image.jpg").write_bytes(image)
+    done = subprocess.run([sys.executable, "-c", TRITON_GRPC, runtime_stack.grpc_target, str(tmp_path / "image.jpg")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["live"] and out["ready"] and out["metadata"] == "mobilenet_v2" and out["id"] == "grpc-1"
+    assert out["scores"] == pytest.approx([expected] * 3, abs=1e-4) and set(out["labels"]) <= set(LABELS)
+    assert "INVALID_ARGUMENT" in out["refused"] and "image 1" in out["refused"], out["refused"]
+
+
+def test_custom_metrics_reach_prometheus_endpoint(client: httpx.Client, runtime_stack: Runtime) -> None:
+    """The same names and labels on both runtimes, so the dashboard, alerts and recording rules work unchanged."""
     for model in MODELS:
         score_of(client, model, jpeg())
     client.post("/v2/models/mobilenet_v2/infer", content=b"not an image", headers={"Content-Type": "image/jpeg"})
-    text = metrics_text()
+    text = metrics_text(runtime_stack)
+    for model in MODELS:  # TorchServe's frontend counters, which the recording rules read
+        for name in ("ts_inference_requests_total", "ts_inference_latency_microseconds",
+                     "ts_queue_latency_microseconds"):
+            assert metric_value(text, name, model_name=model) > 0, (name, model)
+    assert metric_value(text, "Requests2XX", Level="Host") > 0 and metric_value(text, "Requests4XX") > 0
     for model in MODELS:
         for stage in ("decode", "preprocess", "inference"):
             assert metric_value(text, f"moderation_{stage}_seconds_count", ModelName=model) > 0, (stage, model)
@@ -241,10 +306,11 @@ def test_custom_metrics_reach_prometheus_endpoint(client: httpx.Client) -> None:
     assert "# TYPE moderation_inference_seconds histogram" in text
 
 
-def test_stage_times_are_observed_per_batch_not_per_image(client: httpx.Client) -> None:
-    """Every observation is a worker log line the frontend parses: one per stage and batch, not per image."""
+def test_stage_times_are_observed_per_batch_not_per_image(client: httpx.Client, runtime_stack: Runtime) -> None:
+    """Every observation is a worker log line the frontend parses: one per stage and batch, not per image.
+    (The KServe runtime decodes per request: one decode observation for the request's three images.)"""
     def counts() -> tuple[float, float, float]:
-        text = metrics_text()
+        text = metrics_text(runtime_stack)
         return (metric_value(text, "moderation_decode_seconds_count", ModelName="mobilenet_v2"),
                 metric_value(text, "moderation_batch_images_count", ModelName="mobilenet_v2"),
                 metric_value(text, "moderation_batch_images_sum", ModelName="mobilenet_v2"))
@@ -261,7 +327,13 @@ def test_stage_times_are_observed_per_batch_not_per_image(client: httpx.Client) 
     assert decode == batches < images_seen, (before, after)  # one decode observation per batch
 
 
-def test_secure_defaults_of_the_local_stack() -> None:
+def test_secure_defaults_of_the_local_stack(runtime_stack: Runtime) -> None:
+    if runtime_stack.name == "kserve":
+        listeners = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+        pid = (ROOT / ".run" / "kserve.pid").read_text().strip()
+        ours = [line.split()[3] for line in listeners.splitlines() if f"pid={pid}," in line]
+        assert len(ours) == 2 and all("127.0.0.1" in addr for addr in ours), ours  # REST + gRPC, loopback only
+        return
     s = stack()
     # An archive from the local store under a new name: registration would succeed if the API were on.
     register = httpx.post(

@@ -1,7 +1,9 @@
-"""One error format on the local endpoint: every refusal is `{"error", "reason"}` with a documented reason.
+"""One error format on the local endpoint, on both runtimes: every refusal is `{"error", "reason"}` with a
+documented reason.
 
-Covers what the gateway answers itself (unknown route, wrong method, body over its limit, unknown model) and
-what it translates from TorchServe's own bodies, plus TorchServe's gRPC listeners on their documented ports.
+Covers what the gateway (or the KServe runtime) answers itself (unknown route, wrong method, body over its limit,
+unknown model) and what the gateway translates from TorchServe's own bodies, plus TorchServe's gRPC listeners on
+their documented ports.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 from gateway.app import _translate
 from handlers.errors import REASONS
 from handlers.stack import stack
+from tests.conftest import StackControl
 from tests.image_factory import jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,9 +61,11 @@ def test_form_encoded_image_is_415_not_torchserves_500(client: httpx.Client) -> 
         assert "Content-Type: image/jpeg" in response.json()["error"]
 
 
-def test_body_over_the_gateway_limit_is_413_body_too_large(client: httpx.Client) -> None:
+def test_body_over_the_limit_is_413_body_too_large(client: httpx.Client) -> None:
     from gateway.app import MAX_BODY_BYTES
+    from kserve_runtime.config import DEFAULTS
 
+    assert int(DEFAULTS["KSERVE_MAX_BODY_BYTES"][0]) == MAX_BODY_BYTES  # the same limit on both runtimes
     response = client.post("/v2/models/mobilenet_v2/infer", content=b"\0" * (MAX_BODY_BYTES + 1),
                            headers={"Content-Type": "application/octet-stream"})
     assert_error(response, 413, "body_too_large")
@@ -91,8 +96,9 @@ def test_every_reason_is_documented_in_the_readme() -> None:
     assert documented == {reason: str(status) for reason, status in REASONS.items()}
 
 
-def test_torchserve_grpc_apis_answer_on_the_documented_loopback_ports() -> None:
+def test_torchserve_grpc_apis_answer_on_the_documented_loopback_ports(stack_control: StackControl) -> None:
     """TorchServe 0.12 cannot turn its gRPC APIs off: they are served on stack.env's ports, loopback only."""
+    stack_control.ensure("torchserve")
     s = stack()
     config = (ROOT / ".run" / "torchserve" / "config.properties").read_text()
     for api in ("inference", "management"):

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from handlers.registry import MODEL_NAMES
-from tests.conftest import client, serving  # noqa: F401  (the local stack, the reference)
+from tests.conftest import serving, stack_control  # noqa: F401  (the local stack, the reference)
 from tests.kafka_support import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,3 +127,10 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 1.0) 
 
 def http_client(base_url: str) -> httpx.Client:
     return httpx.Client(base_url=base_url, timeout=120)
+
+
+@pytest.fixture
+def client(serving: str) -> Iterator[httpx.Client]:  # noqa: F811
+    """The local stack on its default runtime (TorchServe + gateway): what the cluster's answers must equal."""
+    with httpx.Client(base_url=serving, timeout=120) as c:
+        yield c

@@ -1,0 +1,43 @@
+"""`python -m kserve_runtime`: serve every archive of the model store on KServe's ModelServer (REST + gRPC).
+
+Configuration: environment variables of `kserve_runtime/config.py` (no command-line flags: KServe parses its own
+at import time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+
+from kserve_runtime.archives import archives_in
+from kserve_runtime.config import RuntimeConfig
+
+log = logging.getLogger("kserve_runtime")
+
+
+def main() -> None:
+    cfg = RuntimeConfig.from_env()
+    from kserve.model_server import app  # kserve configures its logging on import
+
+    from kserve_runtime.metrics import install_frontend_counters
+    from kserve_runtime.model import ModerationModel
+    from kserve_runtime.rest import install
+    from kserve_runtime.server import serve
+
+    workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="kserve-runtime-"))
+    models = [ModerationModel(archive) for archive in archives_in(cfg.model_store, workdir, cfg.models or None)]
+    for model in models:
+        model.load()
+        assert model.scorer is not None
+        log.info("loaded %s", model.scorer.describe())
+        if model.scorer.provenance.warning:
+            log.warning("%s", model.scorer.provenance.warning)
+    install(app, {m.name: m for m in models}, cfg.max_body_bytes)
+    install_frontend_counters()
+    asyncio.run(serve(cfg, models))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The REST side of the runtime: our routes in front of KServe's on its FastAPI app, one error format.
+
+KServe's own v1/v2 endpoints parse JSON only; TorchServe's contract also takes raw image bytes on either path,
+several images per v2 request, and our error bodies. So the data-plane routes (v1 `:predict`/`:explain`, v2
+`infer`, v2 model metadata with the weights' provenance) are ours, registered before KServe adds its routes;
+health, readiness, server metadata and /metrics stay KServe's. A middleware puts every other refusal (unknown
+route, wrong method, KServe's own errors) into `{"error", "reason"}` and counts responses per status class.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from handlers.envelopes import BINARY_HEADER, ParsedRequest, parse_request, parse_v2_binary, v2_model_metadata
+from handlers.errors import REASONS, ModerationError, error_body, reason_for_status
+from kserve_runtime.metrics import FRONTEND
+from kserve_runtime.model import ModerationModel, ServerRefusal
+
+PLATFORM = "onnxruntime_kserve"
+
+
+def _error(reason: str, message: str, status: int) -> JSONResponse:
+    return JSONResponse(error_body(reason, message), status_code=status)
+
+
+def install(app: FastAPI, models: dict[str, ModerationModel], max_body_bytes: int) -> None:
+    """Add the data-plane routes, the error handler and the middleware to KServe's app (before it starts)."""
+
+    async def parsed(request: Request, model: ModerationModel) -> ParsedRequest:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_body_bytes:
+            raise _TooLarge()
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            raise _TooLarge()
+        binary_header = request.headers.get(BINARY_HEADER)
+        if binary_header is not None:  # OIP v2 binary tensor data extension (tritonclient's default)
+            if not binary_header.isdigit() or int(binary_header) > len(body):
+                raise ModerationError("malformed_request", f"invalid {BINARY_HEADER}: {binary_header[:40]!r}")
+            return parse_v2_binary(body, int(binary_header))
+        return parse_request(body, request.headers.get("content-type"))
+
+    def lookup(name: str) -> ModerationModel:
+        if name not in models:
+            raise _NotFound(name)
+        return models[name]
+
+    async def v1_predict(model: str, request: Request) -> Response:
+        m = lookup(model)
+        return JSONResponse(await m.answer(await parsed(request, m)))
+
+    async def v1_explain(model: str, request: Request) -> Response:
+        m = lookup(model)
+        return JSONResponse(await m.answer(await parsed(request, m), explain=True))
+
+    async def v2_infer(model: str, request: Request, version: str | None = None) -> Response:
+        m = lookup(model)
+        return JSONResponse(await m.answer(await parsed(request, m)))
+
+    async def v2_metadata(model: str) -> Response:
+        m = lookup(model)
+        provenance = m.scorer.provenance.parameters() if m.scorer else None
+        return JSONResponse(v2_model_metadata(m.name, [m.version], PLATFORM, provenance))
+
+    async def verb_needs_post(model: str, request: Request) -> Response:
+        # else KServe's GET /v1/models/{name} would answer "model m:predict does not exist"
+        return _error("method_not_allowed", f"{request.method} is not allowed on {request.url.path}", 405)
+
+    app.add_api_route("/v1/models/{model}:predict", verb_needs_post, methods=["GET", "PUT", "DELETE"])
+    app.add_api_route("/v1/models/{model}:explain", verb_needs_post, methods=["GET", "PUT", "DELETE"])
+    app.add_api_route("/v1/models/{model}:predict", v1_predict, methods=["POST"])
+    app.add_api_route("/v1/models/{model}:explain", v1_explain, methods=["POST"])
+    app.add_api_route("/v2/models/{model}/infer", v2_infer, methods=["POST"])
+    app.add_api_route("/v2/models/{model}/versions/{version}/infer", v2_infer, methods=["POST"])
+    app.add_api_route("/v2/models/{model}", v2_metadata, methods=["GET"])
+
+    async def moderation_error(_: Request, err: Exception) -> Response:
+        assert isinstance(err, ModerationError)
+        return JSONResponse(err.to_dict(), status_code=err.status)
+
+    async def not_found(_: Request, err: Exception) -> Response:
+        return _error("model_not_found", f"model {err} not found", 404)
+
+    async def too_large(_: Request, __: Exception) -> Response:
+        return _error("body_too_large", f"request body over the limit of {max_body_bytes} bytes "
+                                        "(KSERVE_MAX_BODY_BYTES)", 413)
+
+    async def server_refusal(_: Request, err: Exception) -> Response:
+        assert isinstance(err, ServerRefusal)
+        return _error(err.reason, err.message, REASONS[err.reason])
+
+    app.add_exception_handler(ServerRefusal, server_refusal)
+    app.add_exception_handler(ModerationError, moderation_error)
+    app.add_exception_handler(_NotFound, not_found)
+    app.add_exception_handler(_TooLarge, too_large)
+
+    @app.middleware("http")
+    async def one_error_format(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        FRONTEND.request(response.status_code)
+        if response.status_code < 400:
+            return response
+        body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            doc = None
+        if isinstance(doc, dict) and "error" in doc and "reason" in doc:
+            return Response(body, response.status_code, media_type="application/json")
+        status = response.status_code
+        if status == 404 and isinstance(doc, dict) and doc.get("detail") == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        elif status == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(doc.get("error") or doc.get("detail") or doc) if isinstance(doc, dict) else body[:300].decode(
+                "utf-8", "replace")
+        reason = "model_not_found" if status == 404 and "does not exist" in message else reason_for_status(status)
+        return _error(reason, message, status)
+
+
+class _NotFound(Exception):
+    """No model of that name is served (404 model_not_found)."""
+
+
+class _TooLarge(Exception):
+    """Body over KSERVE_MAX_BODY_BYTES (413 body_too_large)."""
