@@ -36,6 +36,12 @@ def main() -> None:
             log.warning("%s", model.scorer.provenance.warning)
     install(app, {m.name: m for m in models}, cfg.max_body_bytes)
     install_frontend_counters()
+    try:  # uvloop, as uvicorn would pick itself: the stdlib loop's socket handling dominated a saturation profile
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        log.info("uvloop not installed: serving on the standard asyncio event loop")
     asyncio.run(serve(cfg, models))
 
 

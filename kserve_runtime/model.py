@@ -61,40 +61,53 @@ class ModerationModel(Model):
         cfg = self.archive.config
         self.scorer = Scorer(self.name, self.archive.model_dir, self.archive.handler_config, self.version)
         # TorchServe's batching keys of the same model config: batchSize (here in images), maxBatchDelay (ms),
-        # minWorkers (concurrent forward passes, each with `torch_threads` intra-op threads).
+        # minWorkers (batches decoded and run at once, each forward with `torch_threads` intra-op threads).
         self.batcher = AdaptiveBatcher(
-            self.scorer.scores,
+            self._process,
             max_batch_size=int(cfg.get("batchSize", 8)),
             max_latency_s=float(cfg.get("maxBatchDelay", 5)) / 1000,
             workers=int(cfg.get("minWorkers", 1)),
-            on_batch=self._observe_batch,
         )
         self.ready = True
         return self.ready
 
-    def _observe_batch(self, images: int, seconds: float) -> None:
-        self.metrics.batch_images(images)
-        self.metrics.stage("inference", seconds)
-
-    async def score(self, images: list[bytes]) -> Scored:
-        """Decode (in a thread), then score in whichever server-side batch the images land in."""
-        assert self.scorer is not None and self.batcher is not None, "model not loaded"
+    def _process(self, requests: list[list[bytes]]) -> list[tuple[list[Pixels], np.ndarray] | ModerationError]:
+        """One server-side batch, in a worker thread: decode every request (a bad one fails alone), one forward
+        pass over all good images (chunks of forward_batch), the stage metrics once per batch."""
+        assert self.scorer is not None
         seconds: Counter[str] = Counter()
-        t0 = time.perf_counter()
-        try:
-            pixels = await asyncio.get_running_loop().run_in_executor(None, self.scorer.pixels, images, seconds)
-        except ModerationError as err:
-            self.metrics.rejected(err.reason)
-            raise
+        outcomes: list[Any] = [None] * len(requests)
+        pixels: list[Pixels] = []
+        spans: list[tuple[int, int, int]] = []
+        for i, images in enumerate(requests):
+            try:
+                decoded = self.scorer.pixels(images, seconds)
+            except ModerationError as err:
+                self.metrics.rejected(err.reason)
+                outcomes[i] = err
+                continue
+            spans.append((i, len(pixels), len(pixels) + len(decoded)))
+            pixels.extend(decoded)
         for stage, spent in seconds.items():
             self.metrics.stage(stage, spent)
-        t1 = time.perf_counter()
-        scores = await self.batcher.submit(pixels)
-        t2 = time.perf_counter()
+        if pixels:
+            t0 = time.perf_counter()
+            scores = self.scorer.scores(pixels)
+            self.metrics.stage("inference", time.perf_counter() - t0)
+            self.metrics.batch_images(len(pixels))
+        for i, start, end in spans:
+            outcomes[i] = (pixels[start:end], scores[start:end])
+        return outcomes
+
+    async def score(self, images: list[bytes]) -> Scored:
+        """Decode and score in whichever server-side batch the request lands in."""
+        assert self.scorer is not None and self.batcher is not None, "model not loaded"
+        t0 = time.perf_counter()
+        (pixels, scores), queued = await self.batcher.submit(images, len(images))
         predictions = [self.scorer.prediction(float(s)) for s in scores]
         for label, count in Counter(p.label for p in predictions).items():
             self.metrics.predicted(label, count)
-        FRONTEND.inference(self.name, self.version, (t2 - t0) * 1e6, (t2 - t1) * 1e6)
+        FRONTEND.inference(self.name, self.version, (time.perf_counter() - t0) * 1e6, queued * 1e6)
         return Scored(predictions, pixels, scores)
 
     async def answer(self, request: ParsedRequest, explain: bool = False) -> dict[str, Any]:

@@ -10,7 +10,7 @@ route, wrong method, KServe's own errors) into `{"error", "reason"}` and counts 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -98,29 +98,65 @@ def install(app: FastAPI, models: dict[str, ModerationModel], max_body_bytes: in
     app.add_exception_handler(_NotFound, not_found)
     app.add_exception_handler(_TooLarge, too_large)
 
-    @app.middleware("http")
-    async def one_error_format(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        FRONTEND.request(response.status_code)
-        if response.status_code < 400:
-            return response
-        body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
-        try:
-            doc = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            doc = None
-        if isinstance(doc, dict) and "error" in doc and "reason" in doc:
-            return Response(body, response.status_code, media_type="application/json")
-        status = response.status_code
-        if status == 404 and isinstance(doc, dict) and doc.get("detail") == "Not Found":
-            message = f"no route {request.method} {request.url.path}"
-        elif status == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(doc.get("error") or doc.get("detail") or doc) if isinstance(doc, dict) else body[:300].decode(
-                "utf-8", "replace")
-        reason = "model_not_found" if status == 404 and "does not exist" in message else reason_for_status(status)
-        return _error(reason, message, status)
+    app.add_middleware(OneErrorFormat)
+
+
+class OneErrorFormat:
+    """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs the event loop far more): counts responses per
+    status class for TorchServe's Requests2XX/4XX/5XX, and puts any refusal without a `reason` (unknown route,
+    wrong method, KServe's own errors) into `{"error", "reason"}`. Responses below 400 stream through untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                FRONTEND.request(message["status"])
+                if message["status"] < 400:
+                    await send(message)
+                else:
+                    start.update(message)
+                return
+            if not start:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                status, body = _our_error(scope, start["status"], b"".join(chunks))
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length",
+                                                                                          b"content-type")]
+                await send({"type": "http.response.start", "status": status, "headers": [
+                    *headers, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def _our_error(scope: dict[str, Any], status: int, body: bytes) -> tuple[int, bytes]:
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc = None
+    if isinstance(doc, dict) and "error" in doc and "reason" in doc:
+        return status, body
+    method, path = scope.get("method", ""), scope.get("path", "")
+    if status == 404 and isinstance(doc, dict) and doc.get("detail") == "Not Found":
+        message = f"no route {method} {path}"
+    elif status == 405:
+        message = f"{method} is not allowed on {path}"
+    elif isinstance(doc, dict):
+        message = str(doc.get("error") or doc.get("detail") or doc)
+    else:
+        message = body[:300].decode("utf-8", "replace")
+    reason = "model_not_found" if status == 404 and "does not exist" in message else reason_for_status(status)
+    return status, json.dumps(error_body(reason, message)).encode()
 
 
 class _NotFound(Exception):

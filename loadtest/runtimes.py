@@ -115,8 +115,10 @@ def one_pass(runtime: str, store: Path, workdir: Path, bodies: list[loadgen.Body
 
 
 def _frontend_rss_mb(inst: TorchServeInstance) -> float | None:
+    """RSS of TorchServe's Java frontend (a child of the `torchserve` launcher)."""
     try:
-        return psutil.Process(inst.proc.pid).memory_info().rss / 2**20 if inst.proc else None
+        procs = psutil.Process(inst.proc.pid).children(recursive=True) if inst.proc else []
+        return next((p.memory_info().rss / 2**20 for p in procs if p.name() == "java"), None)
     except psutil.Error:
         return None
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from kserve_runtime.archives import archives_in
@@ -22,50 +21,55 @@ ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "model-archive" / "build" / "model-store"
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_scores() -> None:
+def test_concurrent_requests_share_batches_and_get_their_own_results() -> None:
     batches: list[int] = []
 
-    def score(pixels: list[float]) -> np.ndarray:
-        batches.append(len(pixels))
-        return np.asarray(pixels, dtype=np.float32) * 2
+    def process(items: list[list[float]]) -> list[list[float] | BaseException]:
+        batches.append(sum(len(i) for i in items))
+        return [ValueError(f"bad {i}") if i == [7.0] else [2 * v for v in i] for i in items]
 
-    async def run() -> list[np.ndarray]:
-        batcher = AdaptiveBatcher(score, max_batch_size=4, max_latency_s=0.05, workers=1)
+    async def run() -> list[object]:
+        batcher: AdaptiveBatcher[list[float], list[float]] = AdaptiveBatcher(process, max_batch_size=4,
+                                                                              max_latency_s=0.05, workers=1)
         try:
-            return await asyncio.gather(*(batcher.submit([float(i), float(i) + 0.5] if i == 3 else [float(i)])
-                                          for i in range(10)))
+            jobs = [[float(i), float(i) + 0.5] if i == 3 else [float(i)] for i in range(10)]
+            return await asyncio.gather(*(batcher.submit(j, len(j)) for j in jobs), return_exceptions=True)
         finally:
             await batcher.close()
 
     results = asyncio.run(run())
-    assert [r.tolist() for r in results] == [[2.0 * i, 2.0 * i + 1.0] if i == 3 else [2.0 * i] for i in range(10)]
-    assert sum(batches) == 11 and len(batches) < 10, batches  # coalesced, every image scored once
+    assert isinstance(results[7], ValueError)  # a bad request fails alone
+    assert [r[0] for i, r in enumerate(results) if i != 7] == [  # type: ignore[index]
+        [2.0 * i, 2.0 * i + 1.0] if i == 3 else [2.0 * i] for i in range(10) if i != 7]
+    assert all(r[1] >= 0 for i, r in enumerate(results) if i != 7)  # type: ignore[index]  # queueing seconds
+    assert sum(batches) == 11 and len(batches) < 10, batches  # coalesced, every image processed once
     assert max(batches) <= 4 + 1, batches  # closed at max_batch_size (the last request may carry one more)
 
 
 def test_a_lone_request_is_not_held_past_max_latency_and_failures_reach_their_batch_only() -> None:
     calls = 0
 
-    def score(pixels: list[float]) -> np.ndarray:
+    def process(items: list[float]) -> list[float]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("boom")
-        return np.asarray(pixels, dtype=np.float32)
+        return items
 
-    async def run() -> tuple[BaseException | np.ndarray, np.ndarray]:
-        batcher = AdaptiveBatcher(score, max_batch_size=64, max_latency_s=0.01, workers=2)
+    async def run() -> tuple[BaseException | tuple[float, float], tuple[float, float]]:
+        batcher: AdaptiveBatcher[float, float] = AdaptiveBatcher(process, max_batch_size=64, max_latency_s=0.01,
+                                                                 workers=2)
         try:
-            first = await asyncio.wait_for(asyncio.gather(batcher.submit([1.0]), return_exceptions=True), 5)
-            second = await asyncio.wait_for(batcher.submit([2.0]), 5)  # a batch of one, closed by max_latency
+            first = await asyncio.wait_for(asyncio.gather(batcher.submit(1.0), return_exceptions=True), 5)
+            second = await asyncio.wait_for(batcher.submit(2.0), 5)  # a batch of one, closed by max_latency
             return first[0], second
         finally:
             await batcher.close()
 
     failed, ok = asyncio.run(run())
-    assert isinstance(failed, RuntimeError) and ok.tolist() == [2.0]
+    assert isinstance(failed, RuntimeError) and ok[0] == 2.0
     with pytest.raises(ValueError, match="max_batch_size"):
-        AdaptiveBatcher(score, max_batch_size=0, max_latency_s=0.01)
+        AdaptiveBatcher(process, max_batch_size=0, max_latency_s=0.01)
 
 
 def test_archives_unpack_with_their_config_and_without_code(tmp_path: Path) -> None:
