@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from handlers.stack import url
+from tests.conftest import StackControl
 from tests.image_factory import jpeg, png, refused_variants
 from tests.kafka_support import (
     KAFKA_SH,
@@ -33,6 +34,26 @@ from tests.kafka_support import (
 )
 
 pytestmark = pytest.mark.usefixtures("serving")
+
+
+def test_the_bridge_works_unchanged_against_the_kserve_runtime(kafka: str, topics: Topics,  # noqa: F811
+                                                               stack_control: StackControl) -> None:
+    """Same bridge, same settings as against the gateway: v2 requests, model readiness, a poison record to the DLQ."""
+    runtime = stack_control.ensure("kserve")
+    ids = {f"k-{n}" for n in range(10)}
+    records = [raw_record(f"k-{n}", jpeg(160, 120, seed=n), {"n": n}) for n in range(10)]
+    records.append(raw_record("k-poison", b"not an image at all"))
+    bridge = BridgeProcess(topics, kafka, runtime.base_url, INFERENCE_MODEL="resnet50").start()
+    try:
+        produce(kafka, topics.input, records)
+        out = collect(kafka, topics, ids | {"k-poison"}, timeout_s=120)
+        assert set(out.predictions) == ids, out.report(ids, "kserve")
+        for docs in out.predictions.values():
+            check_prediction(docs[0], "resnet50")
+        assert out.dlq["k-poison"][0]["error_class"] == "not_an_image"
+        assert bridge.terminate() == 0
+    finally:
+        bridge.stop_quietly()
 
 
 def test_broker_topics_are_created_idempotently(kafka: str) -> None:  # noqa: F811

@@ -35,6 +35,7 @@ from confluent_kafka import Producer
 
 from handlers.stack import stack, url
 from tests import k8s_support as k
+from tests.conftest import DEFAULT_RUNTIME, StackControl
 
 CLUSTER_ONLY_METRIC = re.compile(r"\b(kube_[a-z_]+|container_[a-z_]+)\b")
 LIVE_DEADLINE_S = 150
@@ -203,8 +204,9 @@ def _up(health_url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def kafka_bridge(serving: str) -> Iterator[str]:
+def kafka_bridge(stack_control: StackControl) -> Iterator[str]:
     """Kafka + the bridge on the stack.env ports (reused when `make up` runs them), stopped if started here."""
+    stack_control.ensure(DEFAULT_RUNTIME)  # the bridge follows the runtime that runs (.run/runtime)
     started = []
     bridge_health = f"{url('BRIDGE_PORT')}/readyz"
     if not _up(bridge_health):
