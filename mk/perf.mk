@@ -19,8 +19,13 @@ loadtest: $(SETUP_STAMP) ## Headless Locust vs `make up` (USERS SPAWN_RATE DURAT
 	@echo "reports: $(LOADTEST_OUT)"
 
 .PHONY: bench
-bench: $(SETUP_STAMP) models ## Side-by-side benchmark: in-process ceiling, our handler, stock handler, Kafka (results in loadtest/results/)
+bench: $(SETUP_STAMP) models ## Side-by-side benchmark: in-process ceiling, our handler, stock handler, Kafka; then TorchServe vs the KServe runtime (loadtest/BENCHMARKS.md)
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
+	$(PY) -m loadtest.runtimes $(RUNTIMES_BENCH_ARGS)
+
+.PHONY: bench-runtimes
+bench-runtimes: $(SETUP_STAMP) models ## Only the runtimes comparison: TorchServe vs KServe ModelServer, A B B A (its section of loadtest/BENCHMARKS.md)
+	$(PY) -m loadtest.runtimes $(RUNTIMES_BENCH_ARGS)
 
 .PHONY: bench-levers
 bench-levers: $(SETUP_STAMP) models ## Each speed lever alone, one thread: JPEG decode paths, eager/TorchScript/torch.compile/ONNX fp32/int8 (loadtest/LEVERS.md)
