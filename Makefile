@@ -15,7 +15,7 @@ help: ## List every target with one line each
 	@awk 'BEGIN{FS=":.*## "} /^##@/{printf "\n%s\n", substr($$0,5)} /^[a-zA-Z0-9_.-]+:.*## /{printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # What the machine must have, checked before any work (scripts/preflight.sh): the strictest goal asked for.
-PREFLIGHT_MODE := $(or $(if $(filter cluster-up cluster-deploy e2e e2e-chaos e2e-scale,$(MAKECMDGOALS)),cluster),$(if \
+PREFLIGHT_MODE := $(or $(if $(filter cluster-up cluster-deploy e2e e2e-chaos e2e-scale e2e-kserve,$(MAKECMDGOALS)),cluster),$(if \
   $(filter test,$(MAKECMDGOALS)),test),$(if $(filter demo up classify,$(MAKECMDGOALS)),demo),setup)
 PHASE := scripts/phase.sh
 

@@ -5,6 +5,7 @@
 #   cluster/e2e.sh [checks]   `make e2e`: cluster/tests/test_e2e.py (ends with helm uninstall + kustomize)
 #   cluster/e2e.sh chaos      `make e2e-chaos`: cluster/tests/test_chaos.py (CHAOS_N, CHAOS_RUNS, CHAOS_RATE)
 #   cluster/e2e.sh scale      `make e2e-scale`: cluster/tests/test_scale.py (metrics-server, HPA, KEDA)
+#   cluster/e2e.sh kserve     `make e2e-kserve`: the chart with runtime=kserve, cluster/tests/test_kserve_runtime.py
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=cluster/env.sh
@@ -17,8 +18,11 @@ case "$MODE" in
   # -rP: the runs' numbers (recovery times, HPA decisions, throughput) are the point, shown when passing too.
   chaos) TESTS=test_chaos.py; TARGET=e2e-chaos; REPORT="-rP" ;;
   scale) TESTS=test_scale.py; TARGET=e2e-scale; REPORT="-rP" ;;
-  *) echo "usage: $0 [checks|chaos|scale]" >&2; exit 2 ;;
+  kserve) TESTS=test_kserve_runtime.py; TARGET=e2e-kserve; REPORT="" ;;
+  *) echo "usage: $0 [checks|chaos|scale|kserve]" >&2; exit 2 ;;
 esac
+DEPLOY_ARGS=()
+[[ $MODE != kserve ]] || DEPLOY_ARGS=(--set runtime=kserve)
 declare -a SUMMARY=()
 RC=0
 
@@ -36,7 +40,7 @@ footprint() { FOOTPRINT="$("$PY" "$HERE/footprint.py")"; }
 
 step "cluster-up" "$HERE/up.sh" \
   && step "images (build if changed)" "$ROOT/scripts/images.sh" build \
-  && step "deploy (helm --wait)" "$HERE/deploy.sh" install \
+  && step "deploy (helm --wait)" "$HERE/deploy.sh" install "${DEPLOY_ARGS[@]}" \
   && { [[ $MODE != scale ]] || step "metrics-server + KEDA (addons.sh scale)" "$HERE/addons.sh" scale; } \
   && footprint \
   && step "$MODE (pytest cluster/tests/$TESTS)" "$PY" -m pytest -q -p no:cacheprovider $REPORT \

@@ -25,6 +25,10 @@ e2e: preflight $(SETUP_STAMP) k8s-tools models ## cluster-up + images + deploy +
 e2e-chaos: preflight $(SETUP_STAMP) k8s-tools models ## cluster-up + deploy, CHAOS_N (5000) records via Kafka while pods die: 0 lost; CHAOS_RUNS (2) runs
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/e2e.sh chaos
 
+.PHONY: e2e-kserve
+e2e-kserve: preflight $(SETUP_STAMP) k8s-tools models ## cluster-up + deploy with runtime=kserve (torch-free KServe runtime image), then its checks
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/e2e.sh kserve
+
 .PHONY: e2e-scale
 e2e-scale: preflight $(SETUP_STAMP) k8s-tools models ## cluster-up + deploy + metrics-server/KEDA, then HPA scale-out under Locust and KEDA on consumer lag
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) cluster/e2e.sh scale
