@@ -21,8 +21,10 @@ MODELS_DIR="$ROOT/model-archive/build"
 
 "$KUBECTL" get --raw /readyz >/dev/null 2>&1 || { echo "no cluster: run 'make cluster-up' first" >&2; exit 1; }
 
-load_images() {
-  CONTAINERD_ADDRESS="$CONTAINERD_SOCK" "$ROOT/scripts/images.sh" load bridge predictor  # kafka.sh loads its own
+load_images() {  # load_images [HELM_ARGS...]: the bridge and the predictor image of the runtime deployed
+  local predictor=predictor
+  [[ " $* " != *"runtime=kserve"* ]] || predictor=kserve-predictor
+  CONTAINERD_ADDRESS="$CONTAINERD_SOCK" "$ROOT/scripts/images.sh" load bridge "$predictor"  # kafka.sh loads its own
 }
 
 namespace() {
@@ -49,11 +51,11 @@ install() {
 
 case "${1:-install}" in
   install)
-    phase "images imported into the node's containerd" load_images
+    shift || true
+    phase "images imported into the node's containerd" load_images "$@"
     phase "namespace $NAMESPACE (Pod Security: restricted, enforced)" namespace
     phase "model volume: hostPath PV of model-archive/build + PVC" model_volume
     "$HERE/kafka.sh" install  # the broker the chart's bridge consumes from
-    shift || true
     phase "helm upgrade --install --wait: both InferenceServices Ready" install "$@"
     "$KUBECTL" -n "$NAMESPACE" get inferenceservices,deployments,pods -o wide >&3
     ;;
