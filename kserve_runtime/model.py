@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from handlers.scorer import Pixels, Scorer
 from kserve_runtime.archives import Archive
 from kserve_runtime.batching import AdaptiveBatcher
 from kserve_runtime.metrics import FRONTEND, PrometheusModerationMetrics
+
+log = logging.getLogger("kserve_runtime")
 
 # Explanations run captum on torch tensors: present in the dev venv, left out of the torch-free image.
 EXPLAIN_AVAILABLE = all(importlib.util.find_spec(m) is not None for m in ("captum", "torch"))
@@ -71,7 +74,7 @@ class ModerationModel(Model):
         self.ready = True
         return self.ready
 
-    def _process(self, requests: list[list[bytes]]) -> list[tuple[list[Pixels], np.ndarray] | ModerationError]:
+    def _process(self, requests: list[list[bytes]]) -> list[tuple[list[Pixels], np.ndarray] | Exception]:
         """One server-side batch, in a worker thread: decode every request (a bad one fails alone), one forward
         pass over all good images (chunks of forward_batch), the stage metrics once per batch."""
         assert self.scorer is not None
@@ -85,6 +88,10 @@ class ModerationModel(Model):
             except ModerationError as err:
                 self.metrics.rejected(err.reason)
                 outcomes[i] = err
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug on one request must not fail its neighbours
+                log.exception("unexpected error decoding a request of %s", self.name)
+                outcomes[i] = exc
                 continue
             spans.append((i, len(pixels), len(pixels) + len(decoded)))
             pixels.extend(decoded)
