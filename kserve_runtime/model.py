@@ -11,6 +11,7 @@ import asyncio
 import importlib.util
 import logging
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,8 @@ class ModerationModel(Model):
             out = [await loop.run_in_executor(None, self.scorer.explain, p, float(s))
                    for p, s in zip(scored.pixels, scored.scores, strict=True)]
             return {"explanations": out}
+        if request.protocol == "v2" and request.request_id is None:  # as TorchServe: its own id when none was sent
+            request = ParsedRequest("v2", request.images, uuid.uuid4().hex)
         return render_response(request, scored.predictions, self.name, self.version)
 
     async def close(self) -> None:
