@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.tests.conftest import MODELS, NAMESPACE, http_client, isvc_name, kube_json, kubectl
+from cluster.tests.conftest import MODELS, NAMESPACE, http_client, isvc_name, kube_json, kubectl, wait_until
 from demo.samples import skimage_photos
 from handlers.envelopes import predictions_from, v2_request
 
@@ -20,8 +20,24 @@ pytestmark = pytest.mark.usefixtures("cluster_ready")
 
 
 def _pods(model: str) -> list[dict]:
-    return kube_json("-n", NAMESPACE, "get", "pods", "-l",
+    """The model's predictor pods that are not on their way out."""
+    pods = kube_json("-n", NAMESPACE, "get", "pods", "-l",
                      f"serving.kserve.io/inferenceservice={isvc_name(model)}")["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def _image(pod: dict) -> str:
+    return next(c["image"] for c in pod["spec"]["containers"] if c["name"] == "kserve-container")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def only_kserve_pods(cluster_ready: None) -> None:
+    """After `helm upgrade` from the TorchServe runtime (.ci/run deploys over the chaos run's release) the old
+    ReplicaSet's pod may still be scaling down; wait until only the new runtime's pods are left, before the
+    session-wide port-forwards pick a pod."""
+    for model in MODELS:
+        wait_until(lambda m=model: bool(_pods(m)) and all("kserve-predictor:" in _image(p) for p in _pods(m)),
+                   180, f"{model}: only kserve-predictor pods")
 
 
 def test_predictors_run_the_torch_free_kserve_image() -> None:
