@@ -21,13 +21,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from loadtest import loadgen
 from loadtest.bench import one_model_store, warm_up
 from loadtest.ceiling import ceiling
-from loadtest.torchserve_instance import OURS_PORTS, ROOT, TorchServeInstance, build_archives
+from loadtest.torchserve_instance import (
+    OURS_PORTS,
+    ROOT,
+    TorchServeInstance,
+    build_archives,
+    first_prediction_after,
+)
 
 MODEL = "mobilenet_v2"
 KSERVE_HTTP, KSERVE_GRPC = 8380, 8386
@@ -56,19 +61,8 @@ class KServeInstance:
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_first_prediction(self, image: bytes, timeout_s: float = 120) -> float:
-        deadline = time.perf_counter() + timeout_s
-        while time.perf_counter() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"kserve runtime exited; see {self.workdir}/kserve.log")
-            try:
-                r = httpx.post(f"{self.url}/v2/models/{MODEL}/infer", content=image,
-                               headers={"Content-Type": "image/jpeg"}, timeout=30)
-                if r.status_code == 200:
-                    return time.perf_counter() - self.started_at
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"kserve runtime: no prediction within {timeout_s}s")
+        return first_prediction_after(f"{self.url}/v2/models/{MODEL}/infer", image, self.proc, self.started_at,
+                                      f"kserve runtime (log: {self.workdir}/kserve.log)", timeout_s)
 
     def memory_mb(self) -> list[dict[str, float]]:
         info = psutil.Process(self.proc.pid).memory_full_info() if self.proc else None

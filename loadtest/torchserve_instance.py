@@ -96,19 +96,8 @@ class TorchServeInstance:
 
     def wait_first_prediction(self, model: str, image: bytes, timeout_s: float = 300) -> float:
         """Cold start: seconds from process start until the first successful prediction."""
-        deadline = time.perf_counter() + timeout_s
-        while time.perf_counter() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} TorchServe exited; see {self.workdir}/torchserve.log")
-            try:
-                r = httpx.post(f"{self.url}/predictions/{model}", content=image,
-                               headers={"Content-Type": "image/jpeg"}, timeout=30)
-                if r.status_code == 200:
-                    return time.perf_counter() - self.started_at
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name}: no prediction within {timeout_s}s")
+        return first_prediction_after(f"{self.url}/predictions/{model}", image, self.proc, self.started_at,
+                                      f"{self.name} TorchServe (log: {self.workdir}/torchserve.log)", timeout_s)
 
     def wait_all_ready(self, models: list[str], image: bytes) -> dict[str, float]:
         return {m: self.wait_first_prediction(m, image) for m in models}
@@ -145,6 +134,24 @@ class TorchServeInstance:
                 self.proc.wait(timeout=10)
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def first_prediction_after(url: str, image: bytes, proc: subprocess.Popen | None, started_at: float, what: str,
+                           timeout_s: float) -> float:
+    """Seconds from `started_at` until `url` first answers a JPEG with 200 (a server's cold start); fails early
+    when `proc` exits. Shared by every server the benchmarks start."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited")
+        try:
+            r = httpx.post(url, content=image, headers={"Content-Type": "image/jpeg"}, timeout=30)
+            if r.status_code == 200:
+                return time.perf_counter() - started_at
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what}: no prediction within {timeout_s}s")
 
 
 CUDA_LIBRARY_MARKERS = ("/nvidia/", "libtorch_cuda", "libc10_cuda", "libcaffe2_nvrtc", "libtorch_nvshmem")
