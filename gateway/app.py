@@ -183,24 +183,27 @@ async def model_ready(request: web.Request) -> web.Response:
     return _json(ModelReadyResponse(name=name, ready=ready), 200 if ready else 503)
 
 
-async def _provenance(request: web.Request, name: str) -> Provenance | None:
-    """The weights' provenance, asked from a worker through TorchServe's describe call (None if it cannot say)."""
+async def _described(request: web.Request, name: str) -> tuple[Provenance | None, bool]:
+    """The weights' provenance and whether the model scores categories, asked from a worker through TorchServe's
+    describe call ((None, False) if it cannot say)."""
     try:
         async with request.app[SESSION].get(f"{request.app[MANAGEMENT]}/models/{name}",
                                             params={"customized": "true"}) as resp:
             if resp.status != 200:
-                return None
+                return None, False
             described = (await resp.json(content_type=None))[0].get("customizedMetadata")
-        return Provenance(**(json.loads(described) if isinstance(described, str) else described))
+        fields = dict(json.loads(described) if isinstance(described, str) else described)
+        categories = bool(fields.pop("categories", None))
+        return Provenance(**fields), categories
     except (TimeoutError, aiohttp.ClientError, LookupError, TypeError, ValueError):
-        return None
+        return None, False
 
 
 async def model_metadata(request: web.Request) -> web.Response:
     name, description = await _registered(request)
-    provenance = await _provenance(request, name)
+    provenance, categories = await _described(request, name)
     body = v2_model_metadata(name, [str(v.get("modelVersion")) for v in description], PLATFORM,
-                             provenance.parameters() if provenance else None)
+                             provenance.parameters() if provenance else None, categories)
     return web.json_response(ModelMetadataResponse.model_validate(body).model_dump(mode="json") | body)
 
 

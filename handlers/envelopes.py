@@ -15,10 +15,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from handlers.errors import ModerationError
+from handlers.model_io import CATEGORIES
 
 Protocol = Literal["raw", "v1", "v2"]
 V2_INPUT_NAME = "image"
-V2_OUTPUTS: dict[str, str] = {"label": "BYTES", "harmful_score": "FP32", "threshold": "FP32"}  # name -> datatype
+# name -> datatype, one element per image; a model with a category head adds V2_CATEGORIES_OUTPUT
+V2_OUTPUTS: dict[str, str] = {"label": "BYTES", "harmful_score": "FP32", "threshold": "FP32", "decision": "BYTES",
+                              "review_threshold": "FP32"}
+# FP32 [n, len(CATEGORIES)], row-major; its `parameters.categories` names the columns (comma-separated)
+V2_CATEGORIES_OUTPUT = "categories"
 MAX_IMAGES_PER_REQUEST = int(os.environ.get("MODERATION_MAX_IMAGES_PER_REQUEST", "64"))
 
 
@@ -31,11 +36,21 @@ class ParsedRequest:
 
 @dataclass(frozen=True)
 class Prediction:
+    """One image's answer. `decision`/`review_threshold` are None only when read from an older server;
+    `categories` (P per harmful category, handlers.model_io.CATEGORIES) only for models with a category head."""
+
     label: str
     harmful_score: float
     threshold: float
     model: str
     model_version: str
+    decision: str | None = None
+    review_threshold: float | None = None
+    categories: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The raw/v1 JSON object: every field, without the ones this prediction does not have."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def _b64(value: Any, index: int) -> bytes:
@@ -220,32 +235,37 @@ def parse_request(body: Any, content_type: str | None) -> ParsedRequest:
 def render_response(request: ParsedRequest, preds: list[Prediction], model: str, version: str) -> dict[str, Any]:
     """Predictions for one request in the protocol it arrived in."""
     if request.protocol == "raw":
-        return asdict(preds[0])
+        return preds[0].to_dict()
     if request.protocol == "v1":
-        return {"predictions": [asdict(p) for p in preds]}
-    response: dict[str, Any] = {
-        "model_name": model,
-        "model_version": version,
-        "outputs": [
-            {"name": name, "datatype": datatype, "shape": [len(preds)], "data": [getattr(p, name) for p in preds]}
-            for name, datatype in V2_OUTPUTS.items()
-        ],
-    }
+        return {"predictions": [p.to_dict() for p in preds]}
+    outputs = [
+        {"name": name, "datatype": datatype, "shape": [len(preds)], "data": [getattr(p, name) for p in preds]}
+        for name, datatype in V2_OUTPUTS.items()
+    ]
+    if preds and preds[0].categories is not None:
+        outputs.append({"name": V2_CATEGORIES_OUTPUT, "datatype": "FP32", "shape": [len(preds), len(CATEGORIES)],
+                        "data": [p.categories[c] for p in preds for c in CATEGORIES],  # type: ignore[index]
+                        "parameters": {"categories": ",".join(CATEGORIES)}})
+    response: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
     if request.request_id is not None:
         response["id"] = request.request_id
     return response
 
 
 def v2_model_metadata(name: str, versions: list[str], platform: str,
-                      parameters: dict[str, str] | None = None) -> dict[str, Any]:
-    """OIP v2 `GET /v2/models/{m}` for a moderation model: its tensors derive from V2_INPUT_NAME/V2_OUTPUTS.
-    `parameters` (the weights' provenance) is beyond OIP's model-metadata fields; v2 clients ignore it."""
+                      parameters: dict[str, str] | None = None, categories: bool = False) -> dict[str, Any]:
+    """OIP v2 `GET /v2/models/{m}` for a moderation model: its tensors derive from V2_INPUT_NAME/V2_OUTPUTS
+    (+ V2_CATEGORIES_OUTPUT for a model with a category head). `parameters` (the weights' provenance) is
+    beyond OIP's model-metadata fields; v2 clients ignore it."""
+    outputs = [{"name": out, "datatype": dt, "shape": [-1]} for out, dt in V2_OUTPUTS.items()]
+    if categories:
+        outputs.append({"name": V2_CATEGORIES_OUTPUT, "datatype": "FP32", "shape": [-1, len(CATEGORIES)]})
     body: dict[str, Any] = {
         "name": name,
         "versions": versions,
         "platform": platform,
         "inputs": [{"name": V2_INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": out, "datatype": dt, "shape": [-1]} for out, dt in V2_OUTPUTS.items()],
+        "outputs": outputs,
     }
     if parameters:
         body["parameters"] = parameters
@@ -278,11 +298,27 @@ def v2_request(images: list[bytes], request_id: str | None = None) -> dict[str, 
 def predictions_from(response: dict[str, Any]) -> list[Prediction]:
     """Predictions from a raw, v1 or v2 response body."""
     if "outputs" in response:
-        cols = {o["name"]: o["data"] for o in response["outputs"]}
-        return [
-            Prediction(label, float(score), float(thr), response["model_name"], str(response.get("model_version")))
-            for label, score, thr in zip(cols["label"], cols["harmful_score"], cols["threshold"], strict=True)
-        ]
+        return _from_v2_outputs(response)
     if "predictions" in response:
         return [Prediction(**p) for p in response["predictions"]]
     return [Prediction(**response)]
+
+
+def _from_v2_outputs(response: dict[str, Any]) -> list[Prediction]:
+    outputs = {o["name"]: o for o in response["outputs"]}
+    cols = {name: o["data"] for name, o in outputs.items()}
+    n = len(cols["label"])
+    decisions = cols.get("decision", [None] * n)
+    reviews = cols.get("review_threshold", [None] * n)
+    categories: list[dict[str, float] | None] = [None] * n
+    if V2_CATEGORIES_OUTPUT in outputs:
+        names = outputs[V2_CATEGORIES_OUTPUT].get("parameters", {}).get("categories", ",".join(CATEGORIES)).split(",")
+        flat = cols[V2_CATEGORIES_OUTPUT]
+        categories = [dict(zip(names, map(float, flat[i * len(names):(i + 1) * len(names)]), strict=True))
+                      for i in range(n)]
+    return [
+        Prediction(label, float(score), float(thr), response["model_name"], str(response.get("model_version")),
+                   decision, None if review is None else float(review), cats)
+        for label, score, thr, decision, review, cats in zip(
+            cols["label"], cols["harmful_score"], cols["threshold"], decisions, reviews, categories, strict=True)
+    ]

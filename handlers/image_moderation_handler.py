@@ -75,7 +75,7 @@ class ImageModerationHandler(BaseHandler):
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         self.context = context
         if self._is_describe():
-            return [json.dumps(asdict(self.scorer.provenance))]
+            return [json.dumps(asdict(self.scorer.provenance) | {"categories": list(self.scorer.categories)})]
         batch = self.preprocess(data)
         scores = self.inference(batch.pixels)
         responses = self.postprocess(batch, scores)
@@ -125,7 +125,7 @@ class ImageModerationHandler(BaseHandler):
         start, end = batch.spans[idx]
         t0 = time.perf_counter()
         try:
-            out = [self.scorer.explain(batch.pixels[k], float(scores[k])) for k in range(start, end)]
+            out = [self.scorer.explain(batch.pixels[k], scores[k]) for k in range(start, end)]
         except Exception as exc:  # noqa: BLE001 - a failed explanation must not fail the batch's predictions
             logger.exception("explanation of request %d failed", idx)
             self.context.set_response_status(500, "internal error", idx)
@@ -147,7 +147,7 @@ class ImageModerationHandler(BaseHandler):
                 self.context.set_response_status(500, "internal error", idx)
                 responses.append(json.dumps(error_body("internal", f"internal error: {type(row).__name__}")))
                 continue
-            preds = [self.scorer.prediction(score) for score in scores[start:end].tolist()]
+            preds = [self.scorer.prediction(row) for row in scores[start:end]]
             label_counts.update(p.label for p in preds)
             if row.protocol == "v2" and row.request_id is None:
                 row = ParsedRequest(row.protocol, row.images, self.context.get_request_id(idx))

@@ -13,6 +13,12 @@ from PIL import Image
 LABELS: tuple[str, str] = ("benign", "harmful")
 HARMFUL_INDEX = LABELS.index("harmful")
 MODEL_NAMES: tuple[str, ...] = ("mobilenet_v2", "resnet50")  # registry.REGISTRY builds exactly these
+# Harmful categories of a model with a category head: its logits are len(LABELS) class logits followed by one
+# independent (sigmoid) logit per category, in this order. A model with only the class logits has none.
+CATEGORIES: tuple[str, ...] = ("firearm", "blade", "violence", "fire_smoke")
+# What a moderation client does with an image: block at or above `threshold`, send to human review at or above
+# `review_threshold` (lower, picked for a higher recall), allow below both.
+DECISIONS: tuple[str, str, str] = ("block", "review", "allow")
 IMAGE_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,8 +31,31 @@ def input_array(image: Image.Image) -> np.ndarray:
 
 
 def harmful_probability(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the class axis of an (n, len(LABELS)) logit array -> P(harmful) per row, float32."""
-    z = logits.astype(np.float64)
+    """Softmax over the class logits of an (n, len(LABELS) [+ categories]) logit array -> P(harmful) per row."""
+    z = logits[:, :len(LABELS)].astype(np.float64)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e[:, HARMFUL_INDEX] / e.sum(axis=1)).astype(np.float32)
+
+
+def category_count(width: int) -> int:
+    """How many categories a graph with `width` logits per image scores: 0 or len(CATEGORIES)."""
+    extra = width - len(LABELS)
+    if extra not in (0, len(CATEGORIES)):
+        raise ValueError(f"a model with {width} logits per image: expected {len(LABELS)} (classes) or "
+                         f"{len(LABELS) + len(CATEGORIES)} (classes + {', '.join(CATEGORIES)})")
+    return extra
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """(n, width) logits -> (n, 1 + categories) float32: P(harmful), then each category's sigmoid probability."""
+    n_cat = category_count(logits.shape[1])
+    cats = 1.0 / (1.0 + np.exp(-logits[:, len(LABELS):len(LABELS) + n_cat].astype(np.float64)))
+    return np.column_stack([harmful_probability(logits), cats]).astype(np.float32)
+
+
+def decision(score: float, threshold: float, review_threshold: float) -> str:
+    """block / review / allow for one P(harmful) (see DECISIONS); review_threshold >= threshold means no band."""
+    if score >= threshold:
+        return DECISIONS[0]
+    return DECISIONS[1] if score >= review_threshold else DECISIONS[2]

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from torchvision.transforms import v2 as T
 
 from handlers.model_io import (  # noqa: F401 - re-exported: the torch-free half of the registry
+    CATEGORIES,
     HARMFUL_INDEX,
     IMAGE_SIZE,
     IMAGENET_MEAN,
@@ -78,20 +79,26 @@ def head(model: nn.Module, name: str) -> nn.Linear:
     return layer
 
 
-def build_model(name: str) -> nn.Module:
-    """Architecture `name` with a fresh `len(LABELS)`-way head and no weights loaded."""
+def build_model(name: str, categories: bool = False) -> nn.Module:
+    """Architecture `name` with a fresh head and no weights loaded: `len(LABELS)` class logits, followed by one
+    logit per `model_io.CATEGORIES` when `categories`."""
     s = spec(name)
     model = s.build_backbone()
     old = model.get_submodule(s.head_path)
     assert isinstance(old, nn.Linear)
-    _set_attr(model, s.head_path, nn.Linear(old.in_features, len(LABELS)))
+    _set_attr(model, s.head_path, nn.Linear(old.in_features, len(LABELS) + (len(CATEGORIES) if categories else 0)))
     return model
 
 
 def load_checkpoint(model: nn.Module, path: str, map_location: str = "cpu") -> dict:
-    """Load a checkpoint written by training (`{"state_dict", "meta"}`, fp16 allowed); return its meta."""
+    """Load a checkpoint written by training (`{"state_dict", "meta"}`, fp16 allowed); return its meta.
+    The head is resized to the checkpoint's (class logits only, or with the category logits)."""
     blob = torch.load(path, map_location=map_location, weights_only=True)
     state = blob.get("state_dict", blob)
+    for name, module in list(model.named_modules()):
+        weight = state.get(f"{name}.weight")
+        if isinstance(module, nn.Linear) and weight is not None and weight.shape != module.weight.shape:
+            _set_attr(model, name, nn.Linear(weight.shape[1], weight.shape[0]))
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return dict(blob.get("meta", {})) if isinstance(blob, dict) else {}
 

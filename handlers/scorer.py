@@ -20,7 +20,7 @@ import numpy as np
 from handlers.envelopes import Prediction
 from handlers.errors import ModerationError
 from handlers.imaging import decode_image
-from handlers.model_io import HARMFUL_INDEX, LABELS, harmful_probability, input_array
+from handlers.model_io import CATEGORIES, HARMFUL_INDEX, LABELS, category_count, decision, input_array, probabilities
 from handlers.provenance import Provenance
 from handlers.settings import HandlerSettings, graph_file
 
@@ -50,6 +50,7 @@ class Scorer:
             self._to_pixels = input_array
         else:
             self._load_eager(os.path.join(model_dir, CHECKPOINT_FILE))
+        self.categories = self._categories()
 
     def _onnx_session(self, path: str) -> Any:
         """ONNX Runtime session; intra-op threads follow `torch_threads` so workers x threads still fits the CPU."""
@@ -101,40 +102,52 @@ class Scorer:
         return out
 
     def scores(self, pixels: Sequence[Pixels]) -> np.ndarray:
-        """P(harmful) for every image: one forward pass, or chunks of `forward_batch` images (large CPU batches
-        are slower per image)."""
+        """(n, 1 + categories) float32 per image: P(harmful), then each category's probability. One forward pass,
+        or chunks of `forward_batch` images (large CPU batches are slower per image)."""
         if not pixels:
-            return np.empty(0, dtype=np.float32)
+            return np.empty((0, 1 + len(self.categories)), dtype=np.float32)
         step = self.settings.forward_batch or len(pixels)
         return np.concatenate([self._forward(pixels[i:i + step]) for i in range(0, len(pixels), step)])
 
     def _forward(self, pixels: Sequence[Pixels]) -> np.ndarray:
         if self.onnx:
-            return harmful_probability(self._session.run(None, {"pixels": np.stack(pixels)})[0])
+            return probabilities(self._session.run(None, {"pixels": np.stack(pixels)})[0])
         import torch
 
         x = self._normalize(torch.stack(list(pixels)))
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return torch.softmax(self._model(x).float(), dim=1)[:, HARMFUL_INDEX].numpy()
+            return probabilities(self._model(x).float().numpy())
 
-    def prediction(self, score: float) -> Prediction:
-        label = LABELS[HARMFUL_INDEX] if score >= self.settings.threshold else LABELS[1 - HARMFUL_INDEX]
-        return Prediction(label, round(float(score), 6), self.settings.threshold, self.model_name, self.version)
+    def _categories(self) -> tuple[str, ...]:
+        """The harmful categories this model scores (none without a category head), from its output width."""
+        if self.onnx:
+            width = self._session.get_outputs()[0].shape[1]
+        else:
+            width = [m for m in self._model.modules() if type(m).__name__ == "Linear"][-1].out_features
+        return CATEGORIES[:category_count(int(width))]
+
+    def prediction(self, row: np.ndarray) -> Prediction:
+        """One image's answer from its row of `scores`: label, decision and category scores."""
+        score = float(row[0])
+        s = self.settings
+        label = LABELS[HARMFUL_INDEX] if score >= s.threshold else LABELS[1 - HARMFUL_INDEX]
+        cats = {c: round(float(p), 6) for c, p in zip(CATEGORIES, row[1:], strict=False)} if len(row) > 1 else None
+        return Prediction(label, round(score, 6), s.threshold, self.model_name, self.version,
+                          decision(score, s.threshold, s.review_threshold),  # type: ignore[arg-type]
+                          s.review_threshold, cats)
 
     def score_floats(self, x: torch.Tensor) -> torch.Tensor:
         """P(harmful) of a float batch in the backend's pixel layout: what captum perturbs for explanations."""
         import torch
 
         pixels = x.round().clamp(0, 255).to(torch.uint8)
-        return torch.from_numpy(self._forward([p.numpy() if self.onnx else p for p in pixels]))
+        return torch.from_numpy(self._forward([p.numpy() if self.onnx else p for p in pixels])[:, 0])
 
-    def explain(self, pixels: Pixels, score: float) -> dict[str, Any]:
+    def explain(self, pixels: Pixels, row: np.ndarray) -> dict[str, Any]:
         """One image's `:explain` answer (handlers/explain.py): its prediction plus the occlusion grid."""
-        from dataclasses import asdict
-
         from handlers.explain import explanation, occlusion_grid
 
         grid = occlusion_grid(self.score_floats, pixels, self.settings.explain_grid)
-        return explanation(asdict(self.prediction(score)), grid)
+        return explanation(self.prediction(row).to_dict(), grid)

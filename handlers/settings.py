@@ -20,6 +20,8 @@ INT8_ONNX_FILE = "model.int8.onnx"  # calibrated by `make quantize` (models/<mod
 # The int8 graph scores differently from the fp32 weights, so it has its own decision threshold, picked on
 # validation by `make quantize`; it is served exactly when backend is onnx_int8.
 INT8_THRESHOLD_KEY = "threshold_int8"
+REVIEW_THRESHOLD_KEY = "review_threshold"
+INT8_REVIEW_THRESHOLD_KEY = "review_threshold_int8"
 
 
 def graph_file(backend: str) -> str | None:
@@ -45,6 +47,10 @@ class HandlerSettings:
     # P(harmful) at or above which an image is labelled harmful; backend onnx_int8 serves handler.threshold_int8
     # instead (MODERATION_THRESHOLD[_<MODEL>] still overrides whichever is served)
     threshold: float = 0.5
+    # P(harmful) at or above which an image below `threshold` goes to human review (decision "review"); picked by
+    # `make train` for a higher recall. Unset (None): the threshold itself, i.e. no review band. Backend
+    # onnx_int8 serves handler.review_threshold_int8.
+    review_threshold: float | None = None
     torch_threads: int = 0  # intra-op threads per worker; 0 keeps torch's default
     channels_last: bool = True  # NHWC memory format: faster convolutions on x86 CPUs
     fast_jpeg: bool = True  # decode large JPEGs at reduced size (DCT scaling) before resizing to 224
@@ -87,8 +93,19 @@ class HandlerSettings:
                 raise ValueError(f"backend onnx_int8 for {model} needs handler.{INT8_THRESHOLD_KEY} "
                                  "(written by `make quantize`)")
             settings = replace(settings, threshold=float(int8))
+        if settings.backend == "onnx_int8" and _env("review_threshold", model, env) is None:
+            int8 = (config or {}).get(INT8_REVIEW_THRESHOLD_KEY)
+            settings = replace(settings, review_threshold=None if int8 is None else float(int8))
+        if settings.review_threshold is None:
+            settings = replace(settings, review_threshold=settings.threshold)
+        elif _env("threshold", model, env) is not None and _env("review_threshold", model, env) is None:
+            # an operator who moves only the threshold gets the configured band below it, or none
+            settings = replace(settings, review_threshold=min(settings.review_threshold, settings.threshold))
         if not 0.0 <= settings.threshold <= 1.0:
             raise ValueError(f"threshold for {model} must be within [0, 1], got {settings.threshold}")
+        if not 0.0 <= settings.review_threshold <= settings.threshold:  # type: ignore[operator]
+            raise ValueError(f"review_threshold for {model} must be within [0, threshold={settings.threshold}], "
+                             f"got {settings.review_threshold}")
         if settings.forward_batch < 0:
             raise ValueError(f"forward_batch for {model} must be >= 0, got {settings.forward_batch}")
         if settings.explain_grid < 1 or 224 % settings.explain_grid:  # registry.IMAGE_SIZE (torch-free import here)

@@ -112,7 +112,7 @@ class ModerationModel(Model):
         assert self.scorer is not None and self.batcher is not None, "model not loaded"
         t0 = time.perf_counter()
         (pixels, scores), queued = await self.batcher.submit(images, len(images))
-        predictions = [self.scorer.prediction(float(s)) for s in scores]
+        predictions = [self.scorer.prediction(row) for row in scores]
         for label, count in Counter(p.label for p in predictions).items():
             self.metrics.predicted(label, count)
         FRONTEND.inference(self.name, self.version, (time.perf_counter() - t0) * 1e6, queued * 1e6)
@@ -127,7 +127,7 @@ class ModerationModel(Model):
                 raise ServerRefusal("explain_unavailable", ":explain needs captum and torch, which this runtime's "
                                     "image leaves out (torch-free serving); use the TorchServe runtime's image")
             loop = asyncio.get_running_loop()
-            out = [await loop.run_in_executor(None, self.scorer.explain, p, float(s))
+            out = [await loop.run_in_executor(None, self.scorer.explain, p, s)
                    for p, s in zip(scored.pixels, scored.scores, strict=True)]
             return {"explanations": out}
         if request.protocol == "v2" and request.request_id is None:  # as TorchServe: its own id when none was sent

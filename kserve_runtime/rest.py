@@ -64,7 +64,8 @@ def install(app: FastAPI, models: dict[str, ModerationModel], max_body_bytes: in
     async def v2_metadata(model: str) -> Response:
         m = lookup(model)
         provenance = m.scorer.provenance.parameters() if m.scorer else None
-        return JSONResponse(v2_model_metadata(m.name, [m.version], PLATFORM, provenance))
+        categories = bool(m.scorer and m.scorer.categories)
+        return JSONResponse(v2_model_metadata(m.name, [m.version], PLATFORM, provenance, categories))
 
     async def verb_needs_post(model: str, request: Request) -> Response:
         # else KServe's GET /v1/models/{name} would answer "model m:predict does not exist"

@@ -32,6 +32,7 @@ def _steps(model: str, backend: str, batch: int, threads: int, onnx_path: str) -
     import torch
 
     from handlers.imaging import DecodeLimits, decode_image
+    from handlers.model_io import probabilities
     from handlers.registry import build_model, input_array, input_transform, load_checkpoint, normalize
 
     torch.set_num_threads(threads)
@@ -56,7 +57,7 @@ def _steps(model: str, backend: str, batch: int, threads: int, onnx_path: str) -
         def step(raw: list[bytes]) -> None:
             x = norm(torch.stack([to_pixels(decode_image(b, limits)) for b in raw])).contiguous(memory_format=fmt)
             with torch.inference_mode():
-                torch.softmax(net(x), 1)
+                probabilities(net(x).numpy())
 
     return step, [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
 

@@ -14,6 +14,7 @@ from handlers.envelopes import (
     predictions_from,
     render_response,
     v1_request,
+    v2_model_metadata,
     v2_request,
 )
 from handlers.errors import ModerationError
@@ -96,17 +97,52 @@ def test_bad_base64_names_its_index() -> None:
 
 
 def test_responses_round_trip_through_the_client_helper() -> None:
+    cats = {"firearm": 0.8, "blade": 0.1, "violence": 0.05, "fire_smoke": 0.01}
     preds = [
-        Prediction("harmful", 0.9, 0.4, "mobilenet_v2", "1.0"),
-        Prediction("benign", 0.1, 0.4, "mobilenet_v2", "1.0"),
+        Prediction("harmful", 0.9, 0.4, "mobilenet_v2", "1.0", "block", 0.2, cats),
+        Prediction("benign", 0.3, 0.4, "mobilenet_v2", "1.0", "review", 0.2, dict.fromkeys(cats, 0.0)),
+        Prediction("benign", 0.1, 0.4, "mobilenet_v2", "1.0", "allow", 0.2, dict.fromkeys(cats, 0.5)),
     ]
-    v2 = render_response(ParsedRequest("v2", [IMG_A, IMG_B], "id-1"), preds, "mobilenet_v2", "1.0")
+    v2 = render_response(ParsedRequest("v2", [IMG_A, IMG_B, IMG_A], "id-1"), preds, "mobilenet_v2", "1.0")
     assert v2["id"] == "id-1" and v2["model_name"] == "mobilenet_v2" and v2["model_version"] == "1.0"
     assert {o["name"]: (o["datatype"], o["shape"]) for o in v2["outputs"]} == {
-        "label": ("BYTES", [2]), "harmful_score": ("FP32", [2]), "threshold": ("FP32", [2])}
+        "label": ("BYTES", [3]), "harmful_score": ("FP32", [3]), "threshold": ("FP32", [3]),
+        "decision": ("BYTES", [3]), "review_threshold": ("FP32", [3]), "categories": ("FP32", [3, 4])}
+    categories = next(o for o in v2["outputs"] if o["name"] == "categories")
+    assert categories["parameters"] == {"categories": "firearm,blade,violence,fire_smoke"}
+    assert categories["data"][:4] == [0.8, 0.1, 0.05, 0.01]  # row-major: image 0's four categories first
     assert predictions_from(v2) == preds
     assert predictions_from(render_response(ParsedRequest("v1", [IMG_A, IMG_B]), preds, "m", "1")) == preds
     assert predictions_from(render_response(ParsedRequest("raw", [IMG_A]), preds[:1], "m", "1")) == preds[:1]
+
+
+def test_a_model_without_categories_leaves_them_out_of_every_protocol() -> None:
+    preds = [Prediction("benign", 0.1, 0.4, "resnet50", "1.0", "allow", 0.4)]
+    raw = render_response(ParsedRequest("raw", [IMG_A]), preds, "resnet50", "1.0")
+    assert raw == {"label": "benign", "harmful_score": 0.1, "threshold": 0.4, "model": "resnet50",
+                   "model_version": "1.0", "decision": "allow", "review_threshold": 0.4}
+    v2 = render_response(ParsedRequest("v2", [IMG_A]), preds, "resnet50", "1.0")
+    assert "categories" not in {o["name"] for o in v2["outputs"]}
+    assert predictions_from(v2) == preds
+
+
+def test_answers_of_an_older_server_still_parse() -> None:
+    """A server from before decisions and categories: the new fields read as None."""
+    old = {"model_name": "m", "model_version": "1", "outputs": [
+        {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["harmful"]},
+        {"name": "harmful_score", "datatype": "FP32", "shape": [1], "data": [0.9]},
+        {"name": "threshold", "datatype": "FP32", "shape": [1], "data": [0.5]}]}
+    assert predictions_from(old) == [Prediction("harmful", 0.9, 0.5, "m", "1")]
+    assert predictions_from({"label": "benign", "harmful_score": 0.1, "threshold": 0.5, "model": "m",
+                             "model_version": "1"})[0].decision is None
+
+
+def test_v2_metadata_lists_the_categories_output_only_for_a_model_with_categories() -> None:
+    plain = v2_model_metadata("resnet50", ["1"], "p")
+    assert [o["name"] for o in plain["outputs"]] == ["label", "harmful_score", "threshold", "decision",
+                                                     "review_threshold"]
+    with_categories = v2_model_metadata("mobilenet_v2", ["1"], "p", categories=True)
+    assert with_categories["outputs"][-1] == {"name": "categories", "datatype": "FP32", "shape": [-1, 4]}
 
 
 def test_untyped_json_body_is_parsed_as_json() -> None:

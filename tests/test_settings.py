@@ -44,3 +44,22 @@ def test_int8_backend_serves_its_own_threshold() -> None:
     assert HandlerSettings.load("mobilenet_v2", config, env=env).threshold == 0.6
     with pytest.raises(ValueError, match="threshold_int8"):
         HandlerSettings.load("mobilenet_v2", {"backend": "onnx_int8", "threshold": 0.8}, env={})
+
+
+def test_review_threshold_defaults_to_no_band_and_follows_the_backend() -> None:
+    plain = HandlerSettings.load("resnet50", {"threshold": 0.6}, env={})
+    assert plain.review_threshold == 0.6  # no review band: decisions are block or allow only
+    config = {"backend": "onnx_int8", "threshold": 0.8, "threshold_int8": 0.7, "review_threshold": 0.3,
+              "review_threshold_int8": 0.25}
+    assert HandlerSettings.load("mobilenet_v2", config, env={}).review_threshold == 0.25
+    assert HandlerSettings.load("mobilenet_v2", config, env={"MODERATION_BACKEND": "onnx"}).review_threshold == 0.3
+    env = {"MODERATION_REVIEW_THRESHOLD_MOBILENET_V2": "0.1"}
+    assert HandlerSettings.load("mobilenet_v2", config, env=env).review_threshold == 0.1
+    # moving only the threshold below the configured band keeps decisions consistent: no band
+    low = HandlerSettings.load("mobilenet_v2", config, env={"MODERATION_THRESHOLD": "0.2"})
+    assert (low.threshold, low.review_threshold) == (0.2, 0.2)
+
+
+def test_review_threshold_above_the_threshold_is_refused() -> None:
+    with pytest.raises(ValueError, match="review_threshold"):
+        HandlerSettings.load("mobilenet_v2", {"threshold": 0.5, "review_threshold": 0.7}, env={})

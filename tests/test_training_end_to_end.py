@@ -58,6 +58,36 @@ def test_one_training_run_then_evaluate_end_to_end(tmp_path: Path, capsys: pytes
 
 
 @pytest.mark.usefixtures("restore_determinism")
+def test_thresholds_and_calibration_come_from_held_out_sources(tmp_path: Path) -> None:
+    """With a manifest's source_repo column: source folds, temperature in the head, both thresholds written,
+    a category head, and the card's promise-vs-achieved and category sections."""
+    data = make_dataset(tmp_path / "data", per_subclass=8, corrupt=False, manifest=True)
+    config = tmp_path / "mobilenet_v2.yaml"
+    shutil.copy(ROOT / "model-archive" / "config" / "mobilenet_v2.yaml", config)
+    out = tmp_path / "model"
+    train.main(["--model", "mobilenet_v2", "--data", str(data), "--out", str(out), "--config", str(config),
+                "--random-init", "--tune-from", "features.18", "--views", "1", "--epochs", "1", "--batch-size", "8",
+                "--bn-calibration", "8", "--source-folds", "2", "--cache-dir", str(tmp_path / "cache")])
+    blob = torch.load(out / "model.pt", weights_only=True)
+    meta = blob["meta"]
+    assert blob["state_dict"]["classifier.1.weight"].shape[0] == 2 + 4  # classes + categories
+    oos = meta["out_of_source"]
+    assert set(oos["folds"]) == {f"{sub}-{x}" for sub in ("fire", "knife", "sky", "grass") for x in "ab"}
+    assert set(oos["folds"].values()) == {0, 1} and oos["temperature"] > 0
+    assert meta["threshold"] == oos["threshold"] and meta["review_threshold"] == oos["review_threshold"]
+    assert read_threshold(config) == pytest.approx(meta["threshold"], abs=1e-6)
+    assert read_threshold(config, "review_threshold") == pytest.approx(meta["review_threshold"], abs=1e-6)
+    assert meta["review_threshold"] <= meta["threshold"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "A threshold that keeps its promise" in card and "Harmful categories" in card
+    assert "Out-of-source calibration" in card and "### Per source (test split)" in card
+    categories = json.loads((out / "categories.json").read_text())
+    assert list(categories) == ["firearm", "blade", "violence", "fire_smoke"]
+    assert categories["fire_smoke"]["n"] == 1 and categories["firearm"]["n"] == 0  # fire -> fire_smoke
+    assert set(json.loads((out / "per_source.json").read_text())) == {"fire-b", "knife-b", "sky-b", "grass-b"}
+
+
+@pytest.mark.usefixtures("restore_determinism")
 def test_training_is_deterministic_and_resumes_from_its_state(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     data = make_dataset(tmp_path / "data", per_subclass=4, corrupt=False)

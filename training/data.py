@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from handlers.registry import LABELS
+from handlers.registry import CATEGORIES, LABELS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
@@ -26,6 +26,7 @@ class Sample:
     label: int  # index into handlers.registry.LABELS
     subclass: str
     split: str
+    source: str = ""  # manifest `source_repo`: where the photo came from, for source-held-out calibration
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def _from_manifest(root: Path, classes: ClassMap) -> list[Sample]:
         for row in csv.DictReader(f):
             label = classes.label_of(row["label"])
             if label is not None and row["split"] in SPLITS:
-                samples.append(Sample(root / row["path"], label, row["subclass"], row["split"]))
+                samples.append(Sample(root / row["path"], label, row["subclass"], row["split"],
+                                      row.get("source_repo") or ""))
     return samples
 
 
@@ -120,6 +122,27 @@ def load_dataset(
 
 def by_split(samples: Iterable[Sample], split: str) -> list[Sample]:
     return [s for s in samples if s.split == split]
+
+
+# Which harmful category (handlers.model_io.CATEGORIES) each harmful subclass of ../shared/data shows; the
+# category head is trained on these. A harmful subclass not listed has unknown categories (masked in the loss).
+SUBCLASS_CATEGORIES: dict[str, str] = {
+    "gun_openimages": "firearm", "pistol_granada": "firearm", "harmful_revolver": "firearm",
+    "harmful_cannon": "firearm", "long_gun": "firearm",
+    "knife": "blade", "blade": "blade",
+    "violence": "violence", "violence_staged": "violence",
+    "fire": "fire_smoke", "smoke_plume": "fire_smoke",
+}
+assert set(SUBCLASS_CATEGORIES.values()) == set(CATEGORIES), "every category needs training subclasses"
+
+
+def category_targets(sample: Sample) -> tuple[list[float], bool]:
+    """Multi-hot category targets and whether they are known: benign images show none of the categories; a
+    harmful image's come from its subclass (unknown for subclasses outside SUBCLASS_CATEGORIES)."""
+    if sample.label != LABELS.index("harmful"):
+        return [0.0] * len(CATEGORIES), True
+    category = SUBCLASS_CATEGORIES.get(sample.subclass)
+    return [float(c == category) for c in CATEGORIES], category is not None
 
 
 def subclass_group(subclass: str) -> str:

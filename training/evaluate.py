@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import tempfile
 import warnings
 import zipfile
@@ -26,10 +27,22 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from handlers.registry import LABELS, MODEL_NAMES, build_model, eval_transform, input_array, load_checkpoint
+from handlers.model_io import probabilities
+from handlers.registry import CATEGORIES, LABELS, MODEL_NAMES, build_model, eval_transform, input_array, load_checkpoint
 from handlers.settings import HandlerSettings, graph_file
-from training.data import ClassMap, Sample, load_dataset, subclass_group
-from training.evaluation import REFERENCE, compute_metrics, error_table, markdown_table, per_subclass, subclass_table
+from training.data import SUBCLASS_CATEGORIES, ClassMap, Sample, load_dataset, subclass_group
+from training.evaluation import (
+    REFERENCE,
+    category_metrics,
+    category_table,
+    compute_metrics,
+    error_table,
+    markdown_table,
+    per_source,
+    per_subclass,
+    source_table,
+    subclass_table,
+)
 from training.features import ImageDataset, skip_unreadable
 from training.report import write_metrics
 
@@ -42,7 +55,7 @@ class Scorer:
     """How one served model turns images into P(harmful): per-image transform, batch forward, threshold."""
 
     transform: Callable
-    forward: Callable[[torch.Tensor], np.ndarray]
+    forward: Callable[[torch.Tensor], np.ndarray]  # (n, 1 + categories): handlers.model_io.probabilities
     threshold: float
     backend: str
 
@@ -52,7 +65,7 @@ def eager(model: torch.nn.Module, threshold: float) -> Scorer:
 
     def forward(x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return torch.softmax(model(x), 1)[:, HARMFUL].numpy()
+            return probabilities(model(x).numpy())
 
     return Scorer(eval_transform(), forward, threshold, "eager")
 
@@ -64,7 +77,7 @@ def onnx_graph(path: Path, threshold: float, backend: str) -> Scorer:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def forward(x: torch.Tensor) -> np.ndarray:
-        return torch.softmax(torch.from_numpy(session.run(None, {"pixels": x.numpy()})[0]), 1)[:, HARMFUL].numpy()
+        return probabilities(session.run(None, {"pixels": x.numpy()})[0])
 
     return Scorer(_uint8_pixels, forward, threshold, backend)
 
@@ -142,30 +155,54 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         scorer = load_scorer(args.model, args.checkpoint, args.mar, Path(tmp))
         name = f"{args.model} {scorer.backend} ({args.data.name}{'/' + args.split if args.split else ''})"
-        metrics, _, _ = evaluate(scorer, args.model, samples, args.out, name, args.batch_size, args.threshold)
-    return metrics
+        result = evaluate(scorer, args.model, samples, args.out, name, args.batch_size, args.threshold)
+    return result.metrics
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything `evaluate` measured, for the model card: overall, per subclass group and fine subclass, per
+    source, per harmful category (empty for a model without a category head)."""
+
+    metrics: dict
+    groups: dict
+    fine: dict
+    sources: dict
+    categories: dict
 
 
 def evaluate(scorer: Scorer, model_name: str, samples: list[Sample], out: Path, name: str, batch_size: int = 32,
-             threshold: float | None = None) -> tuple[dict, dict, dict]:
+             threshold: float | None = None) -> Evaluation:
     """Score `samples` through the whole model as the server would; write metrics, breakdowns and plots to `out`.
     `threshold` overrides the scorer's (the served one)."""
     threshold = scorer.threshold if threshold is None else threshold
     loader = torch.utils.data.DataLoader(ImageDataset(samples, scorer.transform), batch_size=batch_size,
                                          num_workers=1, collate_fn=skip_unreadable)
-    scores = np.full(len(samples), np.nan)
+    probs: np.ndarray | None = None
     for idx, x in tqdm(loader, desc=f"evaluate {model_name} ({scorer.backend})", unit="batch"):
         if len(idx):
-            scores[idx.numpy()] = scorer.forward(x)
-    readable = ~np.isnan(scores)
+            batch = scorer.forward(x)
+            if probs is None:
+                probs = np.full((len(samples), batch.shape[1]), np.nan)
+            probs[idx.numpy()] = batch
+    if probs is None:
+        probs = np.full((len(samples), 1), np.nan)
+    readable = ~np.isnan(probs[:, 0])
     for i in np.flatnonzero(~readable):
         print(f"skipped unreadable image: {samples[i].path}")
     kept = [s for s, ok in zip(samples, readable, strict=True) if ok]
     y = np.array([s.label for s in kept])
-    s = scores[readable]
+    s = probs[readable, 0]
     metrics = compute_metrics(y, s, threshold)
     groups = per_subclass(y, s, [subclass_group(k.subclass) for k in kept], threshold)
     fine = per_subclass(y, s, [k.subclass for k in kept], threshold)
+    sources = per_source(y, s, [k.source for k in kept], threshold)
+    categories = category_metrics(probs[readable, 1:], [SUBCLASS_CATEGORIES.get(k.subclass) if k.label == HARMFUL
+                                                        else "" for k in kept], CATEGORIES)
+    (out / "per_source.json").parent.mkdir(parents=True, exist_ok=True)
+    (out / "per_source.json").write_text(json.dumps(sources, indent=2) + "\n")
+    if categories:
+        (out / "categories.json").write_text(json.dumps(categories, indent=2) + "\n")
     write_metrics(out, metrics, groups, fine)
     plot(out, y, s, metrics, model_name)
     rows = {name: metrics}
@@ -174,8 +211,12 @@ def evaluate(scorer: Scorer, model_name: str, samples: list[Sample], out: Path, 
     print(markdown_table(rows))
     print(subclass_table(groups))
     print(error_table(fine))
+    if any(sources):
+        print(source_table(sources))
+    if categories:
+        print(category_table(categories))
     print(f"skipped {int((~readable).sum())} unreadable; wrote {out}/metrics.json, per_subclass.json and plots")
-    return metrics, groups, fine
+    return Evaluation(metrics, groups, fine, sources, categories)
 
 if __name__ == "__main__":
     main()

@@ -92,3 +92,62 @@ def error_table(fine: dict[str, dict], top: int = 12) -> str:
         if errors:
             lines.append(f"| {sub} | {g['label']} | {g['n']} | {errors} | {g['correct']:.3f} |")
     return "\n".join(lines) if len(lines) > 2 else "no misclassified images"
+
+
+def per_source(y_true: Sequence[int], scores: Sequence[float], sources: Sequence[str], threshold: float) -> dict:
+    """Per source repository (manifest `source_repo`): harmful recall and benign false-alarm rate at `threshold`,
+    so a threshold's promise can be checked where the photos came from."""
+    y = np.asarray(y_true, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    src = np.asarray(sources)
+    out = {}
+    for source in sorted(set(src.tolist()) - {""}):
+        mine = src == source
+        harmful, benign = mine & (y == 1), mine & (y == 0)
+        out[source] = {
+            "n_harmful": int(harmful.sum()), "n_benign": int(benign.sum()),
+            "recall": float((s[harmful] >= threshold).mean()) if harmful.any() else None,
+            "false_alarm_rate": float((s[benign] >= threshold).mean()) if benign.any() else None,
+        }
+    return out
+
+
+def source_table(sources: dict, promised: float | None = None) -> str:
+    head = "| source | harmful | recall | benign | false alarms |"
+    lines = [head, "|---|---|---|---|---|"]
+    for name, r in sources.items():
+        lines.append(f"| {name} | {r['n_harmful']} | {_fmt(r['recall'])} | {r['n_benign']} | "
+                     f"{_fmt(r['false_alarm_rate'])} |")
+    if promised is not None:
+        lines.append(f"\nPromised harmful recall: {promised:.2f}.")
+    return "\n".join(lines)
+
+
+def category_metrics(probs: np.ndarray, truth: Sequence[str | None], names: Sequence[str],
+                     threshold: float = 0.5) -> dict:
+    """Per harmful category: ROC-AUC of its photos against every other photo (benign and other categories),
+    and recall/precision with its score >= `threshold`. `truth` is each photo's category ("" benign, None
+    unknown: left out). Empty for a model without category scores."""
+    if probs.ndim != 2 or probs.shape[1] != len(names):
+        return {}
+    keep = np.array([t is not None for t in truth])
+    p, t = probs[keep], np.array([t for t in truth if t is not None])
+    out = {}
+    for j, name in enumerate(names):
+        pos = t == name
+        flagged = p[:, j] >= threshold
+        out[name] = {
+            "n": int(pos.sum()),
+            "roc_auc": float(roc_auc_score(pos, p[:, j])) if 0 < pos.sum() < len(pos) else None,
+            "recall": float(flagged[pos].mean()) if pos.any() else None,
+            "precision": float(pos[flagged].mean()) if flagged.any() else None,
+            "threshold": threshold,
+        }
+    return out
+
+
+def category_table(categories: dict) -> str:
+    lines = ["| category | n | ROC-AUC | recall | precision |", "|---|---|---|---|---|"]
+    for name, c in categories.items():
+        lines.append(f"| {name} | {c['n']} | {_fmt(c['roc_auc'])} | {_fmt(c['recall'])} | {_fmt(c['precision'])} |")
+    return "\n".join(lines)

@@ -37,12 +37,21 @@ def split_model(name: str, model: nn.Module, tune_from: str) -> tuple[nn.Module,
 
 
 def train_augmentation():  # type: ignore[no-untyped-def]
-    """Views for training: crops, flips, colour and grayscale changes, so the trunk sees what uploads vary in."""
+    """Views for training: crops, flips, colour and grayscale changes, so the trunk sees what uploads vary in.
+
+    Rotations and flips go to both classes alike: two harmful sources of ../shared/data carry 90-degree rotated
+    and flipped copies (and ~125 long guns keep the dark corners of a small-angle rotation), while benign photos
+    rarely are; without the same geometry on benign images a model learns "sideways or dark corners means
+    harmful". Hence quarter turns, vertical flips and small tilts with black fill, for every image.
+    """
     from torchvision.transforms import v2 as T
 
     return T.Compose([
+        T.RandomApply([T.RandomRotation(20, fill=0)], p=0.15),  # dark corners, as in the rotated long guns
         T.RandomResizedCrop(IMAGE_SIZE, scale=(0.45, 1.0), ratio=(0.75, 1.33), antialias=True),
         T.RandomHorizontalFlip(),
+        T.RandomVerticalFlip(0.1),
+        T.RandomApply([T.RandomChoice([T.RandomRotation((a, a)) for a in (90, 180, 270)])], p=0.2),
         T.ColorJitter(0.35, 0.35, 0.3, 0.04),
         T.RandomGrayscale(0.1),
         T.PILToTensor(),

@@ -1,13 +1,16 @@
 """Measure static int8 quantization (ONNX Runtime, QDQ, per-channel) against the fp32 ONNX graph.
 
     python -m training.quantize --model mobilenet_v2 --data DIR --out DIR [--calibration 300]
-        [--method percentile|minmax|entropy] [--target-recall 0.90] [--install]
+        [--method percentile|minmax|entropy] [--target-recall R] [--install]
 
 The fp32 graph is the one `make models` packs (normalisation folded in, uint8 pixels in). Calibration uses
 every k-th image of the train split; both graphs then score the val and test splits through the server's
 own decode path. Reported, for the issue's "accuracy change <= 1 point" rule and for recall (which matters
-most): test metrics at the fp32 threshold (handler.threshold), test metrics of int8 at a threshold re-picked
-on val for the target recall (what backend onnx_int8 serves), and forward-only speed on one thread.
+most): test metrics at the fp32 threshold (handler.threshold), test metrics of int8 at its own thresholds
+(what backend onnx_int8 serves), and forward-only speed on one thread. The int8 graph ranks images a little
+differently, so its decision and review thresholds are re-picked on val to flag the same share of harmful
+images as the fp32 graph does at `threshold` and `review_threshold` (which `make train` picked out of source):
+the promise stays the fp32 model's. `--target-recall R` picks the decision threshold for recall R instead.
 Writes OUT/quantization.json and OUT/model.int8.onnx.
 
 --install (`make quantize`) adopts the result for serving: the graph and its report (with the sha256 of the
@@ -31,8 +34,9 @@ from tqdm import tqdm
 
 from handlers.errors import ModerationError
 from handlers.imaging import DecodeLimits, decode_image
+from handlers.model_io import harmful_probability
 from handlers.registry import HARMFUL_INDEX, MODEL_NAMES, input_array
-from handlers.settings import INT8_ONNX_FILE, INT8_THRESHOLD_KEY
+from handlers.settings import INT8_ONNX_FILE, INT8_REVIEW_THRESHOLD_KEY, INT8_THRESHOLD_KEY, REVIEW_THRESHOLD_KEY
 from training.data import Sample, by_split, load_dataset
 from training.evaluation import compute_metrics, markdown_table
 from training.thresholds import read_threshold, threshold_for_recall, write_threshold
@@ -74,9 +78,9 @@ def _session(path: Path) -> ort.InferenceSession:
 
 
 def scores(session: ort.InferenceSession, x: np.ndarray, batch: int = 4) -> np.ndarray:
-    logits = np.concatenate([session.run(None, {"pixels": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return (e / e.sum(1, keepdims=True))[:, HARMFUL_INDEX]
+    """P(harmful) per image, as the server computes it from the graph's logits."""
+    return harmful_probability(
+        np.concatenate([session.run(None, {"pixels": x[i:i + batch]})[0] for i in range(0, len(x), batch)]))
 
 
 def forward_rate(session: ort.InferenceSession, x: np.ndarray, seconds: float = 5.0) -> float:
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--calibration", type=int, default=300, help="train images used for calibration")
     p.add_argument("--method", choices=sorted(METHODS), default="percentile")
-    p.add_argument("--target-recall", type=float, default=0.90)
+    p.add_argument("--target-recall", type=float,
+                   help="pick threshold_int8 for this val recall (default: the fp32 graph's val recall at threshold)")
     p.add_argument("--speed-seconds", type=float, default=5.0, help="duration of each forward-speed measurement")
     p.add_argument("--install", action="store_true",
                    help="adopt for serving: graph + report into --install-dir, threshold_int8 into --config")
@@ -120,6 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
     x_val, y_val = pixels(by_split(samples, "val"))
     x_test, y_test = pixels(by_split(samples, "test"))
     fp32_threshold = read_threshold(config)
+    try:
+        fp32_review = read_threshold(config, REVIEW_THRESHOLD_KEY)
+    except ValueError:  # a config from before the review band: none
+        fp32_review = fp32_threshold
     report: dict = {"model": args.model, "method": args.method, "calibration_images": len(x_cal),
                     "target_recall": args.target_recall, "fp32_threshold": fp32_threshold,
                     "checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint),
@@ -133,9 +142,15 @@ def main(argv: list[str] | None = None) -> dict:
                         "forward_images_per_s_1_thread": forward_rate(session, x_test, args.speed_seconds),
                         "size_mb": path.stat().st_size / 1e6}
         rows[f"{args.model} {name} (test, fp32 threshold)"] = report[name]["test_at_fp32_threshold"]
+        if name == "fp32":
+            fp32_val_recall = compute_metrics(y_val, s_val, fp32_threshold)["recall"]
+            fp32_val_review_recall = compute_metrics(y_val, s_val, fp32_review)["recall"]
+            report["target_recall"] = args.target_recall or fp32_val_recall
         if name == "int8":
-            t = threshold_for_recall(y_val, s_val, args.target_recall)
+            t = threshold_for_recall(y_val, s_val, report["target_recall"])
+            review = min(threshold_for_recall(y_val, s_val, fp32_val_review_recall), t)
             report[name]["val_threshold_for_target_recall"] = t
+            report[name]["val_review_threshold"] = review
             report[name]["val_recall_at_that_threshold"] = compute_metrics(y_val, s_val, t)["recall"]
             report[name]["test_at_val_threshold"] = compute_metrics(y_test, s_test, t)
             rows[f"{args.model} int8 (test, threshold re-picked on val)"] = report[name]["test_at_val_threshold"]
@@ -172,9 +187,11 @@ def card_section(report: dict, table: str) -> str:
         f"Static int8 ONNX Runtime graph (QDQ, per-channel weights, {report['method']} calibration on "
         f"{report['calibration_images']} train images), calibrated from `{report['checkpoint']}` "
         f"(sha256 {report['checkpoint_sha256'][:12]}…; `make models` refuses it for any other checkpoint). "
-        f"Served with `handler.backend: onnx_int8` at its own threshold "
+        f"Served with `handler.backend: onnx_int8` at its own thresholds: decision "
         f"{i8['val_threshold_for_target_recall']:.4f}, picked on val for harmful recall "
-        f"≥ {report['target_recall']:.2f} (val recall {i8['val_recall_at_that_threshold']:.3f}). "
+        f"≥ {report['target_recall']:.3f} (the fp32 graph's val recall at its threshold; int8 val recall "
+        f"{i8['val_recall_at_that_threshold']:.3f}), review {i8.get('val_review_threshold', float('nan')):.4f} "
+        "(the fp32 graph's val recall at its review threshold). "
         f"Forward-only {report['forward_speedup']:.2f}× the fp32 graph (batch 1, 1 thread). "
         f"As served, test accuracy {report['accuracy_change_points_as_served']:+.1f} points and harmful recall "
         f"{report['recall_change_points_as_served']:+.1f} points against the fp32 graph at its threshold.",
@@ -199,13 +216,15 @@ def install(report: dict, graph: Path, folder: Path, config: Path, table: str) -
     (folder / "quantization.json").write_text(json.dumps(compact, indent=2) + "\n")
     threshold = report["int8"]["val_threshold_for_target_recall"]
     write_threshold(config, threshold, INT8_THRESHOLD_KEY)
+    review = report["int8"].get("val_review_threshold", threshold)
+    write_threshold(config, review, INT8_REVIEW_THRESHOLD_KEY)
     card = folder / "MODEL_CARD.md"
     text = card.read_text() if card.exists() else ""
     if CARD_BEGIN in text:
         text = text[:text.index(CARD_BEGIN)] + text[text.index(CARD_END) + len(CARD_END):].lstrip("\n")
     card.write_text(text.rstrip("\n") + "\n\n" + card_section(report, table) + "\n")
     print(f"installed {folder / INT8_ONNX_FILE} and quantization.json; {config}: {INT8_THRESHOLD_KEY} "
-          f"{threshold:.6f} (serve it with handler.backend: onnx_int8)")
+          f"{threshold:.6f}, {INT8_REVIEW_THRESHOLD_KEY} {review:.6f} (serve it with handler.backend: onnx_int8)")
 
 
 if __name__ == "__main__":

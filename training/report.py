@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from training.evaluation import REFERENCE, error_table, markdown_table, subclass_table
+from training.evaluation import REFERENCE, category_table, error_table, markdown_table, source_table, subclass_table
+
+if TYPE_CHECKING:
+    from training.evaluate import Evaluation
 
 
 def write_metrics(out: Path, metrics: dict, groups: dict, fine: dict | None = None) -> None:
@@ -15,21 +19,73 @@ def write_metrics(out: Path, metrics: dict, groups: dict, fine: dict | None = No
     (out / "per_subclass.json").write_text(json.dumps({"groups": groups, "subclasses": fine or {}}, indent=2) + "\n")
 
 
-def write_model_card(out: Path, name: str, meta: dict, test: dict, val: dict, groups: dict, fine: dict,
-                     command: str, photos: str = "") -> None:
+def _threshold_lines(name: str, meta: dict) -> str:
+    """How the served thresholds were picked: out of source (folds) or, for older runs, on validation."""
+    oos = meta.get("out_of_source")
+    env = f"MODERATION_THRESHOLD_{name.upper()}"
+    review = meta.get("review_threshold")
+    if oos:
+        text = (f"- **Decision threshold:** {meta['threshold']:.4f} on the calibrated P(harmful), picked on "
+                f"out-of-source predictions ({len(set(oos['folds'].values()))} folds of training sources, "
+                f"{oos['n_images']} photos) for harmful recall ≥ {oos['target_recall']:.2f} (precision there "
+                f"{oos['precision_at_threshold']:.3f}); `{env}` overrides it.\n"
+                f"- **Review threshold:** {review:.4f}, picked the same way for recall ≥ {oos['review_recall']:.2f}: "
+                "`decision` is `block` at or above the decision threshold, `review` between the two, `allow` "
+                f"below; `MODERATION_REVIEW_THRESHOLD_{name.upper()}` overrides it.\n"
+                f"- **Calibration:** temperature {oos['temperature']:.3f} (folded into the head), fitted on the "
+                f"out-of-source logits: expected calibration error {oos['ece_before']:.3f} → {oos['ece_after']:.3f} "
+                "there, so `harmful_score` reads as a probability on photos from unseen sources.")
+    else:
+        val = meta.get("validation") or {}
+        text = (f"- **Decision threshold:** {meta['threshold']:.4f} on P(harmful), picked on the validation split "
+                f"for harmful recall ≥ {meta['target_recall']:.2f} (val recall {val.get('recall', float('nan')):.3f});"
+                f" `{env}` overrides it.")
+        if review is not None:
+            text += f"\n- **Review threshold:** {review:.4f} (validation, recall ≥ {meta.get('review_recall')})."
+    return text + f"\n  Both are written into `model-archive/config/{name}.yaml`."
+
+
+def _out_of_source_section(meta: dict, result: Evaluation) -> str:
+    oos = meta.get("out_of_source")
+    if not oos:
+        return ""
+    rows = ["| held-out source | fold | ROC-AUC (out of source) | recall at the threshold (out of source) | "
+            "recall at the threshold (test split) |", "|---|---|---|---|---|"]
+    for source, auc in oos["source_auc"].items():
+        test = result.sources.get(source, {}).get("recall")
+        oof = oos["per_source_recall"].get(source)
+        rows.append(f"| {source} | {oos['folds'].get(source, '-')} | {auc:.3f} | "
+                    f"{'-' if oof is None else f'{oof:.3f}'} | {'-' if test is None else f'{test:.3f}'} |")
+    achieved = result.metrics["recall"]
+    return f"""
+## A threshold that keeps its promise
+Promised harmful recall **{oos['target_recall']:.2f}**; achieved on the held-out test split **{achieved:.3f}**
+(precision {result.metrics['precision']:.3f}); out of source (the folds' predictions on sources they never saw):
+ROC-AUC {oos['auc']:.4f}, leave-sources-out mean AUC {oos['source_auc_mean']:.4f}, worst source
+{oos['worst_source']} {oos['source_auc_worst']:.4f}, recall at 90 % precision {oos['recall_at_90_precision']:.3f}.
+A source's AUC compares its photos with the other class's out-of-source photos (most sources hold one class).
+
+{chr(10).join(rows)}
+"""
+
+
+def write_model_card(out: Path, name: str, meta: dict, result: Evaluation, command: str, photos: str = "") -> None:
+    test = result.metrics
     ref = REFERENCE.get(name)
     rows = {f"{name} (this model, test split)": test}
     if ref:
         rows[f"{name} (reference system)"] = {**ref, "threshold": float("nan"), "n_images": "-"}
     cached = meta.get("stem_cache_reused") or []
     reused = f"; stem activations {', '.join(cached)} reused from an earlier run's cache" if cached else ""
+    categories = (f"\n### Harmful categories (test split; score ≥ 0.5; AUC against every other photo)\n"
+                  f"{category_table(result.categories)}\n") if result.categories else ""
+    sources = f"\n### Per source (test split)\n{source_table(result.sources)}\n" if result.sources else ""
     card = f"""# Model card: {name} harmful-image classifier
 
 - **Version:** {meta['version']} · **labels:** benign / harmful (harmful is the positive class)
+  {"· **categories:** " + ", ".join(meta["categories"]) if result.categories else ""}
 - **Initial weights:** {meta['weights']}
-- **Decision threshold:** {meta['threshold']:.4f} on P(harmful), picked on the validation split for harmful
-  recall ≥ {meta['target_recall']:.2f} (val recall {val['recall']:.3f}, val precision {val['precision']:.3f});
-  written into `model-archive/config/{name}.yaml`, overridable with `MODERATION_THRESHOLD_{name.upper()}`.
+{_threshold_lines(name, meta)}
 - **Training wall time:** {meta['wall_time_s'] / 60:.1f} min on this 2-core CPU (shared with other jobs){reused}.
 - **Reproduce training:** `{command}`
 - **Reproduce the held-out numbers below** (from the committed checkpoint, through the server's decoding and
@@ -47,13 +103,13 @@ Plots: `roc_curve.png`, `precision_recall_curve.png`, `confusion_matrix.png` bes
 {markdown_table(rows)}
 
 Confusion matrix (test): {test['confusion_matrix']}
-
+{_out_of_source_section(meta, result)}{categories}
 ### Per subclass (test split; `correct` is recall for harmful subclasses, 1 − false-alarm rate for benign ones)
-{subclass_table(groups)}
+{subclass_table(result.groups)}
 
 ### Where the errors are (fine subclasses, test split)
-{error_table(fine)}
-
+{error_table(result.fine)}
+{sources}
 ### Everyday photos from sources training never saw (all benign; `make data-unseen`)
 {photos or "not run"}
 

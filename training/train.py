@@ -27,12 +27,26 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from handlers.registry import LABELS, MODEL_NAMES, build_model, eval_transform, load_checkpoint
-from training.data import ClassMap, Sample, by_split, load_dataset, subclass_group
+from handlers.registry import CATEGORIES, LABELS, MODEL_NAMES, build_model, eval_transform, load_checkpoint
+from handlers.settings import REVIEW_THRESHOLD_KEY
+from training.calibration import fold_temperature_into_head, out_of_source, source_folds
+from training.data import ClassMap, Sample, by_split, category_targets, load_dataset, subclass_group
 from training.evaluate import eager, evaluate
 from training.evaluation import compute_metrics
 from training.features import DEFAULT_TUNE_FROM, ImageDataset, cache_stem, skip_unreadable, split_model
-from training.finetune import ProbeResult, auc, choose_alpha, linear_probe, scores
+from training.finetune import (
+    N_CLASSES,
+    ProbeResult,
+    Targets,
+    auc,
+    category_loss,
+    choose_alpha,
+    interpolate,
+    linear_probe,
+    logits,
+    scores,
+    split_head,
+)
 from training.report import write_model_card
 from training.thresholds import threshold_for_recall, write_threshold
 from training.unseen import photo_table, score_photos
@@ -75,10 +89,14 @@ def recipe(args: argparse.Namespace, tune_from: str, probe: ProbeResult, best: d
            wise: dict[float, float], head_only: bool) -> str:
     """The training recipe in words, for the checkpoint meta and the model card."""
     text = (f"Stem frozen before `{tune_from}` (BatchNorm statistics frozen throughout). Stem activations cached "
-            f"for 1 clean + {args.views} augmented views per training image (random resized crop 0.45-1, flip, "
-            "colour jitter, 10% grayscale). Class-balanced sample weights, damped 1/sqrt(subclass size) within a "
-            "class so rare sources and hard negatives count. 1) Linear probe: weighted L2 logistic regression "
-            f"(L-BFGS) on the frozen pooled features, L2 {probe.l2:g} picked on validation AUC ({probe.val_auc:.4f}).")
+            f"for 1 clean + {args.views} augmented views per training image (random resized crop 0.45-1, "
+            "horizontal flip, and for both classes alike: vertical flip 10%, quarter turns 20%, tilts up to 20 "
+            "degrees with black corners 15%; colour jitter, 10% grayscale). Class-balanced sample weights, damped "
+            "1/sqrt(subclass size) within a class so rare sources and hard negatives count. Head: 2 class logits "
+            f"(softmax) + {len(CATEGORIES)} category logits ({', '.join(CATEGORIES)}; sigmoid, BCE weight "
+            f"{args.category_weight}, targets from the harmful subclasses, zero for benign). 1) Linear probe: "
+            f"weighted L2 logistic regression (L-BFGS) on the frozen pooled features, L2 {probe.l2:g} picked on "
+            f"validation AUC ({probe.val_auc:.4f}).")
     if not head_only and args.epochs:
         text += (f" 2) Fine-tune from `{tune_from}` on, starting from the probe's head: AdamW lr {args.lr} one-cycle, "
                  f"weight decay {args.weight_decay}, batch {args.batch_size}, label smoothing 0.05, up to "
@@ -86,22 +104,30 @@ def recipe(args: argparse.Namespace, tune_from: str, probe: ProbeResult, best: d
                  f"val AUC {best['auc']:.4f}). 3) Weight-space interpolation probe -> fine-tuned: val AUC by alpha "
                  + ", ".join(f"{a:g}: {v:.4f}" for a, v in wise.items())
                  + f"; kept alpha {alpha:g}, the closest to the probe within {args.wise_tolerance} AUC of the best.")
+    if args.source_folds > 1:
+        text += (f" 4) Out-of-source calibration: the training sources dealt into {args.source_folds} folds; per "
+                 f"fold, steps 1-3 ({args.fold_epochs} fine-tuning epoch(s), clean views, the same alpha) on the "
+                 "other folds, then the held-out fold's train and val photos scored; temperature scaling fitted on "
+                 "those logits and folded into the class rows of the head; decision and review thresholds picked "
+                 "on the calibrated out-of-source scores.")
     return text + f" Seed {args.seed}; deterministic algorithms on."
 
 
-def fine_tune(trunk: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, w_train: torch.Tensor,
-              x_val: torch.Tensor, y_val: np.ndarray, args: argparse.Namespace, cache: Path) -> dict:
-    """Train the trunk (from the linear-probe head) with early stopping on val AUC; resumable per epoch."""
+def fine_tune(trunk: nn.Module, x_train: torch.Tensor, t_train: Targets, x_val: torch.Tensor, y_val: np.ndarray,
+              args: argparse.Namespace, cache: Path | None, epochs: int | None = None, desc: str = "") -> dict:
+    """Train the trunk (from the linear-probe head) with early stopping on val AUC; resumable per epoch when a
+    `cache` folder is given. Loss: class cross-entropy (label smoothing) + the categories' BCE where known."""
+    epochs = args.epochs if epochs is None else epochs
     trainable = [q for q in trunk.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
+    steps = epochs * math.ceil(len(x_train) / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=0.05)
-    settings = f"{args.lr}|{args.weight_decay}|{args.epochs}|{args.batch_size}|{args.views}|{args.seed}"
-    state_file = cache / f"finetune-state-{hashlib.sha1(settings.encode()).hexdigest()[:8]}.pt"
+    settings = f"{args.lr}|{args.weight_decay}|{epochs}|{args.batch_size}|{args.views}|{args.seed}|categories"
+    state_file = cache / f"finetune-state-{hashlib.sha1(settings.encode()).hexdigest()[:8]}.pt" if cache else None
     best: dict = {"auc": -1.0, "epoch": -1, "trunk": None}
     start_epoch = 0
-    if state_file.exists():  # resume an interrupted run
+    if state_file is not None and state_file.exists():  # resume an interrupted run
         saved = torch.load(state_file, weights_only=False)
         trunk.load_state_dict(saved["trunk"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -111,37 +137,89 @@ def fine_tune(trunk: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, w_
     generator = torch.Generator().manual_seed(args.seed)
     for _ in range(start_epoch):
         torch.randperm(len(x_train), generator=generator)
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, epochs):
         trunk.train()
         _freeze_batchnorm(trunk)
         order = torch.randperm(len(x_train), generator=generator)
         seen = correct = 0
         total = 0.0
-        bar = tqdm(range(0, len(order), args.batch_size), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
+        bar = tqdm(range(0, len(order), args.batch_size), desc=f"{desc}epoch {epoch + 1}/{epochs}", unit="batch")
         for start in bar:
             b = order[start:start + args.batch_size]
+            t = t_train[b]
             logits = trunk(x_train[b].float())
-            loss = (loss_fn(logits, y_train[b]) * w_train[b]).mean()
+            per_row = loss_fn(logits[:, :N_CLASSES], t.y) + args.category_weight * category_loss(
+                logits, t.categories, t.known)
+            loss = (per_row * t.w).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
             seen += len(b)
             total += loss.item() * len(b)
-            correct += (logits.argmax(1) == y_train[b]).sum().item()
+            correct += (logits[:, :N_CLASSES].argmax(1) == t.y).sum().item()
             bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
         val_auc = auc(y_val, scores(trunk, x_val))
-        print(f"epoch {epoch + 1}: train loss {total / seen:.4f} acc {correct / seen:.3f} | val AUC {val_auc:.4f}",
-              flush=True)
+        print(f"{desc}epoch {epoch + 1}: train loss {total / seen:.4f} acc {correct / seen:.3f} | "
+              f"val AUC {val_auc:.4f}", flush=True)
         if val_auc > best["auc"]:
             best = {"auc": val_auc, "epoch": epoch, "trunk": {k: v.clone() for k, v in trunk.state_dict().items()}}
-        torch.save({"trunk": trunk.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "best": best, "epoch": epoch}, state_file)
+        if state_file is not None:
+            torch.save({"trunk": trunk.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "best": best, "epoch": epoch}, state_file)
         if epoch - best["epoch"] >= args.patience:
             print(f"early stop: no val AUC gain for {args.patience} epochs", flush=True)
             break
     trunk.load_state_dict(best["trunk"])
     return best
+
+
+def targets(samples: list[Sample], rows: torch.Tensor) -> Targets:
+    """Training targets of the cached rows (`rows` index `samples`)."""
+    cats = [category_targets(s) for s in samples]
+    return Targets(torch.tensor([s.label for s in samples])[rows],
+                   torch.tensor([c for c, _ in cats])[rows], torch.tensor([float(k) for _, k in cats])[rows],
+                   sample_weights(samples)[rows])
+
+
+def cross_fit(trunk: nn.Module, start: dict[str, torch.Tensor], alpha: float, train: list[Sample],
+              val: list[Sample], clean: tuple[torch.Tensor, torch.Tensor], val_stem: tuple[torch.Tensor, torch.Tensor],
+              args: argparse.Namespace, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Out-of-source logits of every train and val photo: per fold of sources, the recipe (probe, fine-tune,
+    interpolation by the shipped `alpha`) on the other folds' clean views, then the held-out fold scored.
+    Cached per fold (resumable)."""
+    pool = train + val
+    x = torch.cat([clean[0], val_stem[0]])
+    idx = torch.cat([clean[1], val_stem[1] + len(train)])
+    src = np.array([pool[i].source or pool[i].subclass for i in idx.tolist()])
+    y = np.array([pool[i].label for i in idx.tolist()])
+    folds = source_folds(src.tolist(), args.source_folds)
+    fold_of = np.array([folds[s] for s in src])
+    t_all = targets(pool, idx)
+    out = np.zeros((len(x), logits(trunk, x[:1]).shape[1]), dtype=np.float32)
+    key = hashlib.sha1(f"{sorted(folds.items())}|{args.fold_epochs}|{alpha}|{args.lr}|{args.seed}".encode())
+    for k in range(args.source_folds):
+        held = fold_of == k
+        blob = cache / f"oof-{key.hexdigest()[:8]}-fold{k}.pt"
+        if blob.exists():
+            out[held] = torch.load(blob, weights_only=True).numpy()
+            continue
+        names = sorted(s for s, f in folds.items() if f == k)
+        print(f"fold {k + 1}/{args.source_folds}: holding out {', '.join(names)} ({int(held.sum())} photos)",
+              flush=True)
+        trunk.load_state_dict(start)
+        rows = torch.from_numpy(np.flatnonzero(~held))
+        inner_val = rows[torch.from_numpy(idx.numpy()[rows.numpy()] >= len(train))]
+        linear_probe(trunk, x[rows], t_all[rows], x[inner_val], y[inner_val.numpy()], Path(""), quiet=True)
+        probe_state = {n: v.clone() for n, v in trunk.state_dict().items()}
+        if args.fold_epochs and not isinstance(trunk, nn.Linear):
+            fine_tune(trunk, x[rows], t_all[rows], x[inner_val], y[inner_val.numpy()], args, None,
+                      epochs=args.fold_epochs, desc=f"fold {k + 1} ")
+            trunk.load_state_dict(interpolate(probe_state, trunk.state_dict(), alpha))
+        fold_logits = logits(trunk, x[torch.from_numpy(np.flatnonzero(held))])
+        torch.save(fold_logits, blob)
+        out[held] = fold_logits.numpy()
+    return out, y, src, folds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,6 +242,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="interpolate back towards the linear probe as far as val AUC stays within this of the best")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--target-recall", type=float, default=0.90)
+    p.add_argument("--review-recall", type=float, default=0.98,
+                   help="harmful recall the review threshold is picked for (decision review between the two)")
+    p.add_argument("--source-folds", type=int, default=5,
+                   help="folds of training sources for out-of-source calibration and thresholds (<2: validation)")
+    p.add_argument("--fold-epochs", type=int, default=1, help="fine-tuning epochs of each source fold's model")
+    p.add_argument("--category-weight", type=float, default=0.5, help="weight of the categories' loss")
     p.add_argument("--limit-train", type=int, default=0, help="use at most N training images (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--harmful-classes", default="harmful")
@@ -173,7 +257,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TRAINING_CACHE", ROOT / ".cache/training")),
                    help="cached stem activations and resumable state (env TRAINING_CACHE; default .cache/training)")
+    p.add_argument("--cache-only", action="store_true", help="only compute the cached stem activations, then stop")
+    p.add_argument("--report-only", action="store_true",
+                   help="only evaluate the checkpoint in --out (default models/<model>) and rewrite its model card")
     args = p.parse_args(argv)
+    if args.report_only:
+        report(args, args.out or ROOT / "models" / args.model)
+        return
     started = time.time()
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -190,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         train = [train[i] for i in sorted(rng.choice(len(train), args.limit_train, replace=False))]
     print(f"data {args.data}: train {len(train)}, val {len(val)}, test {len(test)}", flush=True)
 
-    model = build_model(args.model)
+    model = build_model(args.model, categories=True)
     provenance = init_weights(model, args.model, args.weights, args.random_init)
     if args.random_init and args.bn_calibration:
         seen = calibrate_batchnorm(model, train, args)
@@ -209,24 +299,44 @@ def main(argv: list[str] | None = None) -> None:
         aug = cache_stem(stem, train, True, args.seed + 1 + v, cache / f"train-aug{v}.pt", f"stem train (aug {v})")
         views.append(aug)
     x_val, i_val = cache_stem(stem, val, False, args.seed, cache / "val.pt", "stem val")
+    if args.cache_only:
+        print(f"stem activations cached in {cache}", flush=True)
+        return
     x_train = torch.cat([x for x, _ in views])
     i_train = torch.cat([i for _, i in views])
-    y_all = torch.tensor([s.label for s in train])
-    y_train, w_train = y_all[i_train], sample_weights(train)[i_train]
+    t_train = targets(train, i_train)
     y_val = np.array([val[i].label for i in i_val.tolist()])
+    start_state = {k: v.clone() for k, v in trunk.state_dict().items()}
 
-    probe = linear_probe(trunk, x_train, y_train, w_train, x_val, y_val, cache / f"linear-probe-v{args.views}.pt")
+    probe = linear_probe(trunk, x_train, t_train, x_val, y_val, cache / f"linear-probe-v{args.views}-categories.pt")
     print(f"linear probe: L2 {probe.l2:g}, val AUC {probe.val_auc:.4f} (grid {probe.grid})", flush=True)
     lp_state = {k: v.clone() for k, v in trunk.state_dict().items()}
     best: dict = {"auc": probe.val_auc, "epoch": -1, "trunk": lp_state}
     alpha, wise = 0.0, {0.0: probe.val_auc}
     if args.epochs and not isinstance(trunk, nn.Linear):  # something beyond the head to fine-tune
-        best = fine_tune(trunk, x_train, y_train, w_train, x_val, y_val, args, cache)
+        best = fine_tune(trunk, x_train, t_train, x_val, y_val, args, cache)
         alpha, wise = choose_alpha(trunk, lp_state, best["trunk"], x_val, y_val, WISE_ALPHAS, args.wise_tolerance)
         print(f"weight interpolation LP -> FT: val AUC by alpha {wise}; chose alpha {alpha}", flush=True)
+    shipped_state = {k: v.clone() for k, v in trunk.state_dict().items()}
 
+    threshold_source = "validation split"
+    calibration = None
+    sources = {s.source for s in train if s.source}
+    if args.source_folds > 1 and len(sources) >= args.source_folds:
+        oof, y_oof, src_oof, folds = cross_fit(trunk, start_state, alpha, train, val, views[0], (x_val, i_val),
+                                              args, cache)
+        calibration = out_of_source(oof, y_oof, src_oof, folds, args.target_recall, args.review_recall)
+        trunk.load_state_dict(shipped_state)
+        fold_temperature_into_head(split_head(trunk)[1], calibration.temperature)
+        threshold, review_threshold = calibration.threshold, calibration.review_threshold
+        threshold_source = f"out-of-source predictions of {args.source_folds} source folds"
+        print(f"out of source: temperature {calibration.temperature:.3f}, AUC {calibration.auc:.4f}, threshold "
+              f"{threshold:.4f} (recall {args.target_recall}), review {review_threshold:.4f} "
+              f"(recall {args.review_recall})", flush=True)
     val_scores = scores(trunk, x_val).numpy()
-    threshold = threshold_for_recall(y_val, val_scores, args.target_recall)
+    if calibration is None:
+        threshold = threshold_for_recall(y_val, val_scores, args.target_recall)
+        review_threshold = min(threshold_for_recall(y_val, val_scores, args.review_recall), threshold)
     val_metrics = compute_metrics(y_val, val_scores, threshold)
     wall = time.time() - started
 
@@ -235,6 +345,9 @@ def main(argv: list[str] | None = None) -> None:
         command = "python -m training.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     meta = {
         "model": args.model, "version": args.version, "threshold": threshold, "labels": list(LABELS),
+        "review_threshold": review_threshold, "review_recall": args.review_recall,
+        "categories": list(CATEGORIES), "threshold_source": threshold_source,
+        "out_of_source": calibration.summary() if calibration else None,
         "weights": provenance, "target_recall": args.target_recall, "trained_at": datetime.now(UTC).isoformat(),
         "best_epoch": best["epoch"] + 1, "wall_time_s": wall, "tune_from": tune_from,
         "stem_cache_reused": cached_before,
@@ -249,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
                            "model, far below the pretrained one; retrain with `--weights` when you have them."
                            if args.random_init else "")),
         "linear_probe": {"l2": probe.l2, "val_auc": probe.val_auc}, "wise_alpha": alpha,
+        "validation": val_metrics, "command": command,
     }
     state = model.state_dict()
     if args.fp16 if args.fp16 is not None else args.model == "resnet50":  # keeps the .mar under ~50 MB
@@ -256,19 +370,28 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "meta": meta}, out / "model.pt")
     write_threshold(config, threshold)
+    write_threshold(config, review_threshold, REVIEW_THRESHOLD_KEY)
     print(f"threshold {threshold:.4f} -> {config}; checkpoint {out / 'model.pt'}; "
           f"training wall time {wall / 60:.1f} min", flush=True)
 
-    # Held-out numbers from the saved file through the server's decode + preprocessing: exactly what
-    # `make evaluate MODEL=... SPLIT=test CHECKPOINT=.../model.pt` reproduces.
+    report(args, out)
+
+
+def report(args: argparse.Namespace, out: Path) -> None:
+    """Held-out numbers from the saved file through the server's decode + preprocessing (exactly what
+    `make evaluate MODEL=... SPLIT=test CHECKPOINT=.../model.pt` reproduces), then the model card.
+    `--report-only` re-runs just this for an existing checkpoint."""
+    classes = ClassMap(tuple(args.harmful_classes.split(",")), tuple(args.benign_classes.split(",")))
+    test = by_split(load_dataset(args.data, classes, seed=args.seed), "test")
     shipped = build_model(args.model)
-    load_checkpoint(shipped, str(out / "model.pt"))
-    test_metrics, groups, fine = evaluate(eager(shipped, threshold), args.model, test, out, f"{args.model} (test)")
+    meta = load_checkpoint(shipped, str(out / "model.pt"))
+    threshold = float(meta["threshold"])
+    result = evaluate(eager(shipped, threshold), args.model, test, out, f"{args.model} (test)")
     photos = score_photos(shipped, args.cache_dir / "unseen")
     print(f"unseen benign photos flagged harmful: {sum(p >= threshold for _, _, p in photos)}/{len(photos)}")
-    write_model_card(out, args.model, meta, test_metrics, val_metrics, groups, fine, command,
-                     photo_table(photos, threshold))
-    print(json.dumps(test_metrics))
+    write_model_card(out, args.model, meta, result, meta.get("command", ""), photo_table(photos, threshold))
+    print(json.dumps(result.metrics))
+
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from handlers.imaging import DecodeLimits, decode_image
-from handlers.registry import HARMFUL_INDEX, eval_transform
+from handlers.model_io import harmful_probability
+from handlers.registry import eval_transform
 
 # (package, path inside the package) -> benign subclass
 PHOTOS: dict[tuple[str, str], str] = {
@@ -71,7 +72,7 @@ def score_photos(model: nn.Module, out: Path) -> list[tuple[str, str, float]]:
     rows = []
     for path in build(out):
         image = decode_image(path.read_bytes(), DecodeLimits())
-        p = torch.softmax(model(eval_transform()(image).unsqueeze(0)), 1)[0, HARMFUL_INDEX].item()
+        p = float(harmful_probability(model(eval_transform()(image).unsqueeze(0)).numpy())[0])
         rows.append((path.name, path.parent.name, p))
     return rows
 
