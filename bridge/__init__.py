@@ -1,4 +1,5 @@
-"""Kafka bridge: `image_data` -> KServe inference -> `image_predictions`, failures to `image_data.dlq`.
+"""Kafka bridge: `image_data` -> KServe inference -> `image_predictions` (review decisions also to `image_review`),
+failures to `image_data.dlq`.
 
 Owns the Kafka side of the service: the message contract (`contract`, `schema/`), configuration
 (`config`), at-least-once offset tracking (`offsets`), the inference client (`inference`), the app

@@ -1,16 +1,18 @@
-"""The bridge: consume `image_data`, classify over HTTP, produce to `image_predictions` or the DLQ.
+"""The bridge: consume `image_data`, classify over HTTP, produce to `image_predictions` (and review decisions
+also to `image_review`) or the DLQ.
 
 Flow and guarantees (details in bridge/README.md):
 - fetch: consume while fewer than BRIDGE_MAX_IN_FLIGHT records are unfinished and the endpoint is ready;
   otherwise the assigned partitions are paused (backpressure: memory stays bounded, the group stays joined).
 - dispatch: up to BRIDGE_MAX_CONCURRENCY requests in flight; a free slot takes every queued record up to
   BRIDGE_MAX_BATCH into one request, so batches grow exactly when the endpoint is busy.
-- outcome: a prediction, or a DLQ record for permanent failures (the handler's 4xx, contract violations,
+- outcome: a prediction (a `review` decision also gets a copy on the review topic, produced once the prediction
+  is acknowledged), or a DLQ record for permanent failures (the handler's 4xx, contract violations,
   retries exhausted). What follows a failure is `outcome.decide` (a pure function): transient failures retry
   with exponential backoff + full jitter up to a cap; "endpoint down" failures also stop fetching until the
   model's readiness endpoint answers again; a DLQ copy that cannot be written goes as metadata only; a
   record that cannot be dead-lettered at all stalls its partition, loudly (/readyz, metrics, alert).
-- commit: a record is finished when the broker acknowledged its outcome (idempotent producer, acks=all);
+- commit: a record is finished when the broker acknowledged its whole outcome (idempotent producer, acks=all);
   each partition is committed up to its first unfinished record (`offsets.OffsetTracker`).
 - SIGTERM: stop fetching, let in-flight work finish for BRIDGE_SHUTDOWN_TIMEOUT_S, flush, commit, leave.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -33,7 +36,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from bridge import metrics as m
 from bridge.config import Config
-from bridge.contract import ContractError, ImageRecord, dlq_headers, parse_record, prediction_value
+from bridge.contract import (
+    REVIEW,
+    ContractError,
+    ImageRecord,
+    decision_of,
+    dlq_headers,
+    parse_record,
+    prediction_value,
+)
 from bridge.health import HealthServer
 from bridge.inference import InferenceClient, InferenceError
 from bridge.kafka_poll import consume_available
@@ -237,25 +248,33 @@ class Bridge:
             self.producer.poll(0.1)
 
     def _produce(self, item: Item, stage: Stage, topic: str, key: bytes | None, value: bytes | None,
-                 headers: list[tuple[str, bytes]], on_ack: Callable[[], None]) -> None:
+                 headers: list[tuple[str, bytes]], on_ack: Callable[[], None],
+                 then: Callable[[], None] | None = None) -> None:
+        """Produce one record of `item`'s outcome. Once acknowledged: `on_ack`, then `then` (the next record of
+        the same outcome, e.g. the review copy after the prediction) or, when there is none, the record is finished
+        (committable). Failures go through `outcome.decide` for `stage`."""
         assert self.producer is not None and self._loop is not None
         loop = self._loop
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
-            loop.call_soon_threadsafe(self._delivered, item, stage, err, topic, key, value, headers, on_ack)
+            loop.call_soon_threadsafe(self._delivered, item, stage, err, topic, key, value, headers, on_ack, then)
 
         try:
             self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
         except BufferError:
-            self._later(0.1, lambda: self._produce(item, stage, topic, key, value, headers, on_ack))
+            self._later(0.1, lambda: self._produce(item, stage, topic, key, value, headers, on_ack, then))
         except KafkaException as exc:  # refused before sending (e.g. over the producer's message.max.bytes)
-            self._delivered(item, stage, exc.args[0], topic, key, value, headers, on_ack)
+            self._delivered(item, stage, exc.args[0], topic, key, value, headers, on_ack, then)
 
     def _delivered(self, item: Item, stage: Stage, err: KafkaError | None, topic: str, key: bytes | None,
-                   value: bytes | None, headers: list[tuple[str, bytes]], on_ack: Callable[[], None]) -> None:
+                   value: bytes | None, headers: list[tuple[str, bytes]], on_ack: Callable[[], None],
+                   then: Callable[[], None] | None = None) -> None:
         if err is None:
             on_ack()
-            self._finish(item)
+            if then is not None:
+                then()
+            else:
+                self._finish(item)
             return
         kind = kafka_error_kind(err.code(), err.retriable(), err.fatal())
         if kind is not Kind.FATAL and not self.tracker.current(item.tp, item.epoch):
@@ -265,7 +284,7 @@ class Bridge:
         decision = decide(Failure(stage, kind, err.name(), item.produce_attempts), self.produce_policy)
         error = f"producing to {topic}: {err.name()}: {err.str()}"
         self._act(item, stage, decision, error, retry=lambda: self._produce(item, stage, topic, key, value,
-                                                                            headers, on_ack))
+                                                                            headers, on_ack, then))
 
     def _act(self, item: Item, stage: Stage, decision: Decision, error: str, retry: Callable[[], None],
              status: int | None = None) -> None:
@@ -389,16 +408,29 @@ class Bridge:
             attempts=item.attempts + 1,
         )
         headers = [("content-type", b"application/json"), ("id", item.id.encode())]
+        key = item.id.encode()
+        decision, _review_threshold = decision_of(pred)
 
         def acked() -> None:
-            m.PRODUCED.labels(pred.model, pred.label).inc()
+            m.PRODUCED.labels(pred.model, pred.label, decision).inc()
             m.END_TO_END.observe(max(0.0, time.time() - start))
 
-        log.info("prediction", extra={**item.log_fields(), "label": pred.label,
+        log.info("prediction", extra={**item.log_fields(), "label": pred.label, "decision": decision,
                                       "harmful_score": round(pred.harmful_score, 4), "model": pred.model,
                                       "inference_ms": round(inference_ms, 1), "batch_size": batch_size})
+        then = None
+        if decision == REVIEW and self.cfg.review_topic:
+            then = functools.partial(self._to_review, item, pred.model, key, value, headers)
         item.produce_attempts = 0
-        self._produce(item, Stage.OUTPUT, self.cfg.output_topic, item.id.encode(), value, headers, acked)
+        self._produce(item, Stage.OUTPUT, self.cfg.output_topic, key, value, headers, acked, then)
+
+    def _to_review(self, item: Item, model: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        """The review copy (same key, value and headers), produced once the prediction is acknowledged: the record
+        is finished, so its offset committable, only when both are. Produced one after the other so each failure
+        is that topic's own (retried alone; a permanent one dead-letters the record, whose prediction is out)."""
+        item.produce_attempts = 0
+        self._produce(item, Stage.REVIEW, self.cfg.review_topic, key, value, headers,
+                      lambda: m.REVIEW_PRODUCED.labels(model).inc())
 
     # ---- fetch ---------------------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
@@ -669,7 +701,8 @@ class Bridge:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._signalled, sig)
         log.info("bridge started", extra={"bootstrap": cfg.bootstrap_servers, "input": cfg.input_topic,
-                                          "output": cfg.output_topic, "dlq": cfg.dlq_topic, "group": cfg.group_id,
+                                          "output": cfg.output_topic, "review": cfg.review_topic or None,
+                                          "dlq": cfg.dlq_topic, "group": cfg.group_id,
                                           "inference": self.client.infer_url, "port": cfg.port})
         self._start_probe()
         loops = [asyncio.create_task(c) for c in (self._fetch_loop(), self._dispatch_loop(), self._commit_loop(),

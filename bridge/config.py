@@ -19,6 +19,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "KAFKA_INPUT_TOPIC": ("image_data", "topic of images to classify"),
     "KAFKA_OUTPUT_TOPIC": ("image_predictions", "topic the predictions are written to"),
     "KAFKA_DLQ_TOPIC": ("image_data.dlq", "dead-letter topic: original record + why it failed"),
+    "KAFKA_REVIEW_TOPIC": ("image_review", "topic that also gets every prediction whose decision is review (same "
+                                           "key, value and headers), for human moderators; set empty to disable"),
     "KAFKA_GROUP_ID": ("image-moderation-bridge", "consumer group (scale out = more replicas, same group)"),
     "KAFKA_SECURITY_PROTOCOL": ("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     "KAFKA_SASL_MECHANISM": ("", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER"),
@@ -83,12 +85,21 @@ def env(name: str, environ: dict[str, str] | None = None) -> str:
     return DEFAULTS[name][0]
 
 
+def optional_env(name: str, environ: dict[str, str] | None = None) -> str:
+    """Like `env`, but a variable set to "" stays "": how a feature with a non-empty default is switched off."""
+    environ = os.environ if environ is None else environ
+    if environ.get(f"{name}_FILE") or name not in environ:
+        return env(name, environ)
+    return environ[name].strip()
+
+
 @dataclass(frozen=True)
 class Config:
     bootstrap_servers: str
     input_topic: str
     output_topic: str
     dlq_topic: str
+    review_topic: str  # "" = no review copies
     group_id: str
     security: dict[str, str]
     max_message_bytes: int
@@ -133,6 +144,7 @@ class Config:
             input_topic=e("KAFKA_INPUT_TOPIC"),
             output_topic=e("KAFKA_OUTPUT_TOPIC"),
             dlq_topic=e("KAFKA_DLQ_TOPIC"),
+            review_topic=optional_env("KAFKA_REVIEW_TOPIC", environ),
             group_id=e("KAFKA_GROUP_ID"),
             security=security_settings(environ),
             max_message_bytes=int(e("KAFKA_MAX_MESSAGE_BYTES")),

@@ -35,6 +35,7 @@ class Row:
     end_to_end_ms: float | None = None
     reason: str = ""
     error: str = ""
+    decision: str = ""
 
 
 def open_consumer(cfg: Config, topics: list[str], from_beginning: bool) -> Consumer:
@@ -80,7 +81,8 @@ def rows(consumer: Consumer, dlq_topic: str, timeout_s: float | None = None,
             except (TypeError, ValueError):
                 continue
             yield Row(v.get("id", key), False, v.get("model", ""), v.get("label", ""), v.get("harmful_score"),
-                      v.get("threshold"), v.get("inference_ms"), v.get("end_to_end_ms"))
+                      v.get("threshold"), v.get("inference_ms"), v.get("end_to_end_ms"),
+                      decision=v.get("decision", ""))
 
 
 ID_WIDTH = 20  # with the other columns the table fits an 80-column terminal
@@ -105,8 +107,10 @@ def table(seen: list[Row], title: str, limit: int = 30, prefix: str = "") -> Tab
             t.add_row(short_id(r, prefix), r.model, f"[red]DLQ: {r.reason}[/red]", "", "",
                       f"[red]{r.error[:20]}[/red]")
         else:
-            style = "bold red" if r.label == "harmful" else "green"
-            t.add_row(short_id(r, prefix), r.model, f"[{style}]{r.label}[/{style}]",
+            # a benign label in the review band is shown as what happens to it: human review
+            label, style = ("review", "bold yellow") if r.decision == "review" else (
+                r.label, "bold red" if r.label == "harmful" else "green")
+            t.add_row(short_id(r, prefix), r.model, f"[{style}]{label}[/{style}]",
                       f"{r.score:.3f}/{r.threshold:.2f}", f"{r.inference_ms:.0f}", f"{r.end_to_end_ms:.0f}")
     return t
 

@@ -1,11 +1,12 @@
-"""The message contract of the three topics, defined once (documented in bridge/README.md and schema/).
+"""The message contract of the bridge's topics, defined once (documented in bridge/README.md and schema/).
 
 Input (`image_data`): key = image id; value = the raw image bytes with a `content-type` header, an
 optional `metadata` header (JSON object) and an optional `model` header, or a JSON envelope
 `{"id","image_b64","content_type","metadata","model"}` (schema/image_data.envelope.schema.json; other fields
 are rejected). Output (`image_predictions`): key = image id, JSON value
-(schema/image_predictions.schema.json). DLQ (`image_data.dlq`): the original key, value and headers plus
-headers saying why (`DLQ_HEADERS`).
+(schema/image_predictions.schema.json). Review (`image_review`): the same key, value and headers as the
+prediction, for predictions whose decision is `review`. DLQ (`image_data.dlq`): the original key, value and
+headers plus headers saying why (`DLQ_HEADERS`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 
 import jsonschema
 
-from handlers.envelopes import is_json_body, media_type
+from handlers.envelopes import Prediction, is_json_body, media_type
+from handlers.model_io import decision as decide_band
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 IMAGE_TYPES_PREFIX = "image/"
@@ -164,9 +166,25 @@ def utc_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+REVIEW = "review"  # the decision whose records are also produced to the review topic (handlers.model_io.DECISIONS)
+
+
+def decision_of(prediction: Prediction) -> tuple[str, float]:
+    """(decision, review_threshold) of a prediction. A server older than the review band sends neither: its
+    decision is derived here with the handler's own rule, and its review threshold is the threshold (no band), so
+    every record carries both and consumers need no fallback of their own."""
+    review_threshold = prediction.review_threshold
+    if review_threshold is None:
+        review_threshold = prediction.threshold
+    if prediction.decision is not None:
+        return prediction.decision, float(review_threshold)
+    return (decide_band(float(prediction.harmful_score), float(prediction.threshold), float(review_threshold)),
+            float(review_threshold))
+
+
 def prediction_value(
     record: ImageRecord,
-    prediction: Any,
+    prediction: Prediction,
     *,
     source: tuple[str, int, int],
     received_at: float,
@@ -176,14 +194,21 @@ def prediction_value(
     end_to_end_ms: float,
     attempts: int,
 ) -> bytes:
-    """The JSON value of an `image_predictions` record (schema/image_predictions.schema.json)."""
+    """The JSON value of an `image_predictions` (and `image_review`) record (schema/image_predictions.schema.json);
+    `categories` only when the model scores them."""
     topic, partition, offset = source
+    decision, review_threshold = decision_of(prediction)
+    categories = ({} if prediction.categories is None else
+                  {"categories": {name: round(float(p), 6) for name, p in prediction.categories.items()}})
     return json.dumps(
         {
             "id": record.id,
             "label": prediction.label,
             "harmful_score": round(float(prediction.harmful_score), 6),
             "threshold": float(prediction.threshold),
+            "decision": decision,
+            "review_threshold": review_threshold,
+            **categories,
             "model": prediction.model,
             "model_version": str(prediction.model_version),
             "metadata": record.metadata,

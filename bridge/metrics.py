@@ -8,7 +8,10 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 
 E2E_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30, 60, 120, 300, 900)
 
 CONSUMED = Counter("bridge_messages_consumed", "Records consumed from the input topic", ["topic"])
-PRODUCED = Counter("bridge_predictions_produced", "Predictions acknowledged on the output topic", ["model", "label"])
+PRODUCED = Counter("bridge_predictions_produced", "Predictions acknowledged on the output topic, by label and decision",
+                   ["model", "label", "decision"])
+REVIEW_PRODUCED = Counter("bridge_review_produced",
+                          "Copies of review decisions acknowledged on the review topic", ["model"])
 DLQ = Counter("bridge_dlq", "Records acknowledged on the dead-letter topic, by reason", ["reason"])
 RETRIES = Counter("bridge_retries", "Retries after transient failures, by reason", ["reason"])
 IN_FLIGHT = Gauge("bridge_in_flight", "Records consumed and not yet finished (uncommitted work)")

@@ -7,6 +7,7 @@ Every failure of a record is described by where it happened (`Stage`), whether a
 |----------------|-----------------------------------|-----------------------|----------------------------|
 | inference      | DLQ (the handler's reason)        | RETRY with backoff    | DLQ `retries_exhausted`    |
 | output produce | DLQ `output_rejected`             | RETRY with backoff    | DLQ `retries_exhausted`    |
+| review produce | DLQ `output_rejected`             | RETRY with backoff    | DLQ `retries_exhausted`    |
 | DLQ produce    | DLQ_BOUNDED (metadata, no payload)| RETRY with backoff    | STALL the partition        |
 | bounded DLQ    | STALL the partition               | RETRY with backoff    | STALL the partition        |
 
@@ -33,6 +34,7 @@ from confluent_kafka import KafkaError
 class Stage(StrEnum):
     INFERENCE = "inference"
     OUTPUT = "output"  # producing the prediction
+    REVIEW = "review"  # producing the review copy of a prediction (after the prediction is acknowledged)
     DLQ = "dlq"  # producing the full dead-letter copy
     DLQ_BOUNDED = "dlq_bounded"  # producing the metadata-only dead-letter record
 
@@ -90,7 +92,7 @@ def decide(failure: Failure, policy: RetryPolicy, rand: Callable[[], float] = ra
                                                                policy.backoff_max_s, rand))
     if stage is Stage.INFERENCE:
         return Decision(Action.DLQ, failure.reason if failure.kind is Kind.PERMANENT else "retries_exhausted")
-    if stage is Stage.OUTPUT:
+    if stage in (Stage.OUTPUT, Stage.REVIEW):  # the review copy is an output like the prediction: never dropped
         return Decision(Action.DLQ, "output_rejected" if failure.kind is Kind.PERMANENT else "retries_exhausted")
     if stage is Stage.DLQ and failure.kind is Kind.PERMANENT:
         return Decision(Action.DLQ_BOUNDED, failure.reason)

@@ -1,9 +1,10 @@
 """Create the bridge's topics idempotently (used by scripts/kafka.sh and the tests).
 
 `python -m bridge.topics [--wait S] ensure [--partitions N] [NAME...]`: waits for the broker, then creates
-the input (several partitions so several bridge replicas share the load), output and DLQ topics with
-`max.message.bytes` = KAFKA_MAX_MESSAGE_BYTES, and the DLQ with KAFKA_DLQ_MAX_MESSAGE_BYTES (default: 64 KiB
-more, so a full dead-letter copy of any input record fits); existing topics are left as they are.
+the input (several partitions so several bridge replicas share the load), output, review (unless
+KAFKA_REVIEW_TOPIC is empty) and DLQ topics with `max.message.bytes` = KAFKA_MAX_MESSAGE_BYTES, and the DLQ
+with KAFKA_DLQ_MAX_MESSAGE_BYTES (default: 64 KiB more, so a full dead-letter copy of any input record fits);
+existing topics are left as they are.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def ensure_topics(admin: AdminClient, topics: dict[str, int], max_message_bytes:
 
 
 def default_topics(cfg: Config, partitions: int = INPUT_PARTITIONS) -> dict[str, int]:
-    return {cfg.input_topic: partitions, cfg.output_topic: partitions, cfg.dlq_topic: 1}
+    """name -> partitions of every topic the bridge reads or writes; the review topic is keyed and sized like
+    the output topic (it carries copies of its records)."""
+    review = {cfg.review_topic: partitions} if cfg.review_topic else {}
+    return {cfg.input_topic: partitions, cfg.output_topic: partitions, **review, cfg.dlq_topic: 1}
 
 
 def main(argv: list[str] | None = None) -> None:

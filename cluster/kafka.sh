@@ -45,7 +45,7 @@ case "${1:-install}" in
     phase "kafka image imported into the node's containerd" \
       env CONTAINERD_ADDRESS="$CONTAINERD_SOCK" "$ROOT/scripts/images.sh" load kafka
     phase "kafka: StatefulSet + PV in namespace $KAFKA_NAMESPACE, broker Ready" apply
-    phase "kafka: topics image_data / image_predictions / image_data.dlq via $BOOTSTRAP" topics
+    phase "kafka: topics image_data / image_predictions / image_review / image_data.dlq via $BOOTSTRAP" topics
     ;;
   uninstall)
     phase "kafka: namespace $KAFKA_NAMESPACE and its volume deleted" bash -c \

@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient
 from bridge.config import dlq_limit
 from bridge.contract import schema
 from bridge.topics import ensure_topics
+from handlers.model_io import decision
 from handlers.registry import LABELS
 from handlers.stack import stack
 
@@ -66,15 +67,20 @@ class Topics:
     output: str
     dlq: str
     group: str
+    review: str = ""  # "" = the bridge writes no review copies (KAFKA_REVIEW_TOPIC empty)
 
     @classmethod
-    def create(cls, bootstrap: str, partitions: int = 6, dlq_max_bytes: int | None = None) -> Topics:
-        """Topics as `bridge.topics ensure` makes them (DLQ limit: config.dlq_limit), unless `dlq_max_bytes`."""
+    def create(cls, bootstrap: str, partitions: int = 6, dlq_max_bytes: int | None = None,
+               review_max_bytes: int | None = None) -> Topics:
+        """Topics as `bridge.topics ensure` makes them (DLQ limit: config.dlq_limit), unless `dlq_max_bytes`;
+        the review topic like the output topic, unless `review_max_bytes`."""
         run = f"t{uuid.uuid4().hex[:10]}"
-        t = cls(f"{run}.image_data", f"{run}.image_predictions", f"{run}.image_data.dlq", f"{run}-bridge")
+        t = cls(f"{run}.image_data", f"{run}.image_predictions", f"{run}.image_data.dlq", f"{run}-bridge",
+                f"{run}.image_review")
         ensure_topics(AdminClient({"bootstrap.servers": bootstrap}),
-                      {t.input: partitions, t.output: partitions, t.dlq: 1}, MAX_BYTES,
-                      {t.dlq: dlq_limit(MAX_BYTES) if dlq_max_bytes is None else dlq_max_bytes})
+                      {t.input: partitions, t.output: partitions, t.review: partitions, t.dlq: 1}, MAX_BYTES,
+                      {t.dlq: dlq_limit(MAX_BYTES) if dlq_max_bytes is None else dlq_max_bytes,
+                       t.review: MAX_BYTES if review_max_bytes is None else review_max_bytes})
         return t
 
 
@@ -102,6 +108,7 @@ class BridgeProcess:
             "KAFKA_INPUT_TOPIC": topics.input,
             "KAFKA_OUTPUT_TOPIC": topics.output,
             "KAFKA_DLQ_TOPIC": topics.dlq,
+            "KAFKA_REVIEW_TOPIC": topics.review,
             "KAFKA_GROUP_ID": topics.group,
             "KAFKA_SESSION_TIMEOUT_MS": "8000",
             "INFERENCE_URL": inference_url,
@@ -138,12 +145,13 @@ class BridgeProcess:
             time.sleep(0.25)
         raise AssertionError(f"bridge not ready after {timeout_s}s: {self.tail()}")
 
-    def metric(self, name: str) -> float:
-        """Sum of a metric's samples on /metrics (0 when absent)."""
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples on /metrics (0 when absent), only those with `labels` when given."""
         text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
         total = 0.0
         for line in text.splitlines():
-            if line.startswith(name) and (line[len(name)] in " {"):
+            if line.startswith(name) and (line[len(name)] in " {") and all(w in line for w in wanted):
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
@@ -188,10 +196,16 @@ def raw_record(image_id: str, image: bytes, metadata: dict | None = None,
 
 
 def check_prediction(doc: dict, model: str) -> None:
-    """An `image_predictions` value valid against its JSON Schema, from `model`, its label matching its score."""
+    """An `image_predictions` value valid against its JSON Schema, from `model`, its label and decision matching
+    its score and thresholds."""
     jsonschema.validate(doc, schema("image_predictions"))
     assert doc["model"] == model and doc["label"] in LABELS
     assert (doc["label"] == "harmful") == (doc["harmful_score"] >= doc["threshold"])
+    assert doc["review_threshold"] <= doc["threshold"]
+    assert doc["decision"] == decision(doc["harmful_score"], doc["threshold"], doc["review_threshold"]), doc
+
+
+Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
 @dataclass
@@ -201,6 +215,9 @@ class Outcomes:
     predictions: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     dlq: dict[str, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))
     dlq_values: dict[str, bytes] = field(default_factory=dict)
+    # (key, value, headers) as produced: predictions on the output topic and copies on the review topic
+    prediction_records: dict[str, list[Record]] = field(default_factory=lambda: defaultdict(list))
+    review_records: dict[str, list[Record]] = field(default_factory=lambda: defaultdict(list))
 
     def seen(self) -> set[str]:
         return set(self.predictions) | set(self.dlq)
@@ -218,13 +235,14 @@ class Outcomes:
 
 def collect(bootstrap: str, topics: Topics, expected: set[str], timeout_s: float,
             settle_s: float = 2.0) -> Outcomes:
-    """Read output + DLQ from the beginning until every expected id is there (then `settle_s` more)."""
+    """Read output + DLQ (+ review, if the topics have one) from the beginning until every expected id is there
+    (then `settle_s` more)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topics.group}-check",
                          "enable.auto.commit": False, "fetch.max.bytes": MAX_BYTES * 2,
                          "max.partition.fetch.bytes": MAX_BYTES, "receive.message.max.bytes": MAX_BYTES * 3})
     meta = consumer.list_topics(timeout=10)
-    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in (topics.output, topics.dlq)
-                     for p in meta.topics[t].partitions])
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in (topics.output, topics.dlq, topics.review)
+                     if t for p in meta.topics[t].partitions])
     out = Outcomes()
     deadline = time.monotonic() + timeout_s
     done_at: float | None = None
@@ -242,8 +260,11 @@ def collect(bootstrap: str, topics: Topics, expected: set[str], timeout_s: float
                 if msg.topic() == topics.dlq:
                     out.dlq[key].append(headers)
                     out.dlq_values[key] = msg.value()
+                elif msg.topic() == topics.review:
+                    out.review_records[key].append((msg.key(), msg.value(), list(msg.headers() or [])))
                 else:
                     out.predictions[key].append(json.loads(msg.value()))
+                    out.prediction_records[key].append((msg.key(), msg.value(), list(msg.headers() or [])))
     finally:
         consumer.close()
     return out

@@ -13,10 +13,11 @@ import pytest
 
 from bridge.app import Bridge, backoff
 from bridge.config import Config, security_settings
-from bridge.contract import ContractError, dlq_headers, parse_record, prediction_value, schema
+from bridge.contract import ContractError, decision_of, dlq_headers, parse_record, prediction_value, schema
 from bridge.inference import classify
 from bridge.offsets import OffsetTracker
 from handlers.envelopes import Prediction
+from handlers.model_io import CATEGORIES, DECISIONS
 from tests.image_factory import jpeg
 
 TP = ("image_data", 0)
@@ -122,6 +123,74 @@ def test_prediction_value_matches_the_published_schema() -> None:
     jsonschema.validate(doc, schema("image_predictions"))
     assert doc["id"] == "img-9" and doc["metadata"] == {"a": 1} and doc["source"]["offset"] == 17
     assert doc["received_at"].endswith("Z")
+
+
+def _record_of(pred: Prediction) -> dict:
+    rec = parse_record(b"img-9", b"\xff\xd8", None, "fb")
+    value = prediction_value(rec, pred, source=("image_data", 0, 1), received_at=1.7e9, produced_at=1.7e9,
+                             inference_ms=1.0, batch_size=1, end_to_end_ms=2.0, attempts=1)
+    doc = json.loads(value)
+    jsonschema.validate(doc, schema("image_predictions"))
+    return doc
+
+
+def test_prediction_record_carries_decision_review_threshold_and_categories() -> None:
+    """A current server's fields are copied as sent; categories only when the model has a category head."""
+    cats = {"firearm": 0.8123456789, "blade": 0.1, "violence": 0.05, "fire_smoke": 0.0}
+    doc = _record_of(Prediction("benign", 0.3, 0.5, "mobilenet_v2", "2.0", "review", 0.2, cats))
+    assert (doc["decision"], doc["review_threshold"]) == ("review", 0.2)
+    assert list(doc["categories"]) == list(CATEGORIES) and doc["categories"]["firearm"] == 0.812346
+    no_head = _record_of(Prediction("harmful", 0.9, 0.5, "resnet50", "1.0", "block", 0.5))
+    assert "categories" not in no_head and no_head["decision"] == "block"
+
+
+@pytest.mark.parametrize(
+    ("score", "threshold", "review_threshold", "expected"),
+    [
+        (0.91, 0.5, None, "block"),  # an older server: no band, the review threshold is the threshold
+        (0.5, 0.5, None, "block"),  # at the threshold: harmful, as the label says
+        (0.49, 0.5, None, "allow"),
+        (0.3, 0.5, 0.2, "review"),  # a review threshold without a decision: the band is applied here
+        (0.2, 0.5, 0.2, "review"),
+        (0.19, 0.5, 0.2, "allow"),
+    ],
+)
+def test_decision_derived_when_the_server_sends_none(score: float, threshold: float, review_threshold: float | None,
+                                                     expected: str) -> None:
+    """Every record has a decision: a server older than issue 19 sends none, so the bridge applies the handler's
+    rule (handlers.model_io.decision) to the score; the label stays the server's."""
+    label = "harmful" if score >= threshold else "benign"
+    doc = _record_of(Prediction(label, score, threshold, "mobilenet_v2", "1.0", None, review_threshold))
+    assert doc["decision"] == expected
+    assert doc["review_threshold"] == (threshold if review_threshold is None else review_threshold)
+    assert decision_of(Prediction(label, score, threshold, "m", "1", None, review_threshold)) == (
+        expected, doc["review_threshold"])
+
+
+def test_prediction_schema_documents_the_decision_fields() -> None:
+    """decision and review_threshold are required (the bridge always writes them); categories are the handler's."""
+    s = schema("image_predictions")
+    assert {"decision", "review_threshold"} <= set(s["required"]) and "categories" not in s["required"]
+    assert s["properties"]["decision"]["enum"] == list(DECISIONS)
+    assert s["properties"]["categories"]["required"] == list(CATEGORIES)
+    good = _record_of(Prediction("benign", 0.1, 0.5, "mobilenet_v2", "1.0", "allow", 0.05,
+                                 dict.fromkeys(CATEGORIES, 0.5)))
+    for broken in ({**good, "decision": "maybe"}, {k: v for k, v in good.items() if k != "decision"},
+                   {**good, "categories": {**good["categories"], "firearm": 1.5}},
+                   {**good, "categories": {**good["categories"], "drugs": 0.1}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, s)
+
+
+def test_review_topic_is_configurable_and_can_be_disabled() -> None:
+    from bridge.topics import default_topics
+
+    cfg = Config.from_env({})
+    assert cfg.review_topic == "image_review"
+    assert default_topics(cfg, 6) == {"image_data": 6, "image_predictions": 6, "image_review": 6, "image_data.dlq": 1}
+    assert Config.from_env({"KAFKA_REVIEW_TOPIC": "mod.review"}).review_topic == "mod.review"
+    off = Config.from_env({"KAFKA_REVIEW_TOPIC": ""})  # set but empty: no review copies, no topic
+    assert off.review_topic == "" and "image_review" not in default_topics(off)
 
 
 def test_dlq_headers_keep_the_original_and_say_why() -> None:
@@ -239,6 +308,9 @@ POLICY = RetryPolicy(max_attempts=3, backoff_s=0.5, backoff_max_s=30)
         (Stage.OUTPUT, Kind.PERMANENT, 1, Action.DLQ, "output_rejected"),
         (Stage.OUTPUT, Kind.TRANSIENT, 1, Action.RETRY, "r"),
         (Stage.OUTPUT, Kind.TRANSIENT, 3, Action.DLQ, "retries_exhausted"),
+        (Stage.REVIEW, Kind.PERMANENT, 1, Action.DLQ, "output_rejected"),  # the review copy is never dropped
+        (Stage.REVIEW, Kind.TRANSIENT, 2, Action.RETRY, "r"),
+        (Stage.REVIEW, Kind.TRANSIENT, 3, Action.DLQ, "retries_exhausted"),
         (Stage.DLQ, Kind.PERMANENT, 1, Action.DLQ_BOUNDED, "r"),  # e.g. MSG_SIZE_TOO_LARGE: never retried
         (Stage.DLQ, Kind.TRANSIENT, 1, Action.RETRY, "r"),
         (Stage.DLQ, Kind.TRANSIENT, 3, Action.STALL, "r"),

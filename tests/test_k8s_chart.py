@@ -216,6 +216,34 @@ def test_backend_override_reaches_the_handler_variable(default_docs: list[dict[s
     assert set(allowed) == {"", *BACKENDS}  # the chart offers exactly what the handler accepts
 
 
+def test_review_band_values_reach_the_predictors_and_the_bridge(default_docs: list[dict[str, Any]]) -> None:
+    """models.<m>.reviewThreshold -> MODERATION_REVIEW_THRESHOLD_<MODEL> (0 is a threshold, not "unset"; empty sets
+    nothing, so the trained one serves); bridge.kafka.reviewTopic -> KAFKA_REVIEW_TOPIC, kept when empty, which is
+    how the bridge is told to write no review copies."""
+    from bridge.config import Config
+
+    def model_env(docs: list[dict[str, Any]], isvc: str) -> dict[str, str]:
+        (obj,) = k.find(docs, "InferenceService", f"image-moderation-{isvc}")
+        return {e["name"]: e["value"] for e in obj["spec"]["predictor"]["model"]["env"]}
+
+    def bridge_config(docs: list[dict[str, Any]]) -> dict[str, str]:
+        (cm,) = [d for d in k.find(docs, "ConfigMap") if d["metadata"]["name"] == "image-moderation-bridge"]
+        return cm["data"]
+
+    for isvc in ("mobilenet-v2", "resnet50"):
+        assert not any(n.startswith("MODERATION_REVIEW_THRESHOLD") for n in model_env(default_docs, isvc))
+    assert Config.from_env(bridge_config(default_docs)).review_topic == "image_review"
+    for runtime in ("torchserve", "kserve"):
+        docs = k.load_docs(k.helm_template(sets=[f"runtime={runtime}", "models.mobilenet_v2.reviewThreshold=0",
+                                                 "models.resnet50.reviewThreshold=0.12", "bridge.kafka.reviewTopic="]))
+        assert model_env(docs, "mobilenet-v2")["MODERATION_REVIEW_THRESHOLD_MOBILENET_V2"] == "0"
+        assert model_env(docs, "resnet50")["MODERATION_REVIEW_THRESHOLD_RESNET50"] == "0.12"
+        assert bridge_config(docs)["KAFKA_REVIEW_TOPIC"] == ""
+        assert Config.from_env(bridge_config(docs)).review_topic == ""
+    res = k.run([k.tool("helm"), "template", "x", str(k.CHART), "--set", "models.resnet50.reviewThreshold=1.5"])
+    assert res.returncode != 0 and "values don't meet the specifications of the schema" in res.stderr
+
+
 def test_chart_workers_are_the_archives_workers() -> None:
     """Threads per worker are computed from models.<m>.workers: it must be the .mar's worker count."""
     values = yaml.safe_load((k.ROOT / "helm" / "image-moderation" / "values.yaml").read_text())

@@ -33,7 +33,7 @@ Try a prediction (Open Inference Protocol v2) from inside the cluster:
 {{- end }}
 {{- if .Values.bridge.enabled }}
 
-Kafka bridge: {{ .Values.bridge.kafka.inputTopic }} -> {{ .Values.bridge.model }} -> {{ .Values.bridge.kafka.outputTopic }} (failures: {{ .Values.bridge.kafka.dlqTopic }})
+Kafka bridge: {{ .Values.bridge.kafka.inputTopic }} -> {{ .Values.bridge.model }} -> {{ .Values.bridge.kafka.outputTopic }} ({{ with .Values.bridge.kafka.reviewTopic }}review decisions also: {{ . }}; {{ end }}failures: {{ .Values.bridge.kafka.dlqTopic }})
   kubectl -n {{ $ns }} rollout status deployment/{{ include "im.bridgeName" . }}
   kubectl -n {{ $ns }} logs -f deployment/{{ include "im.bridgeName" . }}
   Scaling: {{ if .Values.bridge.keda.enabled }}KEDA on consumer lag{{ else if .Values.bridge.autoscaling.enabled }}HPA on CPU{{ else }}fixed {{ .Values.bridge.replicas }} replica(s){{ end }}, at most {{ .Values.bridge.kafka.inputPartitions }} (input partitions).
