@@ -136,6 +136,7 @@ class ImageModerationHandler(BaseHandler):
     def postprocess(self, batch: ImageModerationHandler.Batch, scores: np.ndarray) -> list[str]:
         responses: list[Any] = []
         label_counts: Counter[str] = Counter()
+        decision_counts: Counter[str] = Counter()
         model, version = self.scorer.model_name, self.scorer.version
         for idx, (row, (start, end)) in enumerate(zip(batch.rows, batch.spans, strict=True)):
             self.context.set_response_content_type(idx, "application/json")
@@ -149,9 +150,12 @@ class ImageModerationHandler(BaseHandler):
                 continue
             preds = [self.scorer.prediction(row) for row in scores[start:end]]
             label_counts.update(p.label for p in preds)
+            decision_counts.update(p.decision for p in preds if p.decision)
             if row.protocol == "v2" and row.request_id is None:
                 row = ParsedRequest(row.protocol, row.images, self.context.get_request_id(idx))
             responses.append(json.dumps(render_response(row, preds, model, version)))
         for label, count in label_counts.items():  # one metric line per label and batch, not per image
             self.metrics.predicted(label, count)
+        for decision, count in decision_counts.items():
+            self.metrics.decided(decision, count)
         return responses  # compact JSON strings: TorchServe would pretty-print dicts

@@ -22,6 +22,7 @@ STAGE_HISTOGRAMS: dict[str, str] = {
 }
 REJECTED_COUNTER = "moderation_rejected_total"
 PREDICTIONS_COUNTER = "moderation_predictions_total"
+DECISIONS_COUNTER = "moderation_decisions_total"  # block / review / allow: the review rate's numerator
 BATCH_SIZE_HISTOGRAM = "moderation_batch_images"
 
 
@@ -34,7 +35,7 @@ class ModerationMetrics:
         self._model = model_name
         self._metrics: dict[str, Any] = {}
         wanted = {name: MetricTypes.HISTOGRAM for name in (*STAGE_HISTOGRAMS.values(), BATCH_SIZE_HISTOGRAM)}
-        wanted |= {REJECTED_COUNTER: MetricTypes.COUNTER, PREDICTIONS_COUNTER: MetricTypes.COUNTER}
+        wanted |= {name: MetricTypes.COUNTER for name in (REJECTED_COUNTER, PREDICTIONS_COUNTER, DECISIONS_COUNTER)}
         for name, kind in wanted.items():
             try:
                 self._metrics[name] = cache.get_metric(name, kind)
@@ -57,3 +58,6 @@ class ModerationMetrics:
 
     def predicted(self, label: str, count: int = 1) -> None:
         self._emit(PREDICTIONS_COUNTER, count, label)
+
+    def decided(self, decision: str, count: int = 1) -> None:
+        self._emit(DECISIONS_COUNTER, count, decision)

@@ -17,7 +17,13 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import Metric, UnknownMetricFamily
 from prometheus_client.registry import Collector
 
-from handlers.telemetry import BATCH_SIZE_HISTOGRAM, PREDICTIONS_COUNTER, REJECTED_COUNTER, STAGE_HISTOGRAMS
+from handlers.telemetry import (
+    BATCH_SIZE_HISTOGRAM,
+    DECISIONS_COUNTER,
+    PREDICTIONS_COUNTER,
+    REJECTED_COUNTER,
+    STAGE_HISTOGRAMS,
+)
 
 HOSTNAME = socket.gethostname()
 
@@ -70,6 +76,7 @@ class PrometheusModerationMetrics:
         self._batch = _histogram(BATCH_SIZE_HISTOGRAM, labels, registry)
         self._rejected = _counter(REJECTED_COUNTER, [*labels, "reason"], registry)
         self._predicted = _counter(PREDICTIONS_COUNTER, [*labels, "label"], registry)
+        self._decided = _counter(DECISIONS_COUNTER, [*labels, "decision"], registry)
 
     def stage(self, stage: str, seconds: float) -> None:
         self._stage[stage].labels(*self._labels).observe(seconds)
@@ -82,6 +89,9 @@ class PrometheusModerationMetrics:
 
     def predicted(self, label: str, count: int = 1) -> None:
         self._predicted.labels(*self._labels, label).inc(count)
+
+    def decided(self, decision: str, count: int = 1) -> None:
+        self._decided.labels(*self._labels, decision).inc(count)
 
 
 _SHARED: dict[str, Histogram | Counter] = {}  # one collector per name, shared by the models of this process

@@ -20,8 +20,16 @@ import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
-from handlers.envelopes import V2_OUTPUTS, ParsedRequest, Prediction, parse_v2_inputs, render_response
+from handlers.envelopes import (
+    V2_CATEGORIES_OUTPUT,
+    V2_OUTPUTS,
+    ParsedRequest,
+    Prediction,
+    parse_v2_inputs,
+    render_response,
+)
 from handlers.errors import ModerationError
+from handlers.model_io import CATEGORIES
 from handlers.scorer import Pixels, Scorer
 from kserve_runtime.archives import Archive
 from kserve_runtime.batching import AdaptiveBatcher
@@ -115,6 +123,8 @@ class ModerationModel(Model):
         predictions = [self.scorer.prediction(row) for row in scores]
         for label, count in Counter(p.label for p in predictions).items():
             self.metrics.predicted(label, count)
+        for decision, count in Counter(p.decision for p in predictions if p.decision).items():
+            self.metrics.decided(decision, count)
         FRONTEND.inference(self.name, self.version, (time.perf_counter() - t0) * 1e6, queued * 1e6)
         return Scored(predictions, pixels, scores)
 
@@ -156,14 +166,18 @@ class ModerationModel(Model):
             scored = await self.score(payload.images)
         except ModerationError as err:
             raise InvalidInput(f"{err.reason}: {err.message}") from None
-        columns = {"label": [p.label for p in scored.predictions],
-                   "harmful_score": [p.harmful_score for p in scored.predictions],
-                   "threshold": [p.threshold for p in scored.predictions]}
+        preds = scored.predictions
         outputs = []
         for name, datatype in V2_OUTPUTS.items():
-            data = np.array(columns[name], dtype=object if datatype == "BYTES" else np.float32)
+            data = np.array([getattr(p, name) for p in preds], dtype=object if datatype == "BYTES" else np.float32)
             output = InferOutput(name=name, shape=[len(data)], datatype=datatype)
             output.set_data_from_numpy(data, binary_data=False)
+            outputs.append(output)
+        if preds and preds[0].categories is not None:  # the same extra output as REST (envelopes.render_response)
+            table = np.array([[p.categories[c] for c in CATEGORIES] for p in preds], dtype=np.float32)  # type: ignore[index]
+            output = InferOutput(name=V2_CATEGORIES_OUTPUT, shape=list(table.shape), datatype="FP32",
+                                 parameters={"categories": ",".join(CATEGORIES)})
+            output.set_data_from_numpy(table, binary_data=False)
             outputs.append(output)
         # raw_output_contents, as Triton answers: tritonclient.grpc reads only those (or bytes_contents)
         return InferResponse(payload.request_id or "", self.name, outputs, model_version=self.version,

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from handlers.envelopes import predictions_from, v1_request, v2_request
+from handlers.model_io import CATEGORIES, category_count, decision
 from handlers.provenance import Provenance
 from handlers.registry import LABELS, MODEL_NAMES
 from handlers.settings import HandlerSettings
@@ -35,10 +36,21 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = list(MODEL_NAMES)
 
 
-def configured_threshold(model: str) -> float:
-    """The threshold the handler serves: its backend's (threshold, or threshold_int8 for onnx_int8)."""
+def served_settings(model: str) -> HandlerSettings:
+    """What the handler serves: its backend's thresholds (threshold/review_threshold, or their _int8 twins)."""
     config = yaml.safe_load((ROOT / "model-archive" / "config" / f"{model}.yaml").read_text())
-    return HandlerSettings.load(model, config["handler"], env={}).threshold
+    return HandlerSettings.load(model, config["handler"], env={})
+
+
+def configured_threshold(model: str) -> float:
+    return served_settings(model).threshold
+
+
+def committed_categories(model: str) -> tuple[str, ...]:
+    """The categories the committed checkpoint scores: from the width of its head (classes + categories)."""
+    state = torch.load(ROOT / "models" / model / "model.pt", weights_only=True)["state_dict"]
+    width = [v for k, v in state.items() if k.endswith(".weight") and v.ndim == 2][-1].shape[0]
+    return CATEGORIES[:category_count(width)]
 
 
 def metrics_text(runtime: Runtime) -> str:
@@ -78,14 +90,27 @@ def test_raw_v1_v2_agree_and_carry_every_field(client: httpx.Client, model: str)
         assert response.headers["content-type"].startswith("application/json")
     body = v2.json()
     assert body["id"] == "req-42" and body["model_name"] == model and body["model_version"] == version
+    categories = committed_categories(model)
     for output in body["outputs"]:
-        assert set(output) == {"name", "datatype", "shape", "data"} and output["shape"] == [1]
+        if output["name"] == "categories":
+            assert output["shape"] == [1, len(categories)] and output["datatype"] == "FP32"
+            assert output["parameters"] == {"categories": ",".join(categories)}
+        else:
+            assert set(output) == {"name", "datatype", "shape", "data"} and output["shape"] == [1]
     preds = [predictions_from(r.json())[0] for r in (raw, octet, v1, v2)]
+    served = served_settings(model)
     for p in preds:
         assert p.label in LABELS and 0.0 <= p.harmful_score <= 1.0
-        assert p.threshold == pytest.approx(configured_threshold(model))
+        assert p.threshold == pytest.approx(served.threshold)
+        assert p.review_threshold == pytest.approx(served.review_threshold)
         assert p.label == ("harmful" if p.harmful_score >= p.threshold else "benign")
+        assert p.decision == decision(p.harmful_score, p.threshold, p.review_threshold)
         assert (p.model, p.model_version) == (model, version)
+        if categories:  # the same category scores on every protocol
+            assert list(p.categories) == list(categories) and all(0 <= v <= 1 for v in p.categories.values())
+            assert p.categories == pytest.approx(preds[0].categories, abs=1e-4)
+        else:
+            assert p.categories is None
     assert len({round(p.harmful_score, 5) for p in preds}) == 1, preds
 
 
@@ -209,7 +234,9 @@ def test_probes_and_metadata_as_kserve_expects(client: httpx.Client) -> None:
         meta = client.get(f"/v2/models/{model}").json()
         assert meta["name"] == model and meta["platform"] and meta["versions"]
         assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
-        assert {o["name"] for o in meta["outputs"]} == {"label", "harmful_score", "threshold"}
+        assert {o["name"] for o in meta["outputs"]} == {"label", "harmful_score", "threshold", "decision",
+                                                        "review_threshold"} | ({"categories"} if
+                                                                               committed_categories(model) else set())
         # the weights' provenance travels from the checkpoint through the archive to the metadata
         committed = torch.load(ROOT / "models" / model / "model.pt", weights_only=True)["meta"]
         assert meta["parameters"] == Provenance.from_meta(model, committed).parameters()
@@ -258,7 +285,9 @@ tensor = tg.InferInput("image", [3], "BYTES")
 tensor.set_data_from_numpy(np.array([image] * 3, dtype=object))
 result = gc.infer("mobilenet_v2", [tensor], request_id="grpc-1")
 out |= {"id": result.get_response().id, "scores": result.as_numpy("harmful_score").tolist(),
-        "labels": [v.decode() for v in result.as_numpy("label").tolist()]}
+        "labels": [v.decode() for v in result.as_numpy("label").tolist()],
+        "decisions": [v.decode() for v in result.as_numpy("decision").tolist()],
+        "categories": None if result.as_numpy("categories") is None else result.as_numpy("categories").tolist()}
 bad = tg.InferInput("image", [2], "BYTES")
 bad.set_data_from_numpy(np.array([image, b"\\x89PNG\\r\\n\\x1a\\n broken"], dtype=object))
 try:
@@ -284,6 +313,12 @@ def test_tritonclient_grpc_gets_correct_answers(client: httpx.Client, runtime_st
     assert out["live"] and out["ready"] and out["metadata"] == "mobilenet_v2" and out["id"] == "grpc-1"
     assert out["scores"] == pytest.approx([expected] * 3, abs=1e-4) and set(out["labels"]) <= set(LABELS)
     assert "INVALID_ARGUMENT" in out["refused"] and "image 1" in out["refused"], out["refused"]
+    assert len(out["decisions"]) == 3 and set(out["decisions"]) <= {"block", "review", "allow"}
+    categories = committed_categories("mobilenet_v2")
+    if categories:  # the extra FP32 [n, 4] output, as over REST
+        rest = predictions_from(client.post("/v1/models/mobilenet_v2:predict", content=image,
+                                            headers={"Content-Type": "image/jpeg"}).json())[0].categories
+        assert out["categories"] == [pytest.approx([rest[c] for c in categories], abs=1e-4)] * 3
 
 
 def test_custom_metrics_reach_prometheus_endpoint(client: httpx.Client, runtime_stack: Runtime) -> None:
@@ -302,6 +337,9 @@ def test_custom_metrics_reach_prometheus_endpoint(client: httpx.Client, runtime_
             assert metric_value(text, f"moderation_{stage}_seconds_count", ModelName=model) > 0, (stage, model)
             assert metric_value(text, f"moderation_{stage}_seconds_bucket", ModelName=model, le="+Inf") > 0
         assert metric_value(text, "moderation_predictions_total", ModelName=model) > 0
+        decided = sum(metric_value(text, "moderation_decisions_total", ModelName=model, decision=d)
+                      for d in ("block", "review", "allow"))
+        assert decided == metric_value(text, "moderation_predictions_total", ModelName=model) > 0
     assert metric_value(text, "moderation_rejected_total", ModelName="mobilenet_v2", reason="not_an_image") >= 1
     assert "# TYPE moderation_inference_seconds histogram" in text
 
