@@ -1,6 +1,7 @@
 """End to end on the real broker and the real TorchServe stack: both models and protocols, poison records
 to the DLQ while good ones flow, ≥10 MB records, interop with clients not written here (Debian's kcat, and
-confluent-kafka used directly), graceful SIGTERM with committed offsets, and the broker's own topic setup."""
+confluent-kafka used directly), graceful SIGTERM with committed offsets, the broker's own topic setup, and review
+decisions copied to the review topic (on a KServe runtime started with a review band)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,30 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from handlers.envelopes import predictions_from, v2_request
+from handlers.model_io import DECISIONS
 from handlers.stack import url
-from tests.conftest import StackControl
+from tests.conftest import DEFAULT_RUNTIME, ROOT, StackControl
 from tests.image_factory import jpeg, png, refused_variants
 from tests.kafka_support import (
     KAFKA_SH,
+    LOG_DIR,
     MAX_BYTES,
     BridgeProcess,
     Topics,
     check_prediction,
     collect,
     committed_total,
+    free_port,
     kafka,  # noqa: F401  (fixture)
     produce,
     raw_record,
@@ -60,7 +68,8 @@ def test_broker_topics_are_created_idempotently(kafka: str) -> None:  # noqa: F8
     subprocess.run([str(KAFKA_SH), "topics"], check=True, capture_output=True)  # second run: nothing to do
     meta = AdminClient({"bootstrap.servers": kafka}).list_topics(timeout=10).topics
     assert len(meta["image_data"].partitions) >= 3
-    assert {"image_predictions", "image_data.dlq"} <= set(meta)
+    assert {"image_predictions", "image_review", "image_data.dlq"} <= set(meta)
+    assert len(meta["image_review"].partitions) == len(meta["image_predictions"].partitions)  # keyed alike
 
 
 @pytest.mark.parametrize(("model", "protocol"), [("mobilenet_v2", "v2"), ("resnet50", "v1")])
@@ -216,3 +225,154 @@ def test_bridge_on_a_bare_torchserve_as_the_chart_deploys_it(kafka: str, topics:
             check_prediction(doc[0], "mobilenet_v2")
     finally:
         bridge.stop_quietly()
+
+
+# ---- the review band (issue 19): review decisions also on the review topic ------------------------------------
+REVIEW_MODEL = "mobilenet_v2"
+
+
+@dataclass(frozen=True)
+class ReviewBand:
+    """A private KServe runtime serving REVIEW_MODEL with thresholds that put the test's images in all three
+    decisions, and those images."""
+
+    url: str
+    threshold: float
+    review_threshold: float
+    images: dict[str, bytes]
+
+
+def _band_images() -> dict[str, bytes]:
+    """The bundled sample photos plus generated pictures: scores spread enough to cut into thirds."""
+    from demo.samples import skimage_photos
+
+    images = {f"rv-photo-{p.stem}": p.read_bytes() for p in skimage_photos()}
+    images |= {f"rv-gen-{n}": jpeg(64 + 16 * n, 48 + 8 * n, seed=100 + n) for n in range(8)}
+    return images
+
+
+def _cuts(scores: list[float]) -> tuple[float, float]:
+    """(review_threshold, threshold): midpoints of the widest gap between sorted distinct scores in the lower and in
+    the upper third, so each decision gets images and none sits near a cut (robust to float noise between runtimes)."""
+    s = sorted(set(scores))
+    assert len(s) >= 6, f"too few distinct scores to make three decisions: {s}"
+
+    def widest(lo: int, hi: int) -> float:
+        i = max(range(lo, hi), key=lambda i: s[i] - s[i - 1])
+        return (s[i] + s[i - 1]) / 2
+
+    n = len(s)
+    return widest(max(1, n // 6), n // 2), widest(n // 2 + 1, min(n, n - n // 6 + 1))
+
+
+@pytest.fixture(scope="module")
+def review_band(stack_control: StackControl, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReviewBand]:
+    """Score the images on the local stack, then start `python -m kserve_runtime` on free ports with
+    MODERATION_THRESHOLD_/MODERATION_REVIEW_THRESHOLD_<MODEL> cutting those scores into thirds: the run-time
+    variables a deployment sets (the chart's models.<m>.threshold / reviewThreshold)."""
+    base = stack_control.ensure(DEFAULT_RUNTIME).base_url
+    images = _band_images()
+    body = v2_request(list(images.values()))
+    res = httpx.post(f"{base}/v2/models/{REVIEW_MODEL}/infer", json=body, timeout=300)
+    assert res.status_code == 200, res.text
+    review_threshold, threshold = _cuts([p.harmful_score for p in predictions_from(res.json())])
+    upper = REVIEW_MODEL.upper()
+    http, grpc = free_port(), free_port()
+    work = tmp_path_factory.mktemp("review-runtime")
+    env = {**os.environ, "KSERVE_HOST": "127.0.0.1", "KSERVE_HTTP_PORT": str(http), "KSERVE_GRPC_PORT": str(grpc),
+           "KSERVE_MODELS": REVIEW_MODEL, "KSERVE_WORKDIR": str(work / "unpacked"),
+           f"MODERATION_THRESHOLD_{upper}": repr(threshold),
+           f"MODERATION_REVIEW_THRESHOLD_{upper}": repr(review_threshold)}
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = (LOG_DIR / "test-review-runtime.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "kserve_runtime"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url_ = f"http://127.0.0.1:{http}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"kserve runtime exited {proc.returncode}: see {LOG_DIR}/test-review-runtime.log"
+        try:
+            return httpx.get(f"{url_}/v2/models/{REVIEW_MODEL}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, 240, "the review-band runtime")
+        yield ReviewBand(url_, threshold, review_threshold, images)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _review_bridge(where: Topics, bootstrap: str, band: ReviewBand) -> BridgeProcess:
+    return BridgeProcess(where, bootstrap, band.url, INFERENCE_MODEL=REVIEW_MODEL, INFERENCE_MODELS=REVIEW_MODEL)
+
+
+def test_review_decisions_are_also_produced_to_the_review_topic(kafka: str, topics: Topics,  # noqa: F811
+                                                                review_band: ReviewBand) -> None:
+    """Block, review and allow all occur; every review prediction is on image_predictions and, with the same key,
+    value and headers, on image_review; nothing else is on image_review; metrics and commits agree."""
+    ids = set(review_band.images)
+    bridge = _review_bridge(topics, kafka, review_band).start()
+    try:
+        produce(kafka, topics.input, [raw_record(i, img, {"i": i}) for i, img in review_band.images.items()])
+        out = collect(kafka, topics, ids, timeout_s=180)
+        assert out.seen() == ids and not out.dlq, out.report(ids, "review band")
+        decisions = {i: docs[0]["decision"] for i, docs in out.predictions.items()}
+        reviewed = {i for i, d in decisions.items() if d == "review"}
+        # the copy follows the acknowledged prediction: wait for every one before stopping the bridge
+        wait_for(lambda: bridge.metric("bridge_review_produced_total") >= len(reviewed), 60, "review copies")
+        by_decision = {d: bridge.metric("bridge_predictions_produced_total", decision=d) for d in DECISIONS}
+        assert bridge.metric("bridge_review_produced_total", model=REVIEW_MODEL) == len(reviewed)
+        assert bridge.terminate() == 0
+    finally:
+        bridge.stop_quietly()
+    out = collect(kafka, topics, ids, timeout_s=60, settle_s=1)  # everything, after the bridge flushed and left
+    counts = {d: sum(v == d for v in decisions.values()) for d in DECISIONS}
+    print(f"review band [{review_band.review_threshold:.4f}, {review_band.threshold:.4f}): {counts}, "
+          f"{sum(map(len, out.review_records.values()))} review copies")
+    assert set(decisions.values()) == set(DECISIONS), decisions
+    for docs in out.predictions.values():
+        check_prediction(docs[0], REVIEW_MODEL)
+        assert docs[0]["threshold"] == pytest.approx(review_band.threshold, abs=1e-6)
+        assert docs[0]["review_threshold"] == pytest.approx(review_band.review_threshold, abs=1e-6)
+    assert set(out.review_records) == reviewed  # every review decision, and nothing else
+    for image_id, copies in out.review_records.items():
+        assert all(copy in out.prediction_records[image_id] for copy in copies), image_id  # key, value, headers
+        assert json.loads(copies[0][1] or b"{}")["decision"] == "review"
+    assert sum(map(len, out.review_records.values())) == sum(
+        len(docs) for i, docs in out.predictions.items() if i in reviewed)
+    assert by_decision == counts
+    assert committed_total(kafka, topics) == len(ids)
+
+
+def test_a_review_copy_the_review_topic_refuses_is_dead_lettered_not_lost(kafka: str,  # noqa: F811
+                                                                          review_band: ReviewBand) -> None:
+    """The review topic refuses every copy (max.message.bytes below a prediction's size): each review record
+    still has its prediction, goes to the DLQ as output_rejected naming the review topic, and is committed only
+    then; the other decisions are unaffected."""
+    refusing = Topics.create(kafka, review_max_bytes=64)
+    ids = set(review_band.images)
+    bridge = _review_bridge(refusing, kafka, review_band).start()
+    try:
+        produce(kafka, refusing.input, [raw_record(i, img) for i, img in review_band.images.items()])
+        out = collect(kafka, refusing, ids, timeout_s=180)
+        reviewed = {i for i, docs in out.predictions.items() if docs[0]["decision"] == "review"}
+        wait_for(lambda: bridge.metric("bridge_dlq_total", reason="output_rejected") >= len(reviewed), 60,
+                 "dead letters of the refused copies")
+        assert bridge.metric("bridge_review_produced_total") == 0
+        assert bridge.terminate() == 0
+    finally:
+        bridge.stop_quietly()
+    out = collect(kafka, refusing, ids, timeout_s=60, settle_s=1)
+    assert reviewed and set(out.predictions) == ids, out.report(ids, "refused copies")
+    assert set(out.dlq) == reviewed and not out.review_records
+    for image_id in reviewed:
+        h = out.dlq[image_id][0]
+        assert h["error_class"] == "output_rejected" and refusing.review in h["error"], h
+        assert out.dlq_values[image_id] == review_band.images[image_id]  # the input record, replayable
+    assert committed_total(kafka, refusing) == len(ids)
