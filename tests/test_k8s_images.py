@@ -6,6 +6,7 @@ archives in the image cache, scripts/images.sh) are checked in tests/test_images
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
 from pathlib import Path
 
@@ -79,18 +80,67 @@ def _project_imports(module: Path, seen: set[Path]) -> set[Path]:
     return seen
 
 
+def _copied(dockerfile: str) -> list[str]:
+    """Build-context sources of the Dockerfile's COPY lines (not those copying `--from` a stage)."""
+    sources: list[str] = []
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY") and "--from" not in line:
+            sources += [t for t in line.split()[1:-1] if not t.startswith("--")]
+    return sources
+
+
 @pytest.mark.parametrize(("image", "main", "user"), [("bridge", "bridge", "10001:10001"),
                                                       ("kserve-predictor", "kserve_runtime", "1000:1000")])
 def test_image_has_every_module_it_imports(image: str, main: str, user: str) -> None:
+    """Each file is copied by name or inside a copied folder (a file copied *into* `handlers/` does not bring the
+    rest of that folder)."""
     dockerfile = (DOCKER / f"{image}.Dockerfile").read_text()
-    copied = " ".join(line for line in dockerfile.splitlines() if line.startswith("COPY") and "--from" not in line)
+    sources = _copied(dockerfile)
     needed = _project_imports(k.ROOT / main / "__main__.py", set())
     assert len(needed) > 1, needed
     for path in needed:
-        rel = path.relative_to(k.ROOT)
-        assert str(rel) in copied or f"{rel.parts[0]}/" in copied.split(), f"{rel} missing from the {image} image"
-    assert "stack.env" in copied.split()  # handlers/stack.py reads it
+        rel = str(path.relative_to(k.ROOT))
+        assert rel in sources or any(s.endswith("/") and rel.startswith(s) for s in sources), (
+            f"{rel} missing from the {image} image")
+    assert "stack.env" in sources  # handlers/stack.py reads it
     assert f"USER {user}" in dockerfile
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_bridge_image_installs_every_package_its_modules_import() -> None:
+    """Every third-party package imported by a module of `python -m bridge` (its shared handlers modules included)
+    is in docker/bridge-requirements.txt or required by one of those: the image has no other packages."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, packages_distributions, requires
+
+    imported: dict[str, str] = {}
+    for path in _project_imports(k.ROOT / "bridge" / "__main__.py", set()):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in {"bridge", "handlers", "__future__"}:
+                    imported[top] = str(path.relative_to(k.ROOT))
+    pinned = [line.split("==")[0] for line in (DOCKER / "bridge-requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    installed, todo = set(), [_normalised(n) for n in pinned]
+    while todo:  # the pins and what they require (extras left out, other markers ignored: a superset is fine)
+        dist = todo.pop()
+        if dist in installed:
+            continue
+        installed.add(dist)
+        with contextlib.suppress(PackageNotFoundError):  # a pin not installed here: test_image_pins_match_pyproject
+            todo += [_normalised(re.match(r"[A-Za-z0-9_.\-]+", r).group(0)) for r in requires(dist) or []
+                     if not re.search(r"\bextra\s*==", r)]
+    dists = packages_distributions()
+    missing = {top: where for top, where in imported.items()
+               if not {_normalised(d) for d in dists.get(top, [top])} & installed}
+    assert imported and not missing, f"imported by the bridge but not installed in its image: {missing}"
 
 
 def test_kserve_predictor_image_is_torch_free_and_fits_the_chart_user() -> None:
