@@ -24,7 +24,8 @@ from typing import Any
 import jsonschema
 
 from handlers.envelopes import Prediction, is_json_body, media_type
-from handlers.model_io import decision as decide_band
+from handlers.outputs import REVIEW  # noqa: F401 - the decision whose records also go to the review topic
+from handlers.outputs import decision as decide_band
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 IMAGE_TYPES_PREFIX = "image/"
@@ -166,7 +167,6 @@ def utc_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-REVIEW = "review"  # the decision whose records are also produced to the review topic (handlers.model_io.DECISIONS)
 
 
 def decision_of(prediction: Prediction) -> tuple[str, float]:

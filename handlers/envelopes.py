@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from handlers.errors import ModerationError
-from handlers.model_io import CATEGORIES
+from handlers.outputs import CATEGORIES
 
 Protocol = Literal["raw", "v1", "v2"]
 V2_INPUT_NAME = "image"

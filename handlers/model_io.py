@@ -10,15 +10,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from handlers.outputs import CATEGORIES, DECISIONS, decision  # noqa: F401 - re-exported for model-side callers
+
 LABELS: tuple[str, str] = ("benign", "harmful")
 HARMFUL_INDEX = LABELS.index("harmful")
 MODEL_NAMES: tuple[str, ...] = ("mobilenet_v2", "resnet50")  # registry.REGISTRY builds exactly these
-# Harmful categories of a model with a category head: its logits are len(LABELS) class logits followed by one
-# independent (sigmoid) logit per category, in this order. A model with only the class logits has none.
-CATEGORIES: tuple[str, ...] = ("firearm", "blade", "violence", "fire_smoke")
-# What a moderation client does with an image: block at or above `threshold`, send to human review at or above
-# `review_threshold` (lower, picked for a higher recall), allow below both.
-DECISIONS: tuple[str, str, str] = ("block", "review", "allow")
 IMAGE_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,10 +48,3 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
     n_cat = category_count(logits.shape[1])
     cats = 1.0 / (1.0 + np.exp(-logits[:, len(LABELS):len(LABELS) + n_cat].astype(np.float64)))
     return np.column_stack([harmful_probability(logits), cats]).astype(np.float32)
-
-
-def decision(score: float, threshold: float, review_threshold: float) -> str:
-    """block / review / allow for one P(harmful) (see DECISIONS); review_threshold >= threshold means no band."""
-    if score >= threshold:
-        return DECISIONS[0]
-    return DECISIONS[1] if score >= review_threshold else DECISIONS[2]

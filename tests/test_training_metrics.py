@@ -48,7 +48,9 @@ def test_per_subclass_and_error_table() -> None:
     y = [1, 1, 1, 0, 0, 0]
     s = [0.9, 0.2, 0.1, 0.8, 0.1, 0.3]
     groups = per_subclass(y, s, ["gun", "gun", "knife", "people", "people", "cats"], 0.5)
-    assert groups["gun"] == {"label": "harmful", "n": 2, "correct": 0.5, "mean_score": pytest.approx(0.55)}
+    assert groups["gun"] == {"label": "harmful", "n": 2, "correct": 0.5, "mean_score": pytest.approx(0.55),
+                             "roc_auc": pytest.approx(4 / 6)}  # 0.9 beats all three benign, 0.2 beats 0.1
+    assert "roc_auc" not in groups["people"]
     assert groups["people"]["correct"] == 0.5 and groups["cats"]["correct"] == 1.0
     table = error_table(groups).splitlines()
     assert [line.split(" | ")[0] for line in table[2:]] == ["| gun", "| knife", "| people"]

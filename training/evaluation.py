@@ -43,7 +43,8 @@ def compute_metrics(y_true: Sequence[int], scores: Sequence[float], threshold: f
 def per_subclass(
     y_true: Sequence[int], scores: Sequence[float], subclasses: Sequence[str], threshold: float
 ) -> dict[str, dict]:
-    """Per subclass: count, share classified correctly and mean score (recall for harmful, 1-FPR for benign)."""
+    """Per subclass: count, share classified correctly and mean score (recall for harmful, 1-FPR for benign);
+    for a harmful subclass also its ROC-AUC against every benign image of the set."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, sub in enumerate(subclasses):
         groups[sub].append(i)
@@ -59,6 +60,10 @@ def per_subclass(
             "correct": float(correct),
             "mean_score": float(s[idx].mean()),
         }
+        benign = s[y == 0]
+        if y[idx[0]] == 1 and len(benign):
+            keep = np.concatenate([s[idx], benign])
+            out[sub]["roc_auc"] = float(roc_auc_score(np.r_[np.ones(len(idx)), np.zeros(len(benign))], keep))
     return out
 
 
@@ -77,9 +82,11 @@ def markdown_table(rows: dict[str, dict]) -> str:
 
 
 def subclass_table(groups: dict[str, dict]) -> str:
-    lines = ["| subclass | label | n | correct | mean P(harmful) |", "|---|---|---|---|---|"]
+    lines = ["| subclass | label | n | correct | mean P(harmful) | ROC-AUC vs all benign |",
+             "|---|---|---|---|---|---|"]
     for sub, g in groups.items():
-        lines.append(f"| {sub} | {g['label']} | {g['n']} | {g['correct']:.3f} | {g['mean_score']:.3f} |")
+        lines.append(f"| {sub} | {g['label']} | {g['n']} | {g['correct']:.3f} | {g['mean_score']:.3f} | "
+                     f"{_fmt(g.get('roc_auc'))} |")
     return "\n".join(lines)
 
 
