@@ -74,7 +74,9 @@ def test_thresholds_and_calibration_come_from_held_out_sources(tmp_path: Path) -
     oos = meta["out_of_source"]
     assert set(oos["folds"]) == {f"{sub}-{x}" for sub in ("fire", "knife", "sky", "grass") for x in "ab"}
     assert set(oos["folds"].values()) == {0, 1} and oos["temperature"] > 0
-    assert meta["threshold"] == oos["threshold"] and meta["review_threshold"] == oos["review_threshold"]
+    # shipped thresholds picked on validation (default), the out-of-source recall at them recorded next to them
+    assert oos["thresholds_on"] == "validation" and oos["shipped"]["threshold"] == meta["threshold"]
+    assert oos["shipped"]["review_threshold"] == meta["review_threshold"] and 0 <= oos["shipped"]["recall"] <= 1
     assert read_threshold(config) == pytest.approx(meta["threshold"], abs=1e-6)
     assert read_threshold(config, "review_threshold") == pytest.approx(meta["review_threshold"], abs=1e-6)
     assert meta["review_threshold"] <= meta["threshold"]

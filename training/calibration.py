@@ -120,6 +120,22 @@ class OutOfSource:
     recall_at_90_precision: float
     n_images: int
     per_source_recall: dict[str, float] = field(default_factory=dict)
+    # the same predictions at the thresholds actually shipped (picked here, or on validation: `thresholds_on`)
+    thresholds_on: str = "out-of-source"
+    shipped: dict[str, float] = field(default_factory=dict)
+
+    def at_shipped(self, logits: np.ndarray, y: np.ndarray, sources: np.ndarray, threshold: float,
+                   review_threshold: float, picked_on: str) -> None:
+        """Record what the out-of-source photos get at the shipped thresholds, overall and per source."""
+        p = calibrated(logits, self.temperature)
+        flagged = p >= threshold
+        self.thresholds_on = picked_on
+        self.shipped = {"threshold": threshold, "review_threshold": review_threshold,
+                        "recall": recall_at(y, p, threshold) or 0.0,
+                        "precision": float((y[flagged] == 1).mean()) if flagged.any() else 0.0,
+                        "review_recall": recall_at(y, p, review_threshold) or 0.0}
+        self.per_source_recall = {s: r for s in sorted(set(sources.tolist()))
+                                  if (r := recall_at(y[sources == s], p[sources == s], threshold)) is not None}
 
     def summary(self) -> dict:
         values = list(self.source_auc.values())

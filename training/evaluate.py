@@ -30,6 +30,7 @@ from tqdm import tqdm
 from handlers.model_io import probabilities
 from handlers.registry import CATEGORIES, LABELS, MODEL_NAMES, build_model, eval_transform, input_array, load_checkpoint
 from handlers.settings import HandlerSettings, graph_file
+from training.calibration import recall_at_precision
 from training.data import SUBCLASS_CATEGORIES, ClassMap, Sample, load_dataset, subclass_group
 from training.evaluation import (
     REFERENCE,
@@ -169,6 +170,7 @@ class Evaluation:
     fine: dict
     sources: dict
     categories: dict
+    recall_at_90_precision: float | None = None
 
 
 def evaluate(scorer: Scorer, model_name: str, samples: list[Sample], out: Path, name: str, batch_size: int = 32,
@@ -216,7 +218,10 @@ def evaluate(scorer: Scorer, model_name: str, samples: list[Sample], out: Path, 
     if categories:
         print(category_table(categories))
     print(f"skipped {int((~readable).sum())} unreadable; wrote {out}/metrics.json, per_subclass.json and plots")
-    return Evaluation(metrics, groups, fine, sources, categories)
+    r90 = recall_at_precision(y, s, 0.90) if len(set(y.tolist())) == 2 else None
+    if r90 is not None:
+        print(f"harmful recall at 90 % precision (best threshold on this set): {r90:.3f}")
+    return Evaluation(metrics, groups, fine, sources, categories, r90)
 
 if __name__ == "__main__":
     main()

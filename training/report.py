@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from training.evaluation import REFERENCE, category_table, error_table, markdown_table, source_table, subclass_table
 
+QUANTIZE_BEGIN, QUANTIZE_END = "<!-- make quantize: begin -->", "<!-- make quantize: end -->"
+
 if TYPE_CHECKING:
     from training.evaluate import Evaluation
 
@@ -25,16 +27,25 @@ def _threshold_lines(name: str, meta: dict) -> str:
     env = f"MODERATION_THRESHOLD_{name.upper()}"
     review = meta.get("review_threshold")
     if oos:
-        text = (f"- **Decision threshold:** {meta['threshold']:.4f} on the calibrated P(harmful), picked on "
-                f"out-of-source predictions ({len(set(oos['folds'].values()))} folds of training sources, "
-                f"{oos['n_images']} photos) for harmful recall ≥ {oos['target_recall']:.2f} (precision there "
-                f"{oos['precision_at_threshold']:.3f}); `{env}` overrides it.\n"
-                f"- **Review threshold:** {review:.4f}, picked the same way for recall ≥ {oos['review_recall']:.2f}: "
-                "`decision` is `block` at or above the decision threshold, `review` between the two, `allow` "
-                f"below; `MODERATION_REVIEW_THRESHOLD_{name.upper()}` overrides it.\n"
+        val = meta.get("validation") or {}
+        shipped = oos.get("shipped") or {}
+        if oos.get("thresholds_on", "out-of-source") == "out-of-source":
+            where = (f"out-of-source predictions ({len(set(oos['folds'].values()))} folds of training sources, "
+                     f"{oos['n_images']} photos)")
+        else:
+            where = f"the validation split (val recall {val.get('recall', float('nan')):.3f})"
+        text = (f"- **Decision threshold:** {meta['threshold']:.4f} on the calibrated P(harmful), picked on {where} "
+                f"for harmful recall ≥ {oos['target_recall']:.2f}; on photos of sources the model never saw (the "
+                f"folds' predictions) it catches {shipped.get('recall', float('nan')):.3f} at precision "
+                f"{shipped.get('precision', float('nan')):.3f}; `{env}` overrides it.\n"
+                f"- **Review threshold:** {review:.4f}, picked the same way for recall ≥ {oos['review_recall']:.2f} "
+                f"(out of source: {shipped.get('review_recall', float('nan')):.3f}): `decision` is `block` at or "
+                "above the decision threshold, `review` between the two, `allow` below; "
+                f"`MODERATION_REVIEW_THRESHOLD_{name.upper()}` overrides it.\n"
                 f"- **Calibration:** temperature {oos['temperature']:.3f} (folded into the head), fitted on the "
                 f"out-of-source logits: expected calibration error {oos['ece_before']:.3f} → {oos['ece_after']:.3f} "
-                "there, so `harmful_score` reads as a probability on photos from unseen sources.")
+                "there, so `harmful_score` reads as a probability on photos from unseen sources (in-source photos "
+                "score more confidently than that).")
     else:
         val = meta.get("validation") or {}
         text = (f"- **Decision threshold:** {meta['threshold']:.4f} on P(harmful), picked on the validation split "
@@ -49,21 +60,30 @@ def _out_of_source_section(meta: dict, result: Evaluation) -> str:
     oos = meta.get("out_of_source")
     if not oos:
         return ""
-    rows = ["| held-out source | fold | ROC-AUC (out of source) | recall at the threshold (out of source) | "
-            "recall at the threshold (test split) |", "|---|---|---|---|---|"]
+    rows = ["| held-out source | fold | ROC-AUC (out of source) | recall at the shipped threshold (out of source) | "
+            "recall at the shipped threshold (test split) |", "|---|---|---|---|---|"]
     for source, auc in oos["source_auc"].items():
         test = result.sources.get(source, {}).get("recall")
         oof = oos["per_source_recall"].get(source)
         rows.append(f"| {source} | {oos['folds'].get(source, '-')} | {auc:.3f} | "
                     f"{'-' if oof is None else f'{oof:.3f}'} | {'-' if test is None else f'{test:.3f}'} |")
     achieved = result.metrics["recall"]
+    r90 = "-" if result.recall_at_90_precision is None else f"{result.recall_at_90_precision:.3f}"
+    shipped = oos.get("shipped") or {}
+    on_val = oos.get("thresholds_on") == "validation"
     return f"""
 ## A threshold that keeps its promise
-Promised harmful recall **{oos['target_recall']:.2f}**; achieved on the held-out test split **{achieved:.3f}**
-(precision {result.metrics['precision']:.3f}); out of source (the folds' predictions on sources they never saw):
-ROC-AUC {oos['auc']:.4f}, leave-sources-out mean AUC {oos['source_auc_mean']:.4f}, worst source
-{oos['worst_source']} {oos['source_auc_worst']:.4f}, recall at 90 % precision {oos['recall_at_90_precision']:.3f}.
-A source's AUC compares its photos with the other class's out-of-source photos (most sources hold one class).
+Promised harmful recall **{oos['target_recall']:.2f}**, picked on the {"validation split" if on_val else
+"folds' out-of-source predictions"}. Achieved on the held-out test split: **{achieved:.3f}** (precision
+{result.metrics['precision']:.3f}; recall at 90 % precision, best threshold: {r90}); on photos of sources the
+model never saw (the folds): **{shipped.get('recall', float('nan')):.3f}** (precision
+{shipped.get('precision', float('nan')):.3f}), per source in the table. Out of source: ROC-AUC {oos['auc']:.4f},
+leave-sources-out mean AUC {oos['source_auc_mean']:.4f}, worst source {oos['worst_source']}
+{oos['source_auc_worst']:.4f}, recall at 90 % precision {oos['recall_at_90_precision']:.3f}; the threshold that
+would promise {oos['target_recall']:.2f} there is {oos['threshold']:.4f} (`--thresholds-on out-of-source`). Most
+folds hold out a whole kind of photo (all handguns, all everyday-people photos), which is harsher than a new
+source of a kind the model knows; the test split shares its sources with training. A source's AUC compares its
+photos with the other class's out-of-source photos (most sources hold one class).
 
 {chr(10).join(rows)}
 """
@@ -116,4 +136,9 @@ Confusion matrix (test): {test['confusion_matrix']}
 ## Known limitations
 {meta['limitations']}
 """
-    (out / "MODEL_CARD.md").write_text(card)
+    path = out / "MODEL_CARD.md"
+    previous = path.read_text() if path.exists() else ""
+    if QUANTIZE_BEGIN in previous and QUANTIZE_END in previous:  # `make quantize`'s own section stays
+        card = card.rstrip("\n") + "\n\n" + previous[previous.index(QUANTIZE_BEGIN):previous.index(QUANTIZE_END)
+                                                     + len(QUANTIZE_END)] + "\n"
+    path.write_text(card)

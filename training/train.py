@@ -109,7 +109,8 @@ def recipe(args: argparse.Namespace, tune_from: str, probe: ProbeResult, best: d
                  f"fold, steps 1-3 ({args.fold_epochs} fine-tuning epoch(s), clean views, the same alpha) on the "
                  "other folds, then the held-out fold's train and val photos scored; temperature scaling fitted on "
                  "those logits and folded into the class rows of the head; decision and review thresholds picked "
-                 "on the calibrated out-of-source scores.")
+                 + ("on the calibrated out-of-source scores." if args.thresholds_on == "out-of-source" else
+                    "on the calibrated validation scores (out-of-source recall at them reported)."))
     return text + f" Seed {args.seed}; deterministic algorithms on."
 
 
@@ -233,8 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bn-calibration", type=int, default=512,
                    help="with --random-init: training images used to re-estimate BatchNorm statistics (0 = off)")
     p.add_argument("--tune-from", help="first trainable block (mobilenet_v2: features.N; resnet50: layer4|fc)")
-    p.add_argument("--views", type=int, default=2, help="augmented views per training image (plus one clean)")
-    p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs after the linear probe (0 = probe only)")
+    p.add_argument("--views", type=int, default=1, help="augmented views per training image (plus one clean)")
+    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs after the linear probe (0 = probe only)")
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source-folds", type=int, default=5,
                    help="folds of training sources for out-of-source calibration and thresholds (<2: validation)")
     p.add_argument("--fold-epochs", type=int, default=1, help="fine-tuning epochs of each source fold's model")
+    p.add_argument("--thresholds-on", choices=("validation", "out-of-source"), default="validation",
+                   help="pick the decision and review thresholds on the (calibrated) validation split, or on the "
+                        "folds' out-of-source predictions (a promise for photos of kinds the model never saw)")
     p.add_argument("--category-weight", type=float, default=0.5, help="weight of the categories' loss")
     p.add_argument("--limit-train", type=int, default=0, help="use at most N training images (0 = all)")
     p.add_argument("--seed", type=int, default=0)
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--benign-classes", default="benign")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction,
                    help="store the checkpoint in fp16 (halves its size; default on for resnet50)")
-    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--version", default="1.1.0")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TRAINING_CACHE", ROOT / ".cache/training")),
                    help="cached stem activations and resumable state (env TRAINING_CACHE; default .cache/training)")
     p.add_argument("--cache-only", action="store_true", help="only compute the cached stem activations, then stop")
@@ -328,15 +332,18 @@ def main(argv: list[str] | None = None) -> None:
         calibration = out_of_source(oof, y_oof, src_oof, folds, args.target_recall, args.review_recall)
         trunk.load_state_dict(shipped_state)
         fold_temperature_into_head(split_head(trunk)[1], calibration.temperature)
-        threshold, review_threshold = calibration.threshold, calibration.review_threshold
-        threshold_source = f"out-of-source predictions of {args.source_folds} source folds"
         print(f"out of source: temperature {calibration.temperature:.3f}, AUC {calibration.auc:.4f}, threshold "
-              f"{threshold:.4f} (recall {args.target_recall}), review {review_threshold:.4f} "
+              f"{calibration.threshold:.4f} (recall {args.target_recall}), review {calibration.review_threshold:.4f} "
               f"(recall {args.review_recall})", flush=True)
     val_scores = scores(trunk, x_val).numpy()
-    if calibration is None:
+    if calibration is not None and args.thresholds_on == "out-of-source":
+        threshold, review_threshold = calibration.threshold, calibration.review_threshold
+        threshold_source = f"out-of-source predictions of {args.source_folds} source folds"
+    else:
         threshold = threshold_for_recall(y_val, val_scores, args.target_recall)
         review_threshold = min(threshold_for_recall(y_val, val_scores, args.review_recall), threshold)
+    if calibration is not None:
+        calibration.at_shipped(oof, y_oof, src_oof, threshold, review_threshold, args.thresholds_on)
     val_metrics = compute_metrics(y_val, val_scores, threshold)
     wall = time.time() - started
 
