@@ -73,6 +73,8 @@ class ImageRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     envelope: bool = False
     model: str = ""
+    reference: str | None = None  # s3:// or http(s):// (envelope `url`/`s3`): `image` is empty until fetched
+    fetched: dict[str, Any] | None = None  # what the prediction echoes about it: ref, size, etag, version_id
 
 
 def header(headers: Headers | None, name: str) -> bytes | None:
@@ -150,17 +152,20 @@ def _parse_envelope(key_id: str | None, value: bytes, headers: Headers | None, f
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "envelope"
         raise ContractError("invalid_envelope", f"{where}: {exc.message}") from None
-    try:
-        image = base64.b64decode(body["image_b64"], validate=True)
-    except (binascii.Error, ValueError):
-        raise ContractError("bad_base64", "image_b64 is not valid base64") from None
-    if not image:
-        raise ContractError("empty", "image_b64 decodes to no bytes")
+    reference = body.get("url") or body.get("s3")  # the schema allows exactly one of image_b64, url, s3
+    image = b""
+    if reference is None:
+        try:
+            image = base64.b64decode(body["image_b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise ContractError("bad_base64", "image_b64 is not valid base64") from None
+        if not image:
+            raise ContractError("empty", "image_b64 decodes to no bytes")
     metadata = dict(body.get("metadata") or {})
     if not metadata:
         metadata = _metadata_header(header(headers, "metadata"))
     return ImageRecord(key_id or body.get("id") or fallback_id, image, body.get("content_type"), metadata, True,
-                       body.get("model") or "")
+                       body.get("model") or "", reference)
 
 
 def utc_iso(ts: float) -> str:
@@ -220,6 +225,7 @@ def prediction_value(
             "end_to_end_ms": round(end_to_end_ms, 2),
             "attempts": attempts,
             "source": {"topic": topic, "partition": partition, "offset": offset},
+            **({"reference": record.fetched} if record.fetched is not None else {}),
         },
         separators=(",", ":"),
     ).encode()
