@@ -30,6 +30,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -260,11 +261,13 @@ class Fetcher:
     """Fetches references (see the module docstring for the rules). One per process; `close()` at the end.
 
     `resolver` is injectable (tests map made-up host names to the addresses they want to prove refused);
-    `s3_client` likewise (default: boto3's client for the settings' endpoint, built on first use)."""
+    `s3_client` likewise (default: boto3's client for the settings' endpoint, built on first use), and
+    `ssl_context` (default: the system's CAs)."""
 
     settings: FetchSettings = field(default_factory=FetchSettings.from_env)
     resolver: Resolver = system_resolver
     s3_client: Any = None
+    ssl_context: ssl.SSLContext | None = None
     _session: aiohttp.ClientSession | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _slots: asyncio.Semaphore | None = None
@@ -357,6 +360,7 @@ class Fetcher:
                     pinned, allow_redirects=False, headers={"Host": host_header, "Accept": "image/*",
                                                             "Accept-Encoding": "identity"},
                     server_hostname=server_name if https else None,
+                    ssl=(self.ssl_context or True) if https else True,
                 ) as resp:
                     if resp.status in _REDIRECTS:
                         location = resp.headers.get("Location")
