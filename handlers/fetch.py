@@ -39,7 +39,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
-from handlers.envelopes import V2_INPUT_NAME
+from handlers.envelopes import V1_REFERENCE_FIELDS, V2_INPUT_NAME, V2_URL_INPUT_NAME
 from handlers.errors import ModerationError
 
 # name -> (default, description): the bridge's DEFAULTS include these; the gateway and the KServe runtime read them
@@ -65,8 +65,6 @@ FETCH_DEFAULTS: dict[str, tuple[str, str]] = {
 }
 
 REFERENCE_SCHEMES = ("s3", "http", "https")
-V2_URL_INPUT_NAME = "image_url"  # OIP v2: a BYTES input of reference strings instead of base64 images
-V1_REFERENCE_FIELDS = ("url", "s3")  # KServe v1: {"url": "https://..."} or {"s3": "s3://bucket/key"}
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REDIRECTS = {301, 302, 303, 307, 308}
 _CHUNK = 64 * 1024
