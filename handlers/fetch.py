@@ -319,7 +319,8 @@ class Fetcher:
         for address in addresses:  # every answer must pass: a mixed answer is how DNS rebinding starts
             why = refusal(address, self.settings.private_networks)
             if why is not None:
-                raise FetchError("reference_forbidden", f"{host!r} resolves to a forbidden address: {why}")
+                where = "URL host" if addresses == [host] else f"{host!r} resolves to a forbidden address:"
+                raise FetchError("reference_forbidden", f"{where} {why}")
         ip = ipaddress.ip_address(addresses[0].split("%", 1)[0])
         netloc = f"[{ip}]" if ip.version == 6 else str(ip)
         pinned = urlunsplit((parts.scheme.lower(), f"{netloc}:{port}", parts.path or "/", parts.query, ""))

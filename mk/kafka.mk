@@ -7,7 +7,8 @@ STACK_UP_TARGETS += kafka-up bridge-up
 STACK_DOWN_TARGETS += bridge-down kafka-down
 STACK_STATUS_TARGETS += kafka-status bridge-status
 TEST_PREREQS += kafka-fetch kcat
-DEMO_STREAM = $(PY) -m bridge.demo $(if $(IMAGES),--images "$(IMAGES)")
+DEMO_STREAM = $(PY) -m bridge.demo $(if $(IMAGES),--images "$(IMAGES)") \
+  && scripts/s3.sh run $(PY) -m bridge.demo --references $(if $(IMAGES),--images "$(IMAGES)")
 
 .PHONY: kafka-fetch
 kafka-fetch: $(KAFKA_STAMP) ## Fetch the pinned Apache Kafka jars from Maven Central into .cache/kafka (once)

@@ -2,7 +2,7 @@
 # Local S3-compatible object store: versitygw (Versity S3 Gateway, POSIX backend: buckets are folders of
 # .run/s3/data) built with `go install` from the Go module proxy into .cache/tools/bin, on 127.0.0.1:$S3_PORT,
 # with the bucket $S3_BUCKET holding the sample photos. A real S3 server (SigV4, ETags, ranges, errors), not a mock.
-#   scripts/s3.sh build|start|stop|status|seed
+#   scripts/s3.sh build|start|stop|status|seed|run CMD...   (run: CMD with the local store's FETCH_*/AWS_* env)
 # The root key pair is made once into .run/s3/credentials (AWS shared credentials file; lib.sh's local_s3_env
 # points boto3's standard chain at it) and reaches versitygw through its environment, never a command line.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -53,5 +53,6 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   seed) seed ;;
-  *) echo "usage: $0 build|start|stop|status|seed" >&2; exit 2 ;;
+  run) shift; local_s3_env; exec "$@" ;;
+  *) echo "usage: $0 build|start|stop|status|seed|run CMD..." >&2; exit 2 ;;
 esac
