@@ -276,3 +276,59 @@ def test_references_through_kafka(kafka: str, topics: Topics, serving: str, orig
     assert fetched_bytes >= sum(len(PHOTOS[n]) for n in ("astronaut.png", "coffee.png", "rocket.jpg"))
     log = bridge.log_path.read_text()
     assert "secret" not in log and "not-for-logs" not in log
+
+
+# ---- the KServe runtime: the cluster's predictor takes references itself ---------------------------------------
+@pytest.fixture(scope="module")
+def kserve_runtime(s3: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
+    """`python -m kserve_runtime` on free ports, with the fetcher settings the chart would give its predictor."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.kafka_support import LOG_DIR, ROOT, free_port
+
+    port, grpc = free_port(), free_port()
+    log = (LOG_DIR / "test-kserve-references.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "kserve_runtime"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **s3, "FETCH_PRIVATE_NETWORKS": "127.0.0.1/32",
+                                 "KSERVE_HTTP_PORT": str(port), "KSERVE_GRPC_PORT": str(grpc),
+                                 "KSERVE_MODELS": "mobilenet_v2",
+                                 "KSERVE_WORKDIR": str(tmp_path_factory.mktemp("kserve"))},
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (LOG_DIR / "test-kserve-references.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_kserve_runtime_fetches_references_before_its_batcher(kserve_runtime: str, origin: str,
+                                                               s3: dict[str, str]) -> None:  # noqa: F811
+    bucket = s3["FETCH_S3_BUCKETS"]
+    with httpx.Client(base_url=kserve_runtime, timeout=120) as c:
+        got = c.post("/v1/models/mobilenet_v2:predict", json={"instances": [
+            {"s3": f"s3://{bucket}/samples/astronaut.png"}, {"url": f"{origin}/photos/rocket.jpg"}]})
+        want = c.post("/v1/models/mobilenet_v2:predict", json={"instances": [
+            {"b64": _b64(PHOTOS["astronaut.png"])}, {"b64": _b64(PHOTOS["rocket.jpg"])}]})
+        v2 = c.post("/v2/models/mobilenet_v2/infer", json={"inputs": [{
+            "name": "image_url", "datatype": "BYTES", "shape": [1], "data": [f"s3://{bucket}/samples/astronaut.png"]}]})
+        bad = c.post("/v1/models/mobilenet_v2:predict", json={"instances": [
+            {"s3": f"s3://{bucket}/samples/astronaut.png"}, {"url": "http://169.254.169.254/latest/meta-data/"}]})
+        refused = c.post("/v1/models/mobilenet_v2:predict", json={"instances": [{"url": f"{origin}/bomb.png"}]})
+    assert got.status_code == 200, got.text
+    assert _scores(got.json()) == pytest.approx(_scores(want.json()), abs=1e-5)
+    assert v2.status_code == 200 and _scores(v2.json()) == pytest.approx(_scores(want.json())[:1], abs=1e-5)
+    assert (bad.status_code, bad.json()["reason"], bad.json()["index"]) == (403, "reference_forbidden", 1)
+    assert (refused.status_code, refused.json()["reason"]) == (413, "too_many_pixels")
