@@ -147,7 +147,11 @@ async def forward(request: web.Request) -> web.Response:
             body = await _resolved(body, request.app[FETCHER])
         except ModerationError as err:
             return web.json_response(err.to_dict(), status=err.status)
-        headers["Content-Type"] = "application/json"
+        if len(body) > MAX_BODY_BYTES:  # what TorchServe receives stays under the same cap as a body sent inline
+            return _error("body_too_large", f"the fetched images make a request over the gateway's limit of "
+                                            f"{MAX_BODY_BYTES} bytes (GATEWAY_MAX_BODY_BYTES)")
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"} | {
+            "Content-Type": "application/json"}
     try:
         async with request.app[SESSION].post(
             f"{request.app[INFERENCE]}{request.path}",
