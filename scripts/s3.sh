@@ -2,7 +2,7 @@
 # Local S3-compatible object store: versitygw (Versity S3 Gateway, POSIX backend: buckets are folders of
 # .run/s3/data) built with `go install` from the Go module proxy into .cache/tools/bin, on 127.0.0.1:$S3_PORT,
 # with the bucket $S3_BUCKET holding the sample photos. A real S3 server (SigV4, ETags, ranges, errors), not a mock.
-#   scripts/s3.sh build|start|stop|status|seed|run CMD...   (run: CMD with the local store's FETCH_*/AWS_* env)
+#   scripts/s3.sh build|start|stop|status|running|seed|run CMD...   (run: CMD with the local store's FETCH_*/AWS_* env)
 # The root key pair is made once into .run/s3/credentials (AWS shared credentials file; lib.sh's local_s3_env
 # points boto3's standard chain at it) and reaches versitygw through its environment, never a command line.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -24,6 +24,10 @@ build() {
 key() { sed -n "s/^$1 = //p" "$S3_DIR/credentials"; }
 
 start() {
+  if [[ ! -x "$BIN/versitygw" ]] && ! command -v go >/dev/null; then  # `make up`/`make demo` do not require Go
+    echo "s3: skipped: building versitygw needs Go >= 1.26 (https://go.dev/dl/); s3:// references will fail" >&2
+    return 0
+  fi
   build
   s3_credentials
   mkdir -p "$S3_DIR/data" "$S3_DIR/meta"
@@ -54,5 +58,6 @@ case "${1:-}" in
   status) status ;;
   seed) seed ;;
   run) shift; local_s3_env; exec "$@" ;;
-  *) echo "usage: $0 build|start|stop|status|seed|run CMD..." >&2; exit 2 ;;
+  running) is_running s3 ;;
+  *) echo "usage: $0 build|start|stop|status|running|seed|run CMD..." >&2; exit 2 ;;
 esac
