@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
+from yarl import URL
 
 from handlers.envelopes import V1_REFERENCE_FIELDS, V2_INPUT_NAME, V2_URL_INPUT_NAME
 from handlers.errors import ModerationError
@@ -356,8 +357,9 @@ class Fetcher:
             https = url.lower().startswith("https:")
             try:
                 async with self._http().get(
-                    pinned, allow_redirects=False, headers={"Host": host_header, "Accept": "image/*",
-                                                            "Accept-Encoding": "identity"},
+                    URL(pinned, encoded=True),  # the path exactly as the reference wrote it
+                    allow_redirects=False, headers={"Host": host_header, "Accept": "image/*",
+                                                    "Accept-Encoding": "identity"},
                     server_hostname=server_name if https else None,
                     ssl=(self.ssl_context or True) if https else True,
                 ) as resp:
