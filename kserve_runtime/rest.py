@@ -61,7 +61,10 @@ def install(app: FastAPI, models: dict[str, ModerationModel], max_body_bytes: in
             except (UnicodeDecodeError, json.JSONDecodeError):
                 doc = None
             if isinstance(doc, dict):
-                return parse_request(await resolve_request(doc, fetcher), "application/json")
+                resolved = parse_request(await resolve_request(doc, fetcher), "application/json")
+                if sum(map(len, resolved.images)) > max_body_bytes:  # the same cap as for images sent inline
+                    raise _TooLarge()
+                return resolved
         return parse_request(body, ctype)
 
     def lookup(name: str) -> ModerationModel:
