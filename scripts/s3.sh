@@ -6,7 +6,7 @@
 # The root key pair is made once into .run/s3/credentials (AWS shared credentials file; lib.sh's local_s3_env
 # points boto3's standard chain at it) and reaches versitygw through its environment, never a command line.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-VERSITYGW_VERSION="v1.8.0"   # pinned; the Go module proxy serves it (a cold build takes about 3.5 min on 2 cores)
+VERSITYGW_VERSION="v1.8.0"   # pinned; the Go module proxy serves it (cold build: about 4 min, 190 s of CPU)
 TOOLS="$ROOT/.cache/tools"
 BIN="$TOOLS/bin"
 S3_URL="http://$STACK_HOST:$S3_PORT"
