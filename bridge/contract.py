@@ -3,7 +3,8 @@
 Input (`image_data`): key = image id; value = the raw image bytes with a `content-type` header, an
 optional `metadata` header (JSON object) and an optional `model` header, or a JSON envelope
 `{"id","image_b64","content_type","metadata","model"}` (schema/image_data.envelope.schema.json; other fields
-are rejected). Output (`image_predictions`): key = image id, JSON value
+are rejected), where `s3` (s3://bucket/key) or `url` (http/https) may name the image instead of `image_b64`
+(fetched by the bridge, handlers/fetch.py). Output (`image_predictions`): key = image id, JSON value
 (schema/image_predictions.schema.json). Review (`image_review`): the same key, value and headers as the
 prediction, for predictions whose decision is `review`. DLQ (`image_data.dlq`): the original key, value and
 headers plus headers saying why (`DLQ_HEADERS`).
