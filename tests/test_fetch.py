@@ -566,3 +566,12 @@ def test_v1_and_v2_requests_are_resolved_in_place(s3: dict[str, str], s3_fetcher
     assert references_in({"instances": [{"b64": "AAAA"}]}) is None
     assert references_in({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["AA"]}]}) is None
     assert "169.254.169.254" not in connections
+
+
+@pytest.mark.parametrize("url", ["http://2130706433/", "http://0x7f000001/", "http://017700000001/", "http://127.1/",
+                                 "http://localhost/", "http://LOCALHOST/", "http://0/"])
+def test_numeric_and_local_names_are_judged_by_what_they_resolve_to(url: str, connections: list[str]) -> None:
+    """Decimal, hex and octal IPv4 spellings and /etc/hosts names go through the system resolver (no DNS traffic:
+    inet_aton and the hosts file answer); its answers are what gets checked."""
+    err = run(refused(Fetcher(settings(private_networks=())), url))
+    assert err.reason == "reference_forbidden" and connections == []
