@@ -68,6 +68,7 @@ from handlers.envelopes import Prediction
 from handlers.fetch import Fetcher, FetchError
 
 log = logging.getLogger("bridge")
+FETCH_LINGER_S = 0.02  # longest a fetched image waits for the fetches beside it to fill a batch
 T = TypeVar("T")
 
 
@@ -130,6 +131,8 @@ class Bridge:
         self.client = InferenceClient(cfg.inference_url, cfg.model, cfg.protocol, cfg.timeout_s, cfg.max_concurrency,
                                       cfg.ready_path)
         self.fetcher = Fetcher(cfg.fetch)
+        self._fetching = 0  # references being fetched now
+        self._linger: asyncio.TimerHandle | None = None
         self.queue: deque[Item] = deque()
         self.in_flight = 0
         self.stopping = False
@@ -517,9 +520,36 @@ class Bridge:
 
     # ---- references ----------------------------------------------------------------------------
     def _start_fetch(self, item: Item) -> None:
+        self._fetching += 1
         task = asyncio.create_task(self._fetch_reference(item))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            self._fetching -= 1
+            self._wake_after_fetch()
+
+        task.add_done_callback(done)
+
+    def _wake_after_fetch(self) -> None:
+        """Fetched images reach the queue one by one; waking the dispatcher for each would send them one per
+        request. Wake it once a batch is full, once no fetch is left, or after FETCH_LINGER_S, whichever first."""
+        if not self.queue:
+            return
+        if self._fetching == 0 or len(self.queue) >= self.cfg.max_batch:
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+            self._queued.set()
+        elif self._linger is None:
+            assert self._loop is not None
+
+            def linger() -> None:
+                self._linger = None
+                if self.queue:
+                    self._queued.set()
+
+            self._linger = self._loop.call_later(FETCH_LINGER_S, linger)
 
     async def _fetch_reference(self, item: Item) -> None:
         """Fetch the image a record names (handlers/fetch.py: SSRF rules, byte cap, sniffed type), then queue it
@@ -555,8 +585,7 @@ class Bridge:
         item.record.image = fetched.data
         item.record.content_type = fetched.content_type
         item.record.fetched = fetched.echo()
-        self.queue.append(item)
-        self._queued.set()
+        self.queue.append(item)  # the dispatcher is woken by _wake_after_fetch when this task is done
 
     # ---- dispatch ------------------------------------------------------------------------------
     def _take_batch(self) -> list[Item]:
