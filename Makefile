@@ -2,7 +2,12 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 ROOT := $(abspath .)
+# stack.env's values, each overridable by the environment (as scripts/lib.sh and handlers/stack.py read them):
+# a plain `include` would let the file win over the environment.
+STACK_KEYS := $(shell sed -n 's/^\([A-Z][A-Z0-9_]*\)=.*/\1/p' stack.env)
+$(foreach k,$(STACK_KEYS),$(if $(filter environment,$(origin $(k))),$(eval STACK_ENV_$(k) := $(value $(k)))))
 include stack.env
+$(foreach k,$(STACK_KEYS),$(if $(STACK_ENV_$(k)),$(eval $(k) := $(STACK_ENV_$(k)))))
 export
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python

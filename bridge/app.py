@@ -65,8 +65,10 @@ from bridge.outcome import (
     record_size,
 )
 from handlers.envelopes import Prediction
+from handlers.fetch import Fetcher, FetchError
 
 log = logging.getLogger("bridge")
+FETCH_LINGER_S = 0.02  # longest a fetched image waits for the fetches beside it to fill a batch
 T = TypeVar("T")
 
 
@@ -86,6 +88,7 @@ class Item:
     record: ImageRecord | None = None
     attempts: int = 0
     solo: bool = False  # send alone (after a multi-image 4xx without an index)
+    fetch_attempts: int = 0  # tries of fetching the image a reference names
     produce_attempts: int = 0  # tries of the current produce stage
     dlq: tuple[str, str, int | None] | None = None  # (reason, error, status) once dead-lettering started
 
@@ -127,6 +130,9 @@ class Bridge:
         self.tracker = OffsetTracker()
         self.client = InferenceClient(cfg.inference_url, cfg.model, cfg.protocol, cfg.timeout_s, cfg.max_concurrency,
                                       cfg.ready_path)
+        self.fetcher = Fetcher(cfg.fetch)
+        self._fetching = 0  # references being fetched now
+        self._linger: asyncio.TimerHandle | None = None
         self.queue: deque[Item] = deque()
         self.in_flight = 0
         self.stopping = False
@@ -291,10 +297,11 @@ class Bridge:
         """Carry out `outcome.decide`'s decision for a record whose `stage` failed."""
         fields = {**item.log_fields(), "stage": str(stage), "reason": decision.reason, "error": error}
         if decision.action is Action.RETRY:
-            m.RETRIES.labels("produce" if stage is not Stage.INFERENCE else decision.reason).inc()
-            self.warnings.log(log, logging.WARNING if stage is not Stage.INFERENCE else logging.INFO,
+            before_output = stage in (Stage.FETCH, Stage.INFERENCE)
+            m.RETRIES.labels(decision.reason if before_output else "produce").inc()
+            self.warnings.log(log, logging.INFO if before_output else logging.WARNING,
                               (item.source, stage), f"{stage} failed, retrying",
-                              {**fields, "attempts": item.produce_attempts or item.attempts,
+                              {**fields, "attempts": item.produce_attempts or item.attempts or item.fetch_attempts,
                                "delay_s": round(decision.delay_s, 3)})
             self._later(decision.delay_s, retry)
         elif decision.action is Action.DLQ:
@@ -505,8 +512,80 @@ class Bridge:
         except ContractError as exc:
             self._to_dlq(item, exc.reason, exc.message)
             return
+        if item.record.reference is not None:
+            self._start_fetch(item)
+            return
         self.queue.append(item)
         self._queued.set()
+
+    # ---- references ----------------------------------------------------------------------------
+    def _start_fetch(self, item: Item) -> None:
+        self._fetching += 1
+        task = asyncio.create_task(self._fetch_reference(item))
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            self._fetching -= 1
+            self._wake_after_fetch()
+
+        task.add_done_callback(done)
+
+    def _wake_after_fetch(self) -> None:
+        """Fetched images reach the queue one by one; waking the dispatcher for each would send them one per
+        request. Wake it once a batch is full, once no fetch is left, or after FETCH_LINGER_S, whichever first."""
+        if not self.queue:
+            return
+        if self._fetching == 0 or len(self.queue) >= self.cfg.max_batch:
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+            self._queued.set()
+        elif self._linger is None:
+            assert self._loop is not None
+
+            def linger() -> None:
+                self._linger = None
+                if self.queue:
+                    self._queued.set()
+
+            self._linger = self._loop.call_later(FETCH_LINGER_S, linger)
+
+    async def _fetch_reference(self, item: Item) -> None:
+        """Fetch the image a record names (handlers/fetch.py: SSRF rules, byte cap, sniffed type), then queue it
+        for inference like any other. Here, not in the predictor: a TorchServe worker that fetched would stall its
+        whole batch. A permanent refusal dead-letters this record alone; a transient one is retried with backoff."""
+        assert item.record is not None and item.record.reference is not None
+        if not self.tracker.current(item.tp, item.epoch):
+            self._drop(item)
+            return
+        t0 = time.perf_counter()
+        try:
+            fetched = await self.fetcher.fetch(item.record.reference)
+        except FetchError as exc:
+            if not self.tracker.current(item.tp, item.epoch):
+                self._drop(item)
+                return
+            item.fetch_attempts += 1
+            kind = Kind.TRANSIENT if exc.transient else Kind.PERMANENT
+            decision = decide(Failure(Stage.FETCH, kind, exc.reason, item.fetch_attempts), self.inference_policy)
+            error = exc.message if decision.reason == exc.reason else f"{exc.reason}: {exc.message}"
+            self._act(item, Stage.FETCH, decision, error, retry=lambda: self._start_fetch(item))
+            return
+        except Exception as exc:  # a bug: the record is dead-lettered (nothing lost), the traceback logged
+            log.exception("fetch failed unexpectedly", extra=item.log_fields())
+            self._to_dlq(item, "fetch_failed", f"unexpected error: {type(exc).__name__}")
+            return
+        scheme = fetched.reference.scheme
+        m.FETCH_LATENCY.labels(scheme).observe(time.perf_counter() - t0)
+        m.FETCHED_BYTES.labels(scheme).inc(len(fetched.data))
+        if not self.tracker.current(item.tp, item.epoch):
+            self._drop(item)
+            return
+        item.record.image = fetched.data
+        item.record.content_type = fetched.content_type
+        item.record.fetched = fetched.echo()
+        self.queue.append(item)  # the dispatcher is woken by _wake_after_fetch when this task is done
 
     # ---- dispatch ------------------------------------------------------------------------------
     def _take_batch(self) -> list[Item]:
@@ -726,6 +805,7 @@ class Bridge:
         self._producer_stop.set()
         producer_thread.join(5)
         await self.client.close()
+        await self.fetcher.close()
         await health.stop()
         self._consumer_pool.shutdown(wait=True)
         log.info("bridge stopped", extra={"handed_back": handed_back, "unflushed": remaining,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from handlers.fetch import FETCH_DEFAULTS, FetchSettings
 from handlers.stack import stack
 
 # name -> (default, description). The README table and Helm values are generated from / checked against it.
@@ -70,6 +71,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "BRIDGE_PORT": ("", "port of /livez /readyz /metrics (default: $BRIDGE_PORT from stack.env)"),
     "BRIDGE_HOST": ("", "address to bind (default: $STACK_HOST; 0.0.0.0 in a container)"),
     "LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR (JSON lines on stderr)"),
+    # Records that name their image by reference (envelope `url`/`s3`): the shared fetcher's settings.
+    **FETCH_DEFAULTS,
 }
 
 
@@ -131,6 +134,7 @@ class Config:
     host: str
     port: int
     log_level: str
+    fetch: FetchSettings
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
@@ -177,6 +181,7 @@ class Config:
             host=e("BRIDGE_HOST") or s["STACK_HOST"],
             port=int(e("BRIDGE_PORT") or s["BRIDGE_PORT"]),
             log_level=e("LOG_LEVEL").upper(),
+            fetch=FetchSettings.from_env(environ),
         )
 
     def client_settings(self) -> dict[str, Any]:

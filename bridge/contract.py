@@ -3,7 +3,8 @@
 Input (`image_data`): key = image id; value = the raw image bytes with a `content-type` header, an
 optional `metadata` header (JSON object) and an optional `model` header, or a JSON envelope
 `{"id","image_b64","content_type","metadata","model"}` (schema/image_data.envelope.schema.json; other fields
-are rejected). Output (`image_predictions`): key = image id, JSON value
+are rejected), where `s3` (s3://bucket/key) or `url` (http/https) may name the image instead of `image_b64`
+(fetched by the bridge, handlers/fetch.py). Output (`image_predictions`): key = image id, JSON value
 (schema/image_predictions.schema.json). Review (`image_review`): the same key, value and headers as the
 prediction, for predictions whose decision is `review`. DLQ (`image_data.dlq`): the original key, value and
 headers plus headers saying why (`DLQ_HEADERS`).
@@ -73,6 +74,8 @@ class ImageRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     envelope: bool = False
     model: str = ""
+    reference: str | None = None  # s3:// or http(s):// (envelope `url`/`s3`): `image` is empty until fetched
+    fetched: dict[str, Any] | None = None  # what the prediction echoes about it: ref, size, etag, version_id
 
 
 def header(headers: Headers | None, name: str) -> bytes | None:
@@ -150,17 +153,20 @@ def _parse_envelope(key_id: str | None, value: bytes, headers: Headers | None, f
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "envelope"
         raise ContractError("invalid_envelope", f"{where}: {exc.message}") from None
-    try:
-        image = base64.b64decode(body["image_b64"], validate=True)
-    except (binascii.Error, ValueError):
-        raise ContractError("bad_base64", "image_b64 is not valid base64") from None
-    if not image:
-        raise ContractError("empty", "image_b64 decodes to no bytes")
+    reference = body.get("url") or body.get("s3")  # the schema allows exactly one of image_b64, url, s3
+    image = b""
+    if reference is None:
+        try:
+            image = base64.b64decode(body["image_b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise ContractError("bad_base64", "image_b64 is not valid base64") from None
+        if not image:
+            raise ContractError("empty", "image_b64 decodes to no bytes")
     metadata = dict(body.get("metadata") or {})
     if not metadata:
         metadata = _metadata_header(header(headers, "metadata"))
     return ImageRecord(key_id or body.get("id") or fallback_id, image, body.get("content_type"), metadata, True,
-                       body.get("model") or "")
+                       body.get("model") or "", reference)
 
 
 def utc_iso(ts: float) -> str:
@@ -220,6 +226,7 @@ def prediction_value(
             "end_to_end_ms": round(end_to_end_ms, 2),
             "attempts": attempts,
             "source": {"topic": topic, "partition": partition, "offset": offset},
+            **({"reference": record.fetched} if record.fetched is not None else {}),
         },
         separators=(",", ":"),
     ).encode()

@@ -33,6 +33,9 @@ OLDEST_UNFINISHED = Gauge(
 )
 STALLED = Gauge("bridge_partition_stalled", "1 while a partition is stopped: a record could not even be dead-lettered",
                 ["topic", "partition"])
+FETCH_LATENCY = Histogram("bridge_fetch_latency_seconds", "Duration of successful reference fetches (s3, http, https)",
+                          ["scheme"], buckets=LATENCY_BUCKETS)
+FETCHED_BYTES = Counter("bridge_fetched_bytes", "Image bytes fetched for records that carry a reference", ["scheme"])
 DLQ_PAYLOAD_OMITTED = Counter("bridge_dlq_payload_omitted",
                               "Dead letters written as metadata only (the full copy did not fit the DLQ), by reason",
                               ["reason"])

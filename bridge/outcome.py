@@ -5,6 +5,7 @@ Every failure of a record is described by where it happened (`Stage`), whether a
 
 | stage          | permanent                         | transient, tries left | transient, tries used up   |
 |----------------|-----------------------------------|-----------------------|----------------------------|
+| fetch          | DLQ (the fetcher's reason)        | RETRY with backoff    | DLQ `retries_exhausted`    |
 | inference      | DLQ (the handler's reason)        | RETRY with backoff    | DLQ `retries_exhausted`    |
 | output produce | DLQ `output_rejected`             | RETRY with backoff    | DLQ `retries_exhausted`    |
 | review produce | DLQ `output_rejected`             | RETRY with backoff    | DLQ `retries_exhausted`    |
@@ -32,6 +33,7 @@ from confluent_kafka import KafkaError
 
 
 class Stage(StrEnum):
+    FETCH = "fetch"  # fetching the image a record names by reference (s3://, https://)
     INFERENCE = "inference"
     OUTPUT = "output"  # producing the prediction
     REVIEW = "review"  # producing the review copy of a prediction (after the prediction is acknowledged)
@@ -90,7 +92,7 @@ def decide(failure: Failure, policy: RetryPolicy, rand: Callable[[], float] = ra
     if failure.kind is Kind.TRANSIENT and failure.attempts < policy.max_attempts:
         return Decision(Action.RETRY, failure.reason, backoff(failure.attempts, policy.backoff_s,
                                                                policy.backoff_max_s, rand))
-    if stage is Stage.INFERENCE:
+    if stage in (Stage.FETCH, Stage.INFERENCE):
         return Decision(Action.DLQ, failure.reason if failure.kind is Kind.PERMANENT else "retries_exhausted")
     if stage in (Stage.OUTPUT, Stage.REVIEW):  # the review copy is an output like the prediction: never dropped
         return Decision(Action.DLQ, "output_rejected" if failure.kind is Kind.PERMANENT else "retries_exhausted")

@@ -29,8 +29,9 @@ from kserve.protocol.rest.v2_datamodels import (
     ServerReadyResponse,
 )
 
-from handlers.envelopes import FORM_TYPES, media_type, unsupported_content_type, v2_model_metadata
-from handlers.errors import REASONS, error_body, reason_for_status
+from handlers.envelopes import FORM_TYPES, is_json_body, media_type, unsupported_content_type, v2_model_metadata
+from handlers.errors import REASONS, ModerationError, error_body, reason_for_status
+from handlers.fetch import Fetcher, may_hold_references, resolve_request
 from handlers.provenance import Provenance
 from handlers.stack import stack, url
 
@@ -44,6 +45,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 INFERENCE = web.AppKey("inference", str)
 MANAGEMENT = web.AppKey("management", str)
+FETCHER = web.AppKey("fetcher", Fetcher)
 
 
 def _json(model: Any, status: int = 200) -> web.Response:
@@ -140,6 +142,16 @@ async def forward(request: web.Request) -> web.Response:
         return web.json_response(err.to_dict(), status=err.status)
     body = await request.read()
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+    if is_json_body(ctype, body) and may_hold_references(body):
+        try:
+            body = await _resolved(body, request.app[FETCHER])
+        except ModerationError as err:
+            return web.json_response(err.to_dict(), status=err.status)
+        if len(body) > MAX_BODY_BYTES:  # what TorchServe receives stays under the same cap as a body sent inline
+            return _error("body_too_large", f"the fetched images make a request over the gateway's limit of "
+                                            f"{MAX_BODY_BYTES} bytes (GATEWAY_MAX_BODY_BYTES)")
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"} | {
+            "Content-Type": "application/json"}
     try:
         async with request.app[SESSION].post(
             f"{request.app[INFERENCE]}{request.path}",
@@ -158,6 +170,17 @@ async def forward(request: web.Request) -> web.Response:
     except TimeoutError:
         return _error("timeout", f"no answer from the inference server within {GATEWAY_TIMEOUT_S:g} s "
                                  "(GATEWAY_TIMEOUT_S)")
+
+
+async def _resolved(body: bytes, fetcher: Fetcher) -> bytes:
+    """A v1/v2 JSON body whose references (`{"url"}`/`{"s3"}` instances, the `image_url` input) are replaced by
+    the fetched images, so TorchServe's workers only ever see bytes (a worker that fetched would stall its batch)."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return body  # the handler names what is wrong with it
+    resolved = await resolve_request(doc, fetcher)
+    return body if resolved is doc else json.dumps(resolved).encode()
 
 
 async def live(_: web.Request) -> web.Response:
@@ -227,10 +250,13 @@ async def _session(app: web.Application):  # type: ignore[no-untyped-def]
     app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
     yield
     await app[SESSION].close()
+    await app[FETCHER].close()
 
 
-def build_app(inference_url: str | None = None, management_url: str | None = None) -> web.Application:
+def build_app(inference_url: str | None = None, management_url: str | None = None,
+              fetcher: Fetcher | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    app[FETCHER] = fetcher or Fetcher()  # FETCH_* variables (handlers/fetch.py)
     app[INFERENCE] = inference_url or url("TORCHSERVE_INFERENCE_PORT")
     app[MANAGEMENT] = management_url or url("TORCHSERVE_MANAGEMENT_PORT")
     app.cleanup_ctx.append(_session)

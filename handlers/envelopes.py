@@ -19,6 +19,12 @@ from handlers.outputs import CATEGORIES
 
 Protocol = Literal["raw", "v1", "v2"]
 V2_INPUT_NAME = "image"
+# Images by reference (handlers/fetch.py): KServe v1 instances {"url": ...} / {"s3": ...}, an OIP v2 BYTES input
+# of reference strings. The gateway, the KServe runtime and the bridge fetch them; TorchServe's workers never do.
+V1_REFERENCE_FIELDS = ("url", "s3")
+V2_URL_INPUT_NAME = "image_url"
+NOT_FETCHED_HERE = ("this endpoint takes image bytes only: references are fetched by the gateway, the KServe runtime "
+                    "and the Kafka bridge, never by TorchServe's workers")
 # name -> datatype, one element per image; a model with a category head adds V2_CATEGORIES_OUTPUT
 V2_OUTPUTS: dict[str, str] = {"label": "BYTES", "harmful_score": "FP32", "threshold": "FP32", "decision": "BYTES",
                               "review_threshold": "FP32"}
@@ -82,6 +88,8 @@ def _parse_v1(body: dict[str, Any]) -> ParsedRequest:
     for i, inst in enumerate(instances):
         if isinstance(inst, dict):
             value = inst.get("b64", inst.get("data"))
+            if value is None and any(f in inst for f in V1_REFERENCE_FIELDS):
+                raise ModerationError("bad_reference", f"instance {i}: {NOT_FETCHED_HERE}", i)
             if value is None:
                 raise ModerationError("malformed_request", f'instance {i} has neither "b64" nor "data"', i)
         else:
@@ -100,6 +108,8 @@ def parse_v2_inputs(inputs: Any, request_id: str | None = None, binary: bool = F
     base64 strings in REST JSON, raw bytes elements over gRPC or the REST binary data extension (`binary`)."""
     if not isinstance(inputs, list) or not inputs:
         raise ModerationError("malformed_request", '"inputs" must be a non-empty list of tensors')
+    if any(isinstance(t, dict) and t.get("name") == V2_URL_INPUT_NAME for t in inputs):
+        raise ModerationError("bad_reference", f'input "{V2_URL_INPUT_NAME}": {NOT_FETCHED_HERE}')
     tensor = next((t for t in inputs if isinstance(t, dict) and t.get("datatype") == "BYTES"), None)
     if tensor is None:
         raise ModerationError("malformed_request", 'no input tensor with "datatype": "BYTES" (base64 images)')

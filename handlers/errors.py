@@ -20,6 +20,10 @@ CLIENT_REASONS: dict[str, int] = {
     "unsupported_content_type": 415,
     "too_large": 413,
     "too_many_pixels": 413,
+    # images by reference (handlers/fetch.py): refused before any connection, or the fetch failed
+    "bad_reference": 400,
+    "reference_forbidden": 403,
+    "fetch_failed": 422,
     # request level, answered by the gateway (or translated from TorchServe's own error bodies)
     "model_not_found": 404,
     "not_found": 404,

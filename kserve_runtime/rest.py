@@ -15,8 +15,16 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from handlers.envelopes import BINARY_HEADER, ParsedRequest, parse_request, parse_v2_binary, v2_model_metadata
+from handlers.envelopes import (
+    BINARY_HEADER,
+    ParsedRequest,
+    is_json_body,
+    parse_request,
+    parse_v2_binary,
+    v2_model_metadata,
+)
 from handlers.errors import REASONS, ModerationError, error_body, reason_for_status
+from handlers.fetch import Fetcher, may_hold_references, resolve_request
 from kserve_runtime.metrics import FRONTEND
 from kserve_runtime.model import ModerationModel, ServerRefusal
 
@@ -27,8 +35,12 @@ def _error(reason: str, message: str, status: int) -> JSONResponse:
     return JSONResponse(error_body(reason, message), status_code=status)
 
 
-def install(app: FastAPI, models: dict[str, ModerationModel], max_body_bytes: int) -> None:
-    """Add the data-plane routes, the error handler and the middleware to KServe's app (before it starts)."""
+def install(app: FastAPI, models: dict[str, ModerationModel], max_body_bytes: int,
+            fetcher: Fetcher | None = None) -> None:
+    """Add the data-plane routes, the error handler and the middleware to KServe's app (before it starts).
+    `fetcher` resolves images named by reference (FETCH_* variables) on the event loop, before the batcher: on the
+    cluster this predictor takes `{"url"}`/`{"s3"}`/`image_url` requests itself, without a gateway."""
+    fetcher = fetcher or Fetcher()
 
     async def parsed(request: Request, model: ModerationModel) -> ParsedRequest:
         declared = request.headers.get("content-length")
@@ -42,7 +54,18 @@ def install(app: FastAPI, models: dict[str, ModerationModel], max_body_bytes: in
             if not binary_header.isdigit() or int(binary_header) > len(body):
                 raise ModerationError("malformed_request", f"invalid {BINARY_HEADER}: {binary_header[:40]!r}")
             return parse_v2_binary(body, int(binary_header))
-        return parse_request(body, request.headers.get("content-type"))
+        ctype = request.headers.get("content-type")
+        if is_json_body(ctype, body) and may_hold_references(body):
+            try:
+                doc = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                doc = None
+            if isinstance(doc, dict):
+                resolved = parse_request(await resolve_request(doc, fetcher), "application/json")
+                if sum(map(len, resolved.images)) > max_body_bytes:  # the same cap as for images sent inline
+                    raise _TooLarge()
+                return resolved
+        return parse_request(body, ctype)
 
     def lookup(name: str) -> ModerationModel:
         if name not in models:

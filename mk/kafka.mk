@@ -7,7 +7,9 @@ STACK_UP_TARGETS += kafka-up bridge-up
 STACK_DOWN_TARGETS += bridge-down kafka-down
 STACK_STATUS_TARGETS += kafka-status bridge-status
 TEST_PREREQS += kafka-fetch kcat
-DEMO_STREAM = $(PY) -m bridge.demo $(if $(IMAGES),--images "$(IMAGES)")
+DEMO_STREAM = $(PY) -m bridge.demo $(if $(IMAGES),--images "$(IMAGES)") \
+  && if scripts/s3.sh running; then scripts/s3.sh run $(PY) -m bridge.demo --references $(if $(IMAGES),--images "$(IMAGES)"); \
+  else echo "(the reference path is skipped: no local object store, see make s3-up)"; fi
 
 .PHONY: kafka-fetch
 kafka-fetch: $(KAFKA_STAMP) ## Fetch the pinned Apache Kafka jars from Maven Central into .cache/kafka (once)

@@ -23,6 +23,10 @@ bench: $(SETUP_STAMP) models ## Side-by-side benchmark: in-process ceiling, our 
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
 	$(PY) -m loadtest.runtimes $(RUNTIMES_BENCH_ARGS)
 
+.PHONY: bench-references
+bench-references: $(SETUP_STAMP) ## Kafka bytes vs s3:// references (640x480 and 8 MB photos) through the `make up` bridge: bytes moved, img/s, e2e p95
+	scripts/s3.sh run $(PY) -m loadtest.reference_bench $(REFERENCES_BENCH_ARGS)
+
 .PHONY: bench-runtimes
 bench-runtimes: $(SETUP_STAMP) models ## Only the runtimes comparison: TorchServe vs KServe ModelServer, A B B A (its section of loadtest/BENCHMARKS.md)
 	$(PY) -m loadtest.runtimes $(RUNTIMES_BENCH_ARGS)

@@ -11,6 +11,7 @@ start() {
   # (.run/runtime) it calls that on :INFERENCE_PORT, with the v2 model readiness. Either can be overridden.
   local url="http://$STACK_HOST:$TORCHSERVE_INFERENCE_PORT" ready=/ping
   if [[ $(cat "$RUN_DIR/runtime" 2>/dev/null) == kserve ]]; then url="http://$STACK_HOST:$INFERENCE_PORT" ready=""; fi
+  local_s3_env  # s3:// references read the local object store (scripts/s3.sh) unless FETCH_*/AWS_* say otherwise
   INFERENCE_URL="${INFERENCE_URL:-$url}" INFERENCE_READY_PATH="${INFERENCE_READY_PATH-$ready}" \
     start_bg bridge "$PY" -m bridge
   # Live = HTTP server up; ready = consumer joined and the endpoint answers (may take longer, not awaited).

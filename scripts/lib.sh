@@ -15,6 +15,25 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 
 pidfile() { echo "$RUN_DIR/$1.pid"; }
 
+S3_DIR="$RUN_DIR/s3"
+s3_credentials() {  # the local object store's root key pair, made once, in AWS's shared credentials file format
+  [[ -s "$S3_DIR/credentials" ]] && return 0
+  mkdir -p "$S3_DIR"
+  ( umask 077
+    printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
+      "local$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" "$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" \
+      > "$S3_DIR/credentials" )
+}
+
+local_s3_env() {  # fetchers started here (gateway, bridge) read s3:// references from the local store, unless set
+  s3_credentials
+  export FETCH_S3_ENDPOINT_URL="${FETCH_S3_ENDPOINT_URL-http://$STACK_HOST:$S3_PORT}"
+  export FETCH_S3_BUCKETS="${FETCH_S3_BUCKETS-$S3_BUCKET}"
+  export FETCH_S3_REGION="${FETCH_S3_REGION-us-east-1}"
+  # boto3's standard chain: environment keys win, else this shared credentials file (never on a command line)
+  [[ -n ${AWS_ACCESS_KEY_ID:-} ]] || export AWS_SHARED_CREDENTIALS_FILE="${AWS_SHARED_CREDENTIALS_FILE:-$S3_DIR/credentials}"
+}
+
 is_running() {  # is_running NAME   (a killed process not yet reaped, a zombie, does not count)
   local f pid; f="$(pidfile "$1")"
   [[ -f "$f" ]] || return 1

@@ -27,7 +27,8 @@ start_torchserve() {
 start_kserve() {
   ls "$STORE"/*.mar >/dev/null 2>&1 || { echo "no archives in $STORE: run 'make models'" >&2; exit 1; }
   rm -rf "$RUN_DIR/kserve" && mkdir -p "$RUN_DIR/kserve"
-  KSERVE_WORKDIR="$RUN_DIR/kserve" start_bg kserve "$PY" -m kserve_runtime
+  # s3:// references read the local object store (scripts/s3.sh) unless FETCH_*/AWS_* say otherwise
+  ( local_s3_env; KSERVE_WORKDIR="$RUN_DIR/kserve" start_bg kserve "$PY" -m kserve_runtime )
 }
 
 running_runtime() { cat "$RUN_DIR/runtime" 2>/dev/null || echo torchserve; }
@@ -46,7 +47,7 @@ start() {
     return
   fi
   start_torchserve
-  start_bg gateway "$PY" -m gateway
+  ( local_s3_env; start_bg gateway "$PY" -m gateway )  # the gateway fetches references (handlers/fetch.py)
   wait_http "$GATEWAY_URL/v2/health/live" 60 gateway
   # Ready = every model has a READY worker (the gateway asks TorchServe's management API).
   wait_http "$GATEWAY_URL/v2/health/ready" "${SERVING_START_TIMEOUT_S:-240}" torchserve

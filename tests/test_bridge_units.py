@@ -463,3 +463,35 @@ def test_liveness_fails_when_kafka_stays_unreachable() -> None:
         assert never.live
 
     asyncio.run(check())
+
+
+# ---- images by reference (envelope `s3` / `url`) -----------------------------------------------------
+def test_reference_envelopes_parse_and_exactly_one_image_field_is_allowed() -> None:
+    for field, ref in (("s3", "s3://uploads/2026/cat.jpg"), ("url", "https://img.example.com/cat.jpg")):
+        rec = parse_record(b"k", json.dumps({field: ref, "metadata": {"u": 1}}).encode(), None, "fb")
+        assert (rec.reference, rec.image, rec.metadata) == (ref, b"", {"u": 1})
+    for body in ({"s3": "s3://b/k", "image_b64": "AAAA"}, {"s3": "s3://b/k", "url": "https://h/k"}, {"id": "x"},
+                 {"s3": ""}, {"url": 7}):
+        with pytest.raises(ContractError) as info:
+            parse_record(b"k", json.dumps(body).encode(), None, "fb")
+        assert info.value.reason == "invalid_envelope", body
+
+
+def test_prediction_of_a_reference_echoes_it_and_fits_the_schema() -> None:
+    rec = parse_record(b"k", json.dumps({"s3": "s3://uploads/cat.jpg"}).encode(), None, "fb")
+    rec.fetched = {"ref": "s3://uploads/cat.jpg", "size": 1234, "etag": '"abc"', "version_id": "v7"}
+    value = prediction_value(rec, Prediction("benign", 0.1, 0.5, "mobilenet_v2", "1.0"),
+                             source=("image_data", 0, 1), received_at=1.7e9, produced_at=1.7e9, inference_ms=1.0,
+                             batch_size=1, end_to_end_ms=2.0, attempts=1)
+    doc = json.loads(value)
+    jsonschema.validate(doc, schema("image_predictions"))
+    assert doc["reference"] == rec.fetched
+    assert "reference" not in _record_of(Prediction("benign", 0.1, 0.5, "mobilenet_v2", "1.0"))
+
+
+def test_fetch_failures_follow_the_inference_table() -> None:
+    assert decide(Failure(Stage.FETCH, Kind.PERMANENT, "reference_forbidden", 1), POLICY).action is Action.DLQ
+    retry = decide(Failure(Stage.FETCH, Kind.TRANSIENT, "fetch_failed", 1), POLICY, rand=lambda: 1.0)
+    assert retry.action is Action.RETRY and retry.delay_s == 0.5
+    exhausted = decide(Failure(Stage.FETCH, Kind.TRANSIENT, "fetch_failed", 3), POLICY)
+    assert (exhausted.action, exhausted.reason) == (Action.DLQ, "retries_exhausted")

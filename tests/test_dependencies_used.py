@@ -40,6 +40,7 @@ EVIDENCE: dict[str, str] = {
     "pyyaml": r"^\s*import yaml\b",
     "ruff": r"-m ruff check",  # make lint
     "aiohttp": r"^\s*import aiohttp\b",
+    "boto3": r"^\s*import boto3\b",
     "onnx": r"^\s*import onnx\b",
     "psutil": r"^\s*import psutil\b",
     "captum": r"^\s*from captum\b",

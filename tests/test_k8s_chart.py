@@ -493,3 +493,32 @@ def test_release_notes_name_the_runtime(runtime: str, tmp_path: Path) -> None:
     expected = {"torchserve": "runtime torchserve: TorchServe 0.12 image image-moderation/predictor:0.1.0",
                 "kserve": "runtime kserve: python -m kserve_runtime, image image-moderation/kserve-predictor:0.1.0"}
     assert expected[runtime] in notes, notes
+
+
+def test_reference_settings_reach_the_bridge_and_the_kserve_predictors() -> None:
+    """The chart's `references` values are the FETCH_* variables of handlers/fetch.py, rendered once for the bridge
+    and the kserve predictors (which fetch); defaults refuse S3 and private networks; TorchServe gets none."""
+    from handlers.fetch import FETCH_DEFAULTS, FetchSettings
+
+    sets = ["runtime=kserve", "references.s3Buckets={uploads,archive}", "references.privateNetworks={10.96.0.0/12}",
+            "references.s3EndpointUrl=http://minio.storage.svc:9000",
+            "references.networkPolicyPeers[0].ipBlock.cidr=10.96.0.0/12"]
+    docs = k.load_docs(k.helm_template(sets=sets))
+    (cm,) = [d for d in k.find(docs, "ConfigMap") if d["metadata"]["name"] == "image-moderation-bridge"]
+    fetch = {n: v for n, v in cm["data"].items() if n.startswith("FETCH_")}
+    assert set(fetch) == set(FETCH_DEFAULTS)
+    settings = FetchSettings.from_env(fetch)
+    assert settings.s3_buckets == {"uploads", "archive"} and settings.s3_endpoint_url == "http://minio.storage.svc:9000"
+    assert [str(n) for n in settings.private_networks] == ["10.96.0.0/12"]
+    for deployment in k.predictor_deployments(docs):
+        (c,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("FETCH_")} == fetch
+    (bridge_np,) = [d for d in k.find(docs, "NetworkPolicy") if d["metadata"]["name"] == "image-moderation-bridge"]
+    assert {"ipBlock": {"cidr": "10.96.0.0/12"}} in [p for rule in bridge_np["spec"]["egress"] for p in rule["to"]]
+    default_docs = k.load_docs(k.helm_template())
+    (cm,) = [d for d in k.find(default_docs, "ConfigMap") if d["metadata"]["name"] == "image-moderation-bridge"]
+    defaults = FetchSettings.from_env({n: v for n, v in cm["data"].items() if n.startswith("FETCH_")})
+    assert defaults.s3_buckets == frozenset() and defaults.private_networks == () and defaults.url_hosts == ("*",)
+    for deployment in k.predictor_deployments(default_docs):  # TorchServe never fetches
+        (c,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert not [e for e in c.get("env", []) if e["name"].startswith("FETCH_")]

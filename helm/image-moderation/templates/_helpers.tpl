@@ -121,3 +121,22 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "im.bridgeMaxReplicas" -}}
 {{- min (int .max) (int .ctx.Values.bridge.kafka.inputPartitions) -}}
 {{- end -}}
+
+{{/*
+FETCH_* settings (handlers/fetch.py) from `references`, as a YAML map: the bridge's ConfigMap and the kserve
+predictor's env render the same values.
+*/}}
+{{- define "im.fetchEnv" -}}
+{{- $r := .Values.references -}}
+FETCH_URL_HOSTS: {{ join "," $r.urlHosts | quote }}
+FETCH_S3_BUCKETS: {{ join "," $r.s3Buckets | quote }}
+FETCH_S3_ENDPOINT_URL: {{ $r.s3EndpointUrl | quote }}
+FETCH_S3_REGION: {{ $r.s3Region | quote }}
+FETCH_PRIVATE_NETWORKS: {{ join "," $r.privateNetworks | quote }}
+FETCH_MAX_BYTES: {{ $r.maxBytes | int64 | quote }}
+FETCH_CONNECT_TIMEOUT_S: {{ $r.connectTimeoutSeconds | toString | quote }}
+FETCH_READ_TIMEOUT_S: {{ $r.readTimeoutSeconds | toString | quote }}
+FETCH_TOTAL_TIMEOUT_S: {{ $r.totalTimeoutSeconds | toString | quote }}
+FETCH_MAX_REDIRECTS: {{ $r.maxRedirects | int64 | quote }}
+FETCH_CONCURRENCY: {{ $r.concurrency | int64 | quote }}
+{{- end }}

@@ -1,0 +1,154 @@
+"""Bytes in the message vs a reference (s3:// key) through Kafka: what the claim-check pattern costs and saves.
+
+For 640x480 JPEGs (the load tests' corpus) and for 8 MB photos (4000x3000 JPEGs of fine detail, made here), the
+same images go through the `make up` bridge twice: once as raw bytes in the record, once uploaded to the local
+object store (demo/s3.py's bucket) with only an `{"s3": ...}` envelope in the record, which the bridge fetches
+(handlers/fetch.py). Reported per case: Kafka bytes moved (input record values; the predictions are the same
+size either way, plus about 150 B of `reference` echo), bridge
+throughput (N records produced at once / first produce -> last prediction; its p95 is mostly queueing) and
+end-to-end p50/p95 (produce -> prediction) of a paced run below saturation. A warm-up precedes each case.
+
+    scripts/s3.sh run python -m loadtest.reference_bench [--small 300] [--large 30] [--json out.json]
+
+(`scripts/s3.sh run` gives it the local store's endpoint and credentials, as `make up` gives the bridge.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from bridge.config import Config
+from bridge.consume import open_consumer, rows
+from demo.s3 import bucket
+from handlers.fetch import FetchSettings, s3_client
+from loadtest.loadgen import corpus
+
+
+def large_photos(n: int = 2, target_bytes: int = 8 * 1024 * 1024) -> list[bytes]:
+    """JPEGs of about `target_bytes` (4000x3000 of fine detail at quality 95): what a phone upload weighs."""
+    rng = np.random.default_rng(16)
+    out = []
+    for _ in range(n):
+        base = rng.integers(0, 255, (3000 // 8, 4000 // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+        noise = rng.integers(-40, 40, base.shape, dtype=np.int16)
+        img = Image.fromarray(np.clip(base.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+        for quality in (95, 90, 85, 80):
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=quality)
+            if buf.tell() <= target_bytes * 1.15:
+                break
+        out.append(buf.getvalue())
+    return out
+
+
+def _run(cfg: Config, values: list[tuple[bytes, list[tuple[str, bytes]]]], n: int, timeout_s: float,
+         rate: float | None = None) -> dict[str, Any]:
+    """Produce n records (as fast as possible, or `rate`/s) and time each id until its prediction arrives."""
+    from confluent_kafka import Producer
+
+    consumer = open_consumer(cfg, [cfg.output_topic, cfg.dlq_topic], from_beginning=False)
+    producer = Producer(cfg.producer_settings())
+    run = uuid.uuid4().hex[:8]
+    sent: dict[str, float] = {}
+    done: dict[str, float] = {}
+    failed = [0]
+
+    def reader() -> None:
+        for row in rows(consumer, cfg.dlq_topic, timeout_s):
+            if row is not None and row.id in sent and row.id not in done:
+                done[row.id] = time.perf_counter()
+                failed[0] += 1 if row.dlq else 0
+            if len(done) >= n:
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    in_bytes = 0
+    t0 = time.perf_counter()
+    for i in range(n):
+        if rate:
+            time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+        key = f"refbench-{run}-{i}"
+        value, headers = values[i % len(values)]
+        if value.startswith(b"{"):  # an envelope: its own id
+            value = value.replace(b'"id": "x"', f'"id": "{key}"'.encode())
+        sent[key] = time.perf_counter()
+        while True:
+            try:
+                producer.produce(cfg.input_topic, key=key.encode(), value=value, headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        in_bytes += len(value)
+        producer.poll(0)
+    producer.flush(60)
+    thread.join(timeout_s)
+    consumer.close()
+    end = max(done.values()) if done else time.perf_counter()
+    lat = np.array([done[k] - sent[k] for k in done]) * 1000 if done else np.array([float("nan")])
+    return {"records": n, "received": len(done), "dead_lettered": failed[0],
+            "kafka_input_bytes": in_bytes, "kafka_bytes_per_record": in_bytes / n,
+            "images_per_s": len(done) / (end - t0), "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m loadtest.reference_bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--small", type=int, default=300, help="records of 640x480 JPEGs per mode")
+    ap.add_argument("--large", type=int, default=30, help="records of 8 MB photos per mode")
+    ap.add_argument("--paced", type=float, nargs=2, default=(20.0, 0.5), metavar=("SMALL_RATE", "LARGE_RATE"),
+                    help="records/s of the paced runs (latency below saturation), 5 s / 20 s of them per mode")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    cfg = Config.from_env()
+    client = s3_client(FetchSettings.from_env())
+    results: dict[str, dict[str, Any]] = {}
+    cases = (("640x480", corpus(8), args.small, args.paced[0], 5.0), ("8MB", large_photos(), args.large, args.paced[1],
+                                                                        20.0))
+    for case, images, n, rate, seconds in cases:
+        if n <= 0:
+            continue
+        keys = []
+        for i, data in enumerate(images):
+            key = f"bench/{case}/{i}.jpg"
+            client.put_object(Bucket=bucket(), Key=key, Body=data, ContentType="image/jpeg")
+            keys.append(f"s3://{bucket()}/{key}")
+        as_bytes = [(img, [("content-type", b"image/jpeg")]) for img in images]
+        as_refs = [(json.dumps({"id": "x", "s3": k}).encode(), [("content-type", b"application/json")]) for k in keys]
+        _run(cfg, as_bytes, min(n, 8), args.timeout)  # warm-up: connections, model caches, the S3 client
+        for mode, values in (("bytes", as_bytes), ("reference", as_refs)):
+            r = _run(cfg, values, n, args.timeout)
+            paced = _run(cfg, values, max(1, int(rate * seconds)), args.timeout, rate)
+            r |= {"image_bytes": int(np.mean([len(i) for i in images])), "paced_rate": rate,
+                  "paced_p50_ms": paced["p50_ms"], "paced_p95_ms": paced["p95_ms"],
+                  "paced_received": paced["received"], "paced_records": paced["records"]}
+            results[f"{case} {mode}"] = r
+            print(f"{case:8} {mode:9} {r['received']}/{r['records']} records, {r['images_per_s']:.1f} img/s "
+                  f"(burst p95 {r['p95_ms']:.0f} ms); at {rate:g}/s p50 {paced['p50_ms']:.0f} ms, p95 "
+                  f"{paced['p95_ms']:.0f} ms; Kafka input {r['kafka_bytes_per_record']:,.0f} B/record", flush=True)
+    print("\n| case | mode | Kafka input bytes / record | throughput, images/s (burst) | burst e2e p95 ms "
+          "| paced rate /s | paced e2e p50 ms | paced e2e p95 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        case, mode = name.split(" ")
+        print(f"| {case} | {mode} | {r['kafka_bytes_per_record']:,.0f} | {r['images_per_s']:.1f} | {r['p95_ms']:.0f} "
+              f"| {r['paced_rate']:g} | {r['paced_p50_ms']:.0f} | {r['paced_p95_ms']:.0f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
