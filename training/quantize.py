@@ -157,8 +157,11 @@ def main(argv: list[str] | None = None) -> dict:
             fp32_val_review_recall = compute_metrics(y_val, s_val, fp32_review)["recall"]
             report["target_recall"] = args.target_recall or fp32_val_recall
         if name == "int8":
-            t = threshold_for_recall(y_val, s_val, report["target_recall"])
-            review = min(threshold_for_recall(y_val, s_val, fp32_val_review_recall), t)
+            # a recall of 0 (the fp32 graph flags no harmful val image) has no threshold to match: keep fp32's
+            t = (threshold_for_recall(y_val, s_val, report["target_recall"]) if report["target_recall"] > 0
+                 else fp32_threshold)
+            review = min(threshold_for_recall(y_val, s_val, fp32_val_review_recall) if fp32_val_review_recall > 0
+                         else fp32_review, t)
             report[name]["val_threshold_for_target_recall"] = t
             report[name]["val_review_threshold"] = review
             report[name]["val_recall_at_that_threshold"] = compute_metrics(y_val, s_val, t)["recall"]
@@ -173,12 +176,12 @@ def main(argv: list[str] | None = None) -> dict:
     report["recall_change_points_as_served"] = 100 * (i8["test_at_val_threshold"]["recall"]
                                                       - f32["test_at_fp32_threshold"]["recall"])
     report["forward_speedup"] = i8["forward_images_per_s_1_thread"] / f32["forward_images_per_s_1_thread"]
+    backend = HandlerSettings.load(args.model, yaml.safe_load(config.read_text()).get("handler"), env={}).backend
+    report["served_note"] = ("The model config serves it (backend onnx_int8). " if backend == "onnx_int8" else
+                             f"The model config serves the fp32 graph (backend {backend}), not this one. ")
     (args.out / "quantization.json").write_text(json.dumps(report, indent=2))
     table = markdown_table(rows)
     if args.install:
-        backend = HandlerSettings.load(args.model, yaml.safe_load(config.read_text()).get("handler"), env={}).backend
-        report["served_note"] = ("The model config serves it (backend onnx_int8). " if backend == "onnx_int8" else
-                                 f"The model config serves the fp32 graph (backend {backend}), not this one. ")
         install(report, int8, args.install_dir or checkpoint.parent, config, table)
     print(table)
     print(f"forward-only, batch 1, 1 thread: fp32 {f32['forward_images_per_s_1_thread']:.0f} img/s, "
@@ -196,7 +199,7 @@ def card_section(report: dict, table: str) -> str:
     i8 = report["int8"]
     return "\n".join([
         CARD_BEGIN,
-        "## Served int8 graph (`make quantize`)",
+        "## Static int8 graph (`make quantize`)",
         f"Static int8 ONNX Runtime graph (QDQ, per-channel weights, {report['method']} calibration on "
         f"{report['calibration_images']} train images), calibrated from `{report['checkpoint']}` "
         f"(sha256 {report['checkpoint_sha256'][:12]}…; `make models` refuses it for any other checkpoint). "
