@@ -1,0 +1,61 @@
+"""In-process mode: the executors run the model archive's own graph, thresholds and decoding (`handlers.scorer`,
+the very code TorchServe and the KServe runtime serve with), for clusters where calling a service per record is
+the wrong shape. Each image is decoded alone, so a bad one is dead-lettered alone with the handler's reason."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from handlers.errors import ModerationError
+from handlers.scorer import Scorer
+from kserve_runtime.archives import unpack
+from streaming.process import Work
+
+
+class InProcessClassifier:
+    """Scorers of the `.mar` archives in `model_store`, built on first use (one per model and process)."""
+
+    def __init__(self, model_store: str | Path) -> None:
+        self.store = Path(model_store)
+        self.archives = {p.stem: p for p in sorted(self.store.glob("*.mar"))}
+        if not self.archives:
+            raise FileNotFoundError(f"no .mar archive in {self.store}: run `make models` (STREAMING_MODEL_STORE)")
+        self.models = tuple(self.archives)
+        self._scorers: dict[str, Scorer] = {}
+        self._workdir: Path | None = None
+
+    def scorer(self, model: str) -> Scorer:
+        if model not in self._scorers:
+            if self._workdir is None:
+                self._workdir = Path(tempfile.mkdtemp(prefix="moderation-models-"))
+                atexit.register(shutil.rmtree, self._workdir, True)
+            archive = unpack(self.archives[model], self._workdir)
+            self._scorers[model] = Scorer(archive.name, archive.model_dir, archive.handler_config, archive.version)
+        return self._scorers[model]
+
+    async def classify(self, model: str, works: Sequence[Work]) -> None:
+        scorer = self.scorer(model)
+        t0 = time.perf_counter()
+        good, pixels = [], []
+        for w in works:
+            try:
+                pixels.extend(scorer.pixels([w.image], Counter()))
+            except ModerationError as err:
+                w.fail(err.reason, err.message, err.status)
+                continue
+            good.append(w)
+        if not good:
+            return
+        rows = scorer.scores(pixels)
+        ms = (time.perf_counter() - t0) * 1000
+        for w, row in zip(good, rows, strict=True):
+            w.predicted(scorer.prediction(row), ms, len(good))
+
+    async def close(self) -> None:
+        return None
