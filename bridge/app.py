@@ -43,6 +43,7 @@ from bridge.contract import (
     decision_of,
     dlq_headers,
     parse_record,
+    prediction_headers,
     prediction_value,
 )
 from bridge.health import HealthServer
@@ -51,7 +52,7 @@ from bridge.kafka_poll import consume_available
 from bridge.logs import PerRecord
 from bridge.offsets import OffsetTracker
 from bridge.outcome import (
-    BOUNDED_VALUE_TYPE,
+    BOUNDED_HEADERS,
     Action,
     Decision,
     Failure,
@@ -59,8 +60,10 @@ from bridge.outcome import (
     RetryPolicy,
     Stage,
     backoff,
+    blame,
     bounded_record,
     decide,
+    error_text,
     kafka_error_kind,
     record_size,
 )
@@ -395,8 +398,7 @@ class Bridge:
         item.produce_attempts = 0
         key, value = bounded_record(item.key, item.value, item.headers, source=item.source, reason=reason,
                                     error=error, dlq_error=why)
-        headers = [*self._dlq_headers(item, None), ("content-type", BOUNDED_VALUE_TYPE.encode()),
-                   ("dlq_payload", b"omitted")]
+        headers = [*self._dlq_headers(item, None), *BOUNDED_HEADERS]
         log.warning("to DLQ without payload", extra={**item.log_fields(), "reason": reason, "why": why})
 
         def acked() -> None:
@@ -414,7 +416,7 @@ class Bridge:
             inference_ms=inference_ms, batch_size=batch_size, end_to_end_ms=(now - start) * 1000,
             attempts=item.attempts + 1,
         )
-        headers = [("content-type", b"application/json"), ("id", item.id.encode())]
+        headers = prediction_headers(item.id)
         key = item.id.encode()
         decision, _review_threshold = decision_of(pred)
 
@@ -569,7 +571,7 @@ class Bridge:
             item.fetch_attempts += 1
             kind = Kind.TRANSIENT if exc.transient else Kind.PERMANENT
             decision = decide(Failure(Stage.FETCH, kind, exc.reason, item.fetch_attempts), self.inference_policy)
-            error = exc.message if decision.reason == exc.reason else f"{exc.reason}: {exc.message}"
+            error = error_text(decision, exc.reason, exc.message)
             self._act(item, Stage.FETCH, decision, error, retry=lambda: self._start_fetch(item))
             return
         except Exception as exc:  # a bug: the record is dead-lettered (nothing lost), the traceback logged
@@ -646,26 +648,22 @@ class Bridge:
             self._queued.set()
 
     def _failed(self, batch: list[Item], exc: InferenceError) -> None:
-        if not exc.transient:
-            if exc.index is not None and 0 <= exc.index < len(batch):
-                culprits = [batch[exc.index]]
-                self._requeue_front([it for it in batch if it is not culprits[0]])  # innocent: send again at once
-            elif len(batch) == 1:
-                culprits = batch
-            else:  # the endpoint did not say which image: find out one by one
-                for it in batch:
-                    it.solo = True
-                self._requeue_front(batch)
-                return
-        else:
-            if exc.endpoint_down:
-                self._endpoint_down(exc)
-            culprits = batch
+        charged = blame(len(batch), exc.transient, exc.index)
+        if charged.solo:  # the endpoint did not say which image: find out one by one
+            for it in batch:
+                it.solo = True
+            self._requeue_front(batch)
+            return
+        if charged.resend:  # innocent: send again at once
+            self._requeue_front([batch[i] for i in charged.resend])
+        if exc.transient and exc.endpoint_down:
+            self._endpoint_down(exc)
+        culprits = [batch[i] for i in charged.culprits]
         kind = Kind.TRANSIENT if exc.transient else Kind.PERMANENT
         for it in culprits:
             it.attempts += 1
             decision = decide(Failure(Stage.INFERENCE, kind, exc.reason, it.attempts), self.inference_policy)
-            error = exc.message if decision.reason == exc.reason else f"{exc.reason}: {exc.message}"
+            error = error_text(decision, exc.reason, exc.message)
             self._act(it, Stage.INFERENCE, decision, error, retry=lambda it=it: self._requeue_front([it]),
                       status=exc.status)
 

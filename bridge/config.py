@@ -7,6 +7,7 @@ come from files: `KAFKA_SASL_PASSWORD_FILE` etc. win over the plain variable (Ku
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,10 @@ DEFAULTS: dict[str, tuple[str, str]] = {
 }
 
 
-def env(name: str, environ: dict[str, str] | None = None) -> str:
-    """Value of `name`: `<name>_FILE` contents, else the variable, else the documented default."""
+def env(name: str, environ: Mapping[str, str] | None = None,
+        defaults: Mapping[str, tuple[str, str]] = DEFAULTS) -> str:
+    """Value of `name`: `<name>_FILE` contents, else the variable, else the documented default (`defaults`: this
+    module's table, or another consumer's own table of the same shape, e.g. streaming/config.py's)."""
     environ = os.environ if environ is None else environ
     path = environ.get(f"{name}_FILE")
     if path:
@@ -85,7 +88,7 @@ def env(name: str, environ: dict[str, str] | None = None) -> str:
     value = environ.get(name)
     if value is not None and value != "":
         return value
-    return DEFAULTS[name][0]
+    return defaults[name][0]
 
 
 def optional_env(name: str, environ: dict[str, str] | None = None) -> str:

@@ -32,7 +32,10 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 IMAGE_TYPES_PREFIX = "image/"
 # Headers added to a DLQ record (the original headers are kept before them).
 DLQ_HEADERS = ("error", "error_class", "error_status", "attempts", "model",
-               "source_topic", "source_partition", "source_offset", "source_timestamp", "failed_at")
+               "source_topic", "source_partition", "source_offset", "source_timestamp", "failed_at", "producer")
+# Which consumer wrote a prediction or DLQ record (`producer` field / header): the bridge or the Spark consumer
+# (streaming/). Everything else about their records is the same contract.
+PRODUCERS = ("bridge", "spark")
 
 Headers = list[tuple[str, bytes]]
 
@@ -199,6 +202,7 @@ def prediction_value(
     batch_size: int,
     end_to_end_ms: float,
     attempts: int,
+    producer: str = "bridge",
 ) -> bytes:
     """The JSON value of an `image_predictions` (and `image_review`) record (schema/image_predictions.schema.json);
     `categories` only when the model scores them."""
@@ -226,10 +230,16 @@ def prediction_value(
             "end_to_end_ms": round(end_to_end_ms, 2),
             "attempts": attempts,
             "source": {"topic": topic, "partition": partition, "offset": offset},
+            "producer": producer,
             **({"reference": record.fetched} if record.fetched is not None else {}),
         },
         separators=(",", ":"),
     ).encode()
+
+
+def prediction_headers(image_id: str) -> Headers:
+    """Headers of a prediction (and its review copy)."""
+    return [("content-type", b"application/json"), ("id", image_id.encode())]
 
 
 def dlq_headers(
@@ -243,6 +253,7 @@ def dlq_headers(
     source: tuple[str, int, int],
     source_timestamp_ms: int | None,
     failed_at: float,
+    producer: str = "bridge",
 ) -> Headers:
     """Original headers + why the record failed (names in DLQ_HEADERS; values UTF-8 text)."""
     topic, partition, offset = source
@@ -257,6 +268,7 @@ def dlq_headers(
         "source_offset": str(offset),
         "source_timestamp": "" if source_timestamp_ms is None else str(source_timestamp_ms),
         "failed_at": utc_iso(failed_at),
+        "producer": producer,
     }
     kept = [(k, v) for k, v in (original or []) if k not in extra]
     return kept + [(k, v.encode()) for k, v in extra.items()]

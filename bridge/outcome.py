@@ -79,6 +79,12 @@ class Decision:
     delay_s: float = 0.0  # before the retry (RETRY) or the next try of a stalled record (STALL)
 
 
+def error_text(decision: Decision, reason: str, message: str) -> str:
+    """The DLQ `error` of a failure: its message, prefixed by its own reason when the DLQ reason differs
+    (`retries_exhausted` says why it stopped, the text keeps what failed last)."""
+    return message if decision.reason == reason else f"{reason}: {message}"
+
+
 def backoff(attempt: int, base_s: float, max_s: float, rand: Callable[[], float] = random.random) -> float:
     """Exponential backoff with full jitter: uniform(0, min(max, base * 2**(attempt-1)))."""
     return rand() * min(max_s, base_s * 2 ** max(0, attempt - 1))
@@ -99,6 +105,27 @@ def decide(failure: Failure, policy: RetryPolicy, rand: Callable[[], float] = ra
     if stage is Stage.DLQ and failure.kind is Kind.PERMANENT:
         return Decision(Action.DLQ_BOUNDED, failure.reason)
     return Decision(Action.STALL, failure.reason, policy.backoff_max_s)
+
+
+@dataclass(frozen=True)
+class Blame:
+    """Whom a failed multi-image inference request charges (positions in the request)."""
+
+    culprits: tuple[int, ...]  # charged one attempt each, then `decide` says retry or DLQ
+    resend: tuple[int, ...]  # innocent: sent again at once, uncharged
+    solo: bool = False  # a 4xx that named no image: resend each image alone to find which one it was
+
+
+def blame(size: int, transient: bool, index: int | None) -> Blame:
+    """A transient failure is every image's; a permanent one is the image the handler named (`index`), the
+    only image of the request, or, when the handler named none, found by sending each alone."""
+    if transient:
+        return Blame(tuple(range(size)), ())
+    if index is not None and 0 <= index < size:
+        return Blame((index,), tuple(i for i in range(size) if i != index))
+    if size == 1:
+        return Blame((0,), ())
+    return Blame((), tuple(range(size)), solo=True)
 
 
 # librdkafka errors that another try can fix although `retriable()` may be False on a delivery report
@@ -126,6 +153,8 @@ def kafka_error_kind(code: int, retriable: bool, fatal: bool) -> Kind:
 # ---- the bounded dead-letter record ---------------------------------------------------------------------
 KEY_KEEP_BYTES = 1024  # a longer key is replaced by its size and sha256 in the bounded record
 BOUNDED_VALUE_TYPE = "application/vnd.image-moderation.dlq-metadata+json"
+# Added to the DLQ headers (bridge.contract.dlq_headers) of a metadata-only record.
+BOUNDED_HEADERS = [("content-type", BOUNDED_VALUE_TYPE.encode()), ("dlq_payload", b"omitted")]
 
 
 def record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> int:

@@ -40,7 +40,7 @@ def _stats(lat: list[float], n: int, seconds: float) -> dict[str, float]:
             "p99_ms": float(np.percentile(arr, 99))}
 
 
-def _produce_and_collect(cfg: Config, in_topic: str, out_topics: list[str], dlq: str, n: int, rate: float | None,
+def produce_and_collect(cfg: Config, in_topic: str, out_topics: list[str], dlq: str, n: int, rate: float | None,
                          timeout_s: float) -> dict[str, float]:
     """Produce n images (as fast as possible, or at `rate`/s) and time each id until its prediction arrives."""
     from confluent_kafka import Producer
@@ -112,7 +112,7 @@ def _ensure_topics(cfg: Config) -> None:
 
 def bridge_point(cfg: Config, n: int, rate: float | None) -> dict[str, float]:
     """n records through the bridge `make up` runs (image_data -> image_predictions, or the DLQ)."""
-    return _produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic, n, rate, 300)
+    return produce_and_collect(cfg, cfg.input_topic, [cfg.output_topic, cfg.dlq_topic], cfg.dlq_topic, n, rate, 300)
 
 
 def run(models: list[str], seconds: float, served: dict[str, Any], warmup_s: float = 40.0) -> dict[str, Any]:
@@ -144,7 +144,7 @@ def run(models: list[str], seconds: float, served: dict[str, Any], warmup_s: flo
     worker = threading.Thread(target=naive_consumer, args=(cfg, model, stop), daemon=True)
     worker.start()
     time.sleep(5)  # group join
-    naive = _produce_and_collect(cfg, NAIVE_IN, [NAIVE_OUT], cfg.dlq_topic, max(30, n // 3), None, 300)
+    naive = produce_and_collect(cfg, NAIVE_IN, [NAIVE_OUT], cfg.dlq_topic, max(30, n // 3), None, 300)
     stop.set()
     worker.join(30)
     out[model] = {"bridge": bridge, "naive": naive}

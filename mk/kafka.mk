@@ -2,10 +2,12 @@
 KAFKA_VERSION := $(shell sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' kafka/pom.xml)
 KAFKA_STAMP := $(CACHE)/kafka/libs/.fetched-$(KAFKA_VERSION)
 
-# Hooks of the lead's up/down/status/test/demo targets (Makefile, mk/serving.mk, mk/quality.mk).
-STACK_UP_TARGETS += kafka-up bridge-up
-STACK_DOWN_TARGETS += bridge-down kafka-down
-STACK_STATUS_TARGETS += kafka-status bridge-status
+# Hooks of the lead's up/down/status/test/demo targets (Makefile, mk/serving.mk).
+# The consumer of image_data that `make up` starts: the bridge, or CONSUMER=spark (mk/spark.mk); `down` stops either.
+CONSUMER ?= bridge
+STACK_UP_TARGETS += kafka-up $(if $(filter spark,$(CONSUMER)),spark-up,bridge-up)
+STACK_DOWN_TARGETS += spark-down bridge-down kafka-down
+STACK_STATUS_TARGETS += kafka-status $(if $(filter spark,$(CONSUMER)),spark-status,bridge-status)
 TEST_PREREQS += kafka-fetch kcat
 DEMO_STREAM = $(PY) -m bridge.demo $(if $(IMAGES),--images "$(IMAGES)") \
   && if scripts/s3.sh running; then scripts/s3.sh run $(PY) -m bridge.demo --references $(if $(IMAGES),--images "$(IMAGES)"); \

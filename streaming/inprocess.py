@@ -12,10 +12,29 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from handlers.envelopes import Prediction
 from handlers.errors import ModerationError
 from handlers.scorer import Scorer
 from kserve_runtime.archives import unpack
 from streaming.process import Work
+
+
+def score_images(scorer: Scorer, images: Sequence[bytes]) -> list[Prediction | ModerationError]:
+    """Each image's prediction, or the handler's refusal of that image alone (decoded one by one; one forward pass
+    over the good ones, in the scorer's chunks)."""
+    results: list[Prediction | ModerationError] = []
+    good, pixels = [], []
+    for i, raw in enumerate(images):
+        try:
+            pixels.extend(scorer.pixels([raw], Counter()))
+        except ModerationError as err:
+            results.append(err)
+            continue
+        results.append(None)  # type: ignore[arg-type]  # filled below
+        good.append(i)
+    for i, row in zip(good, scorer.scores(pixels), strict=True):
+        results[i] = scorer.prediction(row)
+    return results
 
 
 class InProcessClassifier:
@@ -40,22 +59,15 @@ class InProcessClassifier:
         return self._scorers[model]
 
     async def classify(self, model: str, works: Sequence[Work]) -> None:
-        scorer = self.scorer(model)
         t0 = time.perf_counter()
-        good, pixels = [], []
-        for w in works:
-            try:
-                pixels.extend(scorer.pixels([w.image], Counter()))
-            except ModerationError as err:
-                w.fail(err.reason, err.message, err.status)
-                continue
-            good.append(w)
-        if not good:
-            return
-        rows = scorer.scores(pixels)
+        results = score_images(self.scorer(model), [w.image for w in works])
         ms = (time.perf_counter() - t0) * 1000
-        for w, row in zip(good, rows, strict=True):
-            w.predicted(scorer.prediction(row), ms, len(good))
+        scored = sum(isinstance(r, Prediction) for r in results)
+        for w, result in zip(works, results, strict=True):
+            if isinstance(result, Prediction):
+                w.predicted(result, ms, scored)
+            else:
+                w.fail(result.reason, result.message, result.status)
 
     async def close(self) -> None:
         return None

@@ -3,6 +3,7 @@ loopback in local mode, the executors on this virtualenv's Python, a quiet JVM l
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -27,8 +28,13 @@ def kafka_jars(settings: StreamingSettings) -> list[str]:
     return jars
 
 
-def session(settings: StreamingSettings, app_name: str, *, kafka: bool = True) -> SparkSession:
+def session(settings: StreamingSettings, app_name: str, *, kafka: bool = True,
+            console_progress: bool = False) -> SparkSession:
+    """`kafka`: with the Kafka jars (the streaming query); `console_progress`: Spark's stage progress bar on the
+    console (the backfill's long job), else progress is the consumer's own per-micro-batch log line."""
     from pyspark.sql import SparkSession
+
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are per callback, not for people
 
     local = settings.master.startswith("local")
     if local:  # the UI binds to SPARK_LOCAL_IP (else every interface)
@@ -41,10 +47,14 @@ def session(settings: StreamingSettings, app_name: str, *, kafka: bool = True) -
         .config("spark.driver.memory", settings.driver_memory)
         .config("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile=file:{LOG4J}")
         .config("spark.ui.port", str(settings.ui_port))
-        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.ui.showConsoleProgress", str(console_progress).lower())
+        # streaming queries cannot use adaptive execution (Spark warns and turns it off per query)
+        .config("spark.sql.adaptive.enabled", str(not kafka).lower())
         .config("spark.port.maxRetries", "4")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.python.worker.reuse", "true")
+        # a backfill names thousands of files: list them in the driver, not as a Spark job with a task per path
+        .config("spark.sql.sources.parallelPartitionDiscovery.threshold", "1000000")
         # mapInArrow's record batches: at most a micro-batch's partition worth of images each
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "256")
         .config("spark.sql.execution.arrow.useLargeVarTypes", "false")
