@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bridge.config import Config
 from handlers.stack import url
 from loadtest import loadgen
@@ -37,6 +39,22 @@ from tests.spark_support import SparkProcess
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtest" / "results" / "spark-bench.json"
 MODEL = "mobilenet_v2"
+
+
+def stack_missing() -> str | None:
+    """Why the stack this bench needs (TorchServe, the broker) is not there, or None."""
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        if httpx.get(f"{url('TORCHSERVE_INFERENCE_PORT')}/ping", timeout=3).status_code != 200:
+            return "TorchServe is not ready"
+    except httpx.HTTPError:
+        return "TorchServe is not running"
+    try:
+        AdminClient({"bootstrap.servers": BOOTSTRAP}).list_topics(timeout=5)
+    except Exception:
+        return "the Kafka broker is not running"
+    return None
 
 
 def consumer_runs(records: int, rate: float, warmup: int) -> dict[str, Any]:
@@ -130,7 +148,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rate", type=float, default=10.0, help="input rate of the paced run (records/s), for all")
     p.add_argument("--warmup", type=int, default=60, help="records per consumer before measuring")
     p.add_argument("--backfill-images", type=int, default=400)
+    p.add_argument("--if-running", action="store_true", help="skip (exit 0) unless `make up` runs (make bench)")
     args = p.parse_args(argv)
+    why = stack_missing()
+    if why:
+        print(f"spark bench skipped: {why} (`make up` starts it; `make bench-spark` does both)")
+        if args.if_running:
+            return {"skipped": why}
+        raise SystemExit(1)
     res = {"rate": args.rate, "records": args.records,
            "consumers": consumer_runs(args.records, args.rate, args.warmup),
            "backfill": backfill_run(args.backfill_images)}

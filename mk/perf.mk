@@ -19,9 +19,14 @@ loadtest: $(SETUP_STAMP) ## Headless Locust vs `make up` (USERS SPAWN_RATE DURAT
 	@echo "reports: $(LOADTEST_OUT)"
 
 .PHONY: bench
-bench: $(SETUP_STAMP) models ## Side-by-side benchmark: in-process ceiling, our handler, stock handler, Kafka; then TorchServe vs the KServe runtime (loadtest/BENCHMARKS.md)
+bench: $(SETUP_STAMP) models ## Side-by-side benchmark: in-process ceiling, our handler, stock handler, Kafka; then TorchServe vs the KServe runtime; Spark rows when `make up` runs (loadtest/BENCHMARKS.md)
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
 	$(PY) -m loadtest.runtimes $(RUNTIMES_BENCH_ARGS)
+	$(PY) -m loadtest.spark_bench --if-running $(SPARK_BENCH_ARGS)
+
+.PHONY: bench-spark
+bench-spark: $(SETUP_STAMP) $(SPARK_STAMP) up ## Spark streaming (endpoint, inprocess) vs the bridge vs direct HTTP at one input rate; backfill vs the in-process ceiling
+	$(PY) -m loadtest.spark_bench $(SPARK_BENCH_ARGS)
 
 .PHONY: bench-references
 bench-references: $(SETUP_STAMP) ## Kafka bytes vs s3:// references (640x480 and 8 MB photos) through the `make up` bridge: bytes moved, img/s, e2e p95

@@ -36,14 +36,17 @@ def session(settings: StreamingSettings, app_name: str, *, kafka: bool = True,
 
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are per callback, not for people
 
-    local = settings.master.startswith("local")
+    local = settings.master.startswith("local") and "PYSPARK_GATEWAY_PORT" not in os.environ
     if local:  # the UI binds to SPARK_LOCAL_IP (else every interface)
         os.environ.setdefault("SPARK_LOCAL_IP", settings.ui_host)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # started by spark-submit: its --master and --conf rule
+    if not submitted:
+        builder = builder.master(settings.master)
     builder = (
-        SparkSession.builder.master(settings.master)
-        .appName(app_name)
+        builder.appName(app_name)
         .config("spark.driver.memory", settings.driver_memory)
         .config("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile=file:{LOG4J}")
         .config("spark.ui.port", str(settings.ui_port))

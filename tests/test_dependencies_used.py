@@ -45,6 +45,8 @@ EVIDENCE: dict[str, str] = {
     "psutil": r"^\s*import psutil\b",
     "captum": r"^\s*from captum\b",
     "py-spy": r"py-spy record",  # the profiling procedure of loadtest/README.md
+    "pyspark": r"^\s*from pyspark\.sql\b",
+    "pyarrow": r"^\s*import pyarrow\b",
 }
 
 
