@@ -15,6 +15,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -35,8 +36,10 @@ from tests.kafka_support import (
     kafka,  # noqa: F401  (fixture)
     produce,
     topics,  # noqa: F401  (fixture)
+    wait_for,
 )
 from tests.s3_support import s3  # noqa: F401  (fixture)
+from tests.spark_support import SparkProcess
 
 pytestmark = pytest.mark.usefixtures("serving")
 PHOTOS = {p.name: p.read_bytes() for p in skimage_photos() if p.name in ("astronaut.png", "coffee.png", "rocket.jpg")}
@@ -219,8 +222,10 @@ def _envelope(image_id: str, **fields: Any) -> tuple[str, bytes, list[tuple[str,
         ("content-type", b"application/json")]
 
 
-def test_references_through_kafka(kafka: str, topics: Topics, serving: str, origin: str,  # noqa: F811
-                                  s3: dict[str, str]) -> None:  # noqa: F811
+@pytest.mark.parametrize("consumer", ["bridge", "spark"])
+def test_references_through_kafka(consumer: str, kafka: str, topics: Topics, serving: str,  # noqa: F811
+                                  origin: str, s3: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """The same battery through the bridge and the Spark consumer (endpoint mode): they share the fetcher."""
     bucket = s3["FETCH_S3_BUCKETS"]
     boto3.session.Session().client("s3", endpoint_url=s3["FETCH_S3_ENDPOINT_URL"], region_name="us-east-1") \
         .put_object(Bucket=bucket, Key="tests/huge.jpg", Body=PHOTOS["rocket.jpg"][:4] + b"\0" * 3_500_000)
@@ -247,15 +252,20 @@ def test_references_through_kafka(kafka: str, topics: Topics, serving: str, orig
         "both": ({"s3": f"s3://{bucket}/samples/coffee.png", "image_b64": "AAAA"}, "invalid_envelope"),
     }
     records = [_envelope(i, **f) for i, f in good.items()] + [_envelope(i, **f) for i, (f, _) in bad.items()]
-    bridge = BridgeProcess(topics, kafka, serving, **s3, FETCH_PRIVATE_NETWORKS="127.0.0.1/32",
-                           FETCH_MAX_BYTES="3000000", BRIDGE_RETRY_MAX_ATTEMPTS="2", BRIDGE_RETRY_BACKOFF_S="0.1",
-                           BRIDGE_MAX_BATCH="8").start()
+    env = {**s3, "FETCH_PRIVATE_NETWORKS": "127.0.0.1/32", "FETCH_MAX_BYTES": "3000000",
+           "BRIDGE_RETRY_MAX_ATTEMPTS": "2", "BRIDGE_RETRY_BACKOFF_S": "0.1", "BRIDGE_MAX_BATCH": "8"}
+    fetched_bytes = None
+    if consumer == "bridge":
+        proc: BridgeProcess | SparkProcess = BridgeProcess(topics, kafka, serving, **env).start()
+    else:
+        proc = SparkProcess(topics, kafka, serving, tmp_path / "checkpoint", "endpoint", **env).start()
     try:
         produce(kafka, topics.input, records)
         out = collect(kafka, topics, set(good) | set(bad), timeout_s=180)
-        fetched_bytes = bridge.metric("bridge_fetched_bytes_total")
+        if isinstance(proc, BridgeProcess):
+            fetched_bytes = proc.metric("bridge_fetched_bytes_total")
     finally:
-        bridge.stop_quietly()
+        proc.stop_quietly()
     assert set(out.predictions) == set(good), (out.predictions.keys(), {k: v[0] for k, v in out.dlq.items()})
     assert {i: h[0]["error_class"] for i, h in out.dlq.items()} == {i: r for i, (_f, r) in bad.items()}
     with httpx.Client(base_url=serving, timeout=120) as c:
@@ -263,7 +273,7 @@ def test_references_through_kafka(kafka: str, topics: Topics, serving: str, orig
                   .json()["harmful_score"] for n, d in PHOTOS.items()}
     for image_id, (doc,) in out.predictions.items():
         check_prediction(doc, "mobilenet_v2")
-        assert doc["metadata"] == {"case": image_id}
+        assert doc["metadata"] == {"case": image_id} and doc["producer"] == consumer
         if image_id.startswith("bytes"):
             assert "reference" not in doc
             continue
@@ -273,8 +283,9 @@ def test_references_through_kafka(kafka: str, topics: Topics, serving: str, orig
         assert doc["harmful_score"] == pytest.approx(inline[name], abs=1e-4)
         assert doc["content_type"] == ("image/png" if name.endswith("png") else "image/jpeg")
         assert "Signature" not in ref["ref"] and "?" not in ref["ref"]
-    assert fetched_bytes >= sum(len(PHOTOS[n]) for n in ("astronaut.png", "coffee.png", "rocket.jpg"))
-    log = bridge.log_path.read_text()
+    if fetched_bytes is not None:
+        assert fetched_bytes >= sum(len(PHOTOS[n]) for n in ("astronaut.png", "coffee.png", "rocket.jpg"))
+    log = proc.log_path.read_text()
     assert "secret" not in log and "not-for-logs" not in log
 
 
@@ -285,7 +296,6 @@ def kserve_runtime(s3: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     import os
     import subprocess
     import sys
-    import time
 
     from tests.kafka_support import LOG_DIR, ROOT, free_port
 
@@ -298,16 +308,16 @@ def kserve_runtime(s3: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
                                  "KSERVE_WORKDIR": str(tmp_path_factory.mktemp("kserve"))},
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, (LOG_DIR / "test-kserve-references.log").read_text()[-3000:]
+        try:
+            return httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (LOG_DIR / "test-kserve-references.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_for(ready, 180, "the KServe runtime's readiness", 0.5)  # fails the test's setup when never ready
         yield base
     finally:
         proc.terminate()
