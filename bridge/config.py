@@ -6,12 +6,12 @@ come from files: `KAFKA_SASL_PASSWORD_FILE` etc. win over the plain variable (Ku
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from handlers.env import env as _env
+from handlers.env import optional_env as _optional_env
 from handlers.fetch import FETCH_DEFAULTS, FetchSettings
 from handlers.stack import stack
 
@@ -77,26 +77,14 @@ DEFAULTS: dict[str, tuple[str, str]] = {
 }
 
 
-def env(name: str, environ: Mapping[str, str] | None = None,
-        defaults: Mapping[str, tuple[str, str]] = DEFAULTS) -> str:
-    """Value of `name`: `<name>_FILE` contents, else the variable, else the documented default (`defaults`: this
-    module's table, or another consumer's own table of the same shape, e.g. streaming/config.py's)."""
-    environ = os.environ if environ is None else environ
-    path = environ.get(f"{name}_FILE")
-    if path:
-        return Path(path).read_text().strip()
-    value = environ.get(name)
-    if value is not None and value != "":
-        return value
-    return defaults[name][0]
+def env(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """The bridge's setting `name` (handlers.env.env against DEFAULTS)."""
+    return _env(name, environ, DEFAULTS)
 
 
-def optional_env(name: str, environ: dict[str, str] | None = None) -> str:
-    """Like `env`, but a variable set to "" stays "": how a feature with a non-empty default is switched off."""
-    environ = os.environ if environ is None else environ
-    if environ.get(f"{name}_FILE") or name not in environ:
-        return env(name, environ)
-    return environ[name].strip()
+def optional_env(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """Like `env`, but a variable set to "" stays "" (switches off a feature with a non-empty default)."""
+    return _optional_env(name, environ, DEFAULTS)
 
 
 @dataclass(frozen=True)

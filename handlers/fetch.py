@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
-import os
 import re
 import socket
 import ssl
@@ -40,6 +39,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import aiohttp
 from yarl import URL
 
+from handlers.env import optional_env
 from handlers.envelopes import V1_REFERENCE_FIELDS, V2_INPUT_NAME, V2_URL_INPUT_NAME
 from handlers.errors import ModerationError
 
@@ -231,11 +231,8 @@ class FetchSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FetchSettings:
-        environ = os.environ if environ is None else environ
-
-        def e(name: str) -> str:
-            value = environ.get(name)
-            return (value if value is not None else FETCH_DEFAULTS[name][0]).strip()
+        def e(name: str) -> str:  # "" switches a setting off (FETCH_URL_HOSTS= refuses every URL)
+            return optional_env(name, environ, FETCH_DEFAULTS).strip()
 
         def items(name: str) -> list[str]:
             return [x.strip() for x in e(name).split(",") if x.strip()]

@@ -1,5 +1,5 @@
 """Settings of the Spark consumer: the bridge's own settings (topics, endpoint, batching, retries, fetcher;
-bridge/config.py) plus the Spark-only ones below, read the same way (`bridge.config.env`, `_FILE` secrets)."""
+bridge/config.py) plus the Spark-only ones below, read the same way (`handlers.env`, `_FILE` secrets)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.config import Config
-from bridge.config import env as _env
+from handlers.env import env as _env
 from handlers.stack import stack
 
 ROOT = Path(__file__).resolve().parent.parent

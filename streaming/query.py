@@ -124,7 +124,7 @@ def _millis(ts: datetime | None) -> int | None:
 
 
 def record_of(row: dict[str, Any]) -> KafkaRecord:
-    headers = [(h["key"], h["value"] or b"") for h in row.get("headers") or ()]
+    headers = [(h["key"], h["value"]) for h in row.get("headers") or ()]  # a null header value stays null
     return KafkaRecord(row["topic"], int(row["partition"]), int(row["offset"]), row["key"], row["value"],
                        headers, _millis(row["timestamp"]))
 

@@ -104,3 +104,17 @@ def test_a_refused_record_too_large_for_the_dlq_is_dead_lettered_as_metadata() -
     names = [k for k, _ in full.headers]
     assert names[0] == "content-type" and set(DLQ_HEADERS) <= set(names)
     assert dict(full.headers)["error_class"] == b"unsupported_content_type"
+
+
+def test_the_readme_documents_every_setting_with_its_default() -> None:
+    from streaming.config import DEFAULTS
+
+    readme = (Path(__file__).resolve().parent.parent / "streaming" / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in readme.splitlines()
+            if line.startswith("| `STREAMING_")}
+    documented = {name.strip("` ") for key in rows for name in key.split("/")}
+    assert documented == set(DEFAULTS)
+    for key, default in rows.items():
+        names = [n.strip("` ") for n in key.split("/")]
+        if len(names) == 1:
+            assert default.strip("`") == DEFAULTS[names[0]][0], (key, default)
