@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadtest import loadgen  # noqa: E402
 from loadtest.ceiling import best_row, ceiling_configs, interleaved, run_ceilings  # noqa: E402
-from loadtest.cpu import JIT, JIT_OF, LOADGEN, ROLES, cores_by_role  # noqa: E402
+from loadtest.cpu import JIT, JIT_OF, LOADGEN, MACHINE, ROLES, cores_by_role  # noqa: E402
 from loadtest.loadgen import corpus  # noqa: E402
 from loadtest.torchserve_instance import (  # noqa: E402
     OURS_PORTS,
@@ -250,7 +250,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {ratio(k.get('bridge', {}).get('images_per_s'), ours['images_per_s'])} "
             f"| {ratio(k.get('bridge', {}).get('images_per_s'), k.get('naive', {}).get('images_per_s'))} |")
     lines += interleaved_section(res)
-    columns = [c for role, _ in ROLES for c in ((role, JIT) if role == JIT_OF else (role,))] + [LOADGEN]
+    columns = [c for role, _ in ROLES for c in ((role, JIT) if role == JIT_OF else (role,))] + [LOADGEN, MACHINE]
     warm = res.get("warmup_s", 0)
     lines += ["", f"## CPU by role at saturation (cores, psutil; 2 in all; each after a {warm:.0f} s warm-up)", "",
               "| load point | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]

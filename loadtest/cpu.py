@@ -21,7 +21,11 @@ ROLES: tuple[tuple[str, str], ...] = (
     ("kafka broker", "kafka.Kafka"),
     ("bridge", "-m bridge"),
     ("gateway", "-m gateway"),
+    ("object store", "versitygw"),
+    ("spark python workers", "pyspark.daemon"),
+    ("spark JVM", "org.apache.spark"),
 )
+MACHINE = "machine (every process)"
 LOADGEN = "load generator (bench process)"
 # A fresh JVM spends its first ~35 s under load compiling hot paths (C1/C2 "CompilerThread"s); counted apart
 # so a table shows whether the frontend was measured warm.
@@ -73,14 +77,21 @@ def _times() -> dict[tuple[int, str], float]:
     return out
 
 
+def _busy() -> float:
+    """CPU seconds the whole machine spent busy so far (every core, every process, the kernel)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 @contextmanager
 def cores_by_role() -> Iterator[dict[str, float]]:
     """`with cores_by_role() as cores: ...` fills `cores` with role -> average cores busy over the block."""
     cores: dict[str, float] = {}
-    before, t0 = _times(), time.perf_counter()
+    before, machine, t0 = _times(), _busy(), time.perf_counter()
     yield cores
     after, seconds = _times(), time.perf_counter() - t0
     for key, cpu in after.items():
         if key in before:
             cores[key[1]] = cores.get(key[1], 0.0) + (cpu - before[key]) / seconds
+    cores[MACHINE] = (_busy() - machine) / seconds  # the roles' sum falls short of it by whatever else ran
     cores.update({role: round(value, 2) for role, value in cores.items()})

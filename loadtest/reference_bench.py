@@ -30,6 +30,7 @@ from bridge.config import Config
 from bridge.consume import open_consumer, rows
 from demo.s3 import bucket
 from handlers.fetch import FetchSettings, s3_client
+from loadtest.cpu import cores_by_role
 from loadtest.loadgen import corpus
 
 
@@ -128,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         as_refs = [(json.dumps({"id": "x", "s3": k}).encode(), [("content-type", b"application/json")]) for k in keys]
         _run(cfg, as_bytes, min(n, 8), args.timeout)  # warm-up: connections, model caches, the S3 client
         for mode, values in (("bytes", as_bytes), ("reference", as_refs)):
-            r = _run(cfg, values, n, args.timeout)
+            with cores_by_role() as cores:  # where the CPU goes in the burst: serving, broker, bridge, object store
+                r = _run(cfg, values, n, args.timeout)
+            r["cores"] = cores
             paced = _run(cfg, values, max(1, int(rate * seconds)), args.timeout, rate)
             r |= {"image_bytes": int(np.mean([len(i) for i in images])), "paced_rate": rate,
                   "paced_p50_ms": paced["p50_ms"], "paced_p95_ms": paced["p95_ms"],
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case:8} {mode:9} {r['received']}/{r['records']} records, {r['images_per_s']:.1f} img/s "
                   f"(burst p95 {r['p95_ms']:.0f} ms); at {rate:g}/s p50 {paced['p50_ms']:.0f} ms, p95 "
                   f"{paced['p95_ms']:.0f} ms; Kafka input {r['kafka_bytes_per_record']:,.0f} B/record", flush=True)
+            print("          cores in the burst: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cores.items())),
+                  flush=True)
     print("\n| case | mode | Kafka input bytes / record | throughput, images/s (burst) | burst e2e p95 ms "
           "| paced rate /s | paced e2e p50 ms | paced e2e p95 ms |")
     print("|---|---|---|---|---|---|---|---|")
