@@ -2,7 +2,8 @@
 SPARK_VERSION := $(shell sed -n 's:.*<spark.version>\(.*\)</spark.version>.*:\1:p' spark/pom.xml)
 SPARK_STAMP := $(CACHE)/spark/jars/.fetched-$(SPARK_VERSION)
 TEST_PREREQS += spark-fetch
-# `make backfill` defaults: the sample photos into .run/backfill
+# `make backfill` defaults: the sample photos into .run/backfill; an s3:// prefix reads the local object store
+# (scripts/s3.sh run: its endpoint and credentials) unless FETCH_S3_ENDPOINT_URL and AWS_* say otherwise
 OUT ?= $(ROOT)/.run/backfill
 
 .PHONY: spark-fetch
@@ -28,5 +29,5 @@ spark-reset: ## Stop the Spark consumer and delete its checkpoint (the next star
 	rm -rf $(ROOT)/.run/spark
 
 .PHONY: backfill
-backfill: $(SETUP_STAMP) models ## Score IMAGES=DIR (default: sample photos) into OUT=DIR as Parquet with Spark; skips files already scored (BACKFILL_ARGS: --jsonl --split test)
-	@$(PY) -m streaming.backfill --out "$(OUT)" $(if $(IMAGES),--images "$(IMAGES)") $(BACKFILL_ARGS)
+backfill: $(SETUP_STAMP) models ## Score IMAGES=DIR|s3://bucket/prefix (default: sample photos) into OUT=DIR as Parquet with Spark; skips what is scored (BACKFILL_ARGS: --jsonl --split test)
+	@$(if $(filter s3://%,$(IMAGES)),scripts/s3.sh run )$(PY) -m streaming.backfill --out "$(OUT)" $(if $(IMAGES),--images "$(IMAGES)") $(BACKFILL_ARGS)

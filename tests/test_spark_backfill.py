@@ -4,6 +4,7 @@
   bytes, path/size/modification time/sha256, and the handler's reason for a file it refuses; a re-run scores
   only new or changed files.
 - Over the test split of ../shared/data it gives the accuracy `make evaluate` gives (same graph, same threshold).
+- An object-store prefix (s3://bucket/prefix on the real local store) is backfilled the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from streaming.inprocess import InProcessClassifier, score_images
 from tests.image_factory import jpeg, png
+from tests.s3_support import s3  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "model-archive" / "build" / "model-store"
@@ -104,3 +106,46 @@ def test_backfill_accuracy_equals_make_evaluate_on_the_test_split(tmp_path: Path
     assert precision == pytest.approx(evaluated["precision"], abs=1e-4)
     assert recall == pytest.approx(evaluated["recall"], abs=1e-4)
     assert auc == pytest.approx(evaluated["roc_auc"], abs=1e-4)
+
+
+def test_backfill_of_an_object_store_prefix(s3: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """s3://bucket/prefix on the real local object store: listed in the driver, fetched by the executors with
+    the shared fetcher; the ETag tells an unchanged object before any fetch."""
+    import hashlib
+    import os
+    import uuid
+
+    import boto3
+
+    bucket, prefix = s3["FETCH_S3_BUCKETS"], f"backfill-{uuid.uuid4().hex[:8]}"
+    client = boto3.session.Session().client("s3", endpoint_url=s3["FETCH_S3_ENDPOINT_URL"], region_name="us-east-1")
+    objects = {f"{prefix}/a/{i}.jpg": jpeg(90, 70, seed=200 + i) for i in range(3)}
+    objects[f"{prefix}/broken.jpg"] = b"not an image at all" * 5
+    for key, data in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=data)
+    env = {**os.environ, **s3}
+
+    def run() -> str:
+        proc = subprocess.run([sys.executable, "-m", "streaming.backfill", "--images", f"s3://{bucket}/{prefix}",
+                               "--out", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    first = run()
+    assert count(first, "files matched") == 4 and count(first, "scored now") == 4
+    table = {r["path"]: r for r in pq.read_table(tmp_path / "out" / "predictions").to_pylist()}
+    assert set(table) == {f"s3://{bucket}/{k}" for k in objects}
+    scorer = InProcessClassifier(STORE).scorer("mobilenet_v2")
+    for key, data in objects.items():
+        row = table[f"s3://{bucket}/{key}"]
+        assert row["size"] == len(data) and row["etag"]
+        if key.endswith("broken.jpg"):
+            assert row["error_reason"] == "not_an_image"
+            continue
+        assert row["sha256"] == hashlib.sha256(data).hexdigest()
+        assert row["harmful_score"] == pytest.approx(score_images(scorer, [data])[0].harmful_score, abs=1e-6)  # type: ignore[union-attr]
+
+    client.put_object(Bucket=bucket, Key=f"{prefix}/a/0.jpg", Body=jpeg(64, 64, seed=999))  # new content, new ETag
+    second = run()
+    assert count(second, "scored now") == 1 and count(second, "already scored (skipped)") == 3
