@@ -21,7 +21,7 @@ from bridge import logs
 from bridge.outcome import backoff
 from handlers.fetch import Fetcher
 from streaming.config import StreamingSettings
-from streaming.process import KafkaRecord, OutRecord, Pipeline
+from streaming.process import Classifier, KafkaRecord, OutRecord, Pipeline
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -109,7 +109,7 @@ def worker_pipeline(settings: StreamingSettings) -> tuple[asyncio.AbstractEventL
         if settings.inference == "inprocess":
             from streaming.inprocess import InProcessClassifier
 
-            classifier: Any = InProcessClassifier(settings.model_store)
+            classifier: Classifier = InProcessClassifier(settings.model_store)
         else:
             from streaming.endpoint import EndpointClassifier
 
