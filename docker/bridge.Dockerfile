@@ -21,7 +21,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # The bridge and the shared contracts it imports (handlers/stack.py reads stack.env for local defaults).
 COPY stack.env ./
-COPY handlers/__init__.py handlers/stack.py handlers/envelopes.py handlers/errors.py handlers/outputs.py handlers/fetch.py handlers/
+COPY handlers/__init__.py handlers/stack.py handlers/env.py handlers/envelopes.py handlers/errors.py handlers/outputs.py handlers/fetch.py handlers/
 COPY bridge/ bridge/
 USER 10001:10001
 EXPOSE 8090
