@@ -57,6 +57,15 @@ def schema(name: str) -> dict[str, Any]:
     return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
 
 
+@cache
+def validator(name: str) -> jsonschema.protocols.Validator:
+    """A checked, reusable validator of schema `name`: `jsonschema.validate` checks the schema itself on every call,
+    4.5 ms per envelope here, more than fetching the image it names."""
+    cls = jsonschema.validators.validator_for(schema(name))
+    cls.check_schema(schema(name))
+    return cls(schema(name))
+
+
 class ContractError(Exception):
     """A record that can never be classified: goes to the DLQ at once with `reason` as error_class."""
 
@@ -151,11 +160,10 @@ def _parse_envelope(key_id: str | None, value: bytes, headers: Headers | None, f
         body = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractError("invalid_envelope", f"JSON envelope does not parse: {exc}") from None
-    try:
-        jsonschema.validate(body, schema("image_data.envelope"))
-    except jsonschema.ValidationError as exc:
+    exc = jsonschema.exceptions.best_match(validator("image_data.envelope").iter_errors(body))
+    if exc is not None:  # the error jsonschema.validate would raise, without re-checking the schema per record
         where = "/".join(str(p) for p in exc.absolute_path) or "envelope"
-        raise ContractError("invalid_envelope", f"{where}: {exc.message}") from None
+        raise ContractError("invalid_envelope", f"{where}: {exc.message}")
     reference = body.get("url") or body.get("s3")  # the schema allows exactly one of image_b64, url, s3
     image = b""
     if reference is None:
