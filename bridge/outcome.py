@@ -1,4 +1,4 @@
-"""The retry-or-DLQ decision, as a pure function (the bridge and a future Spark `foreachBatch` share it).
+"""The retry-or-DLQ decision, as a pure function (the bridge and the Spark consumer, streaming/process.py, share it).
 
 Every failure of a record is described by where it happened (`Stage`), whether another try can succeed
 (`Kind`), its reason and how many tries that stage has had. `decide` turns that into one `Decision`:
