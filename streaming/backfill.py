@@ -215,9 +215,9 @@ def accuracy(spark: SparkSession, out: Path, labels: dict[str, int]) -> dict[str
     (path -> 1 harmful / 0 benign), at the served threshold; unreadable files are skipped, as evaluate does."""
     from training.evaluation import compute_metrics
 
-    rows = (spark.read.parquet(str(out / "predictions")).where("label IS NOT NULL")
+    rows = (spark.read.parquet(str(out / "predictions")).where("label IS NOT NULL").orderBy("scored_at")
             .select("path", "harmful_score", "threshold").collect())
-    latest = {_local(r["path"]): r for r in rows}
+    latest = {_local(r["path"]): r for r in rows}  # in scoring order: a re-scored file's newest row wins
     kept = [p for p in labels if p in latest]
     threshold = float(latest[kept[0]]["threshold"]) if kept else 0.5
     metrics = compute_metrics([labels[p] for p in kept], [latest[p]["harmful_score"] for p in kept], threshold)

@@ -123,6 +123,3 @@ class EndpointClassifier:
                     log.warning("inference endpoint not ready: waiting", extra={"url": self.client.ready_url,
                                                                                  "waited_s": round(waited, 1)})
                 await asyncio.sleep(max(0.2, backoff(attempt, self.cfg.backoff_s, min(5.0, self.cfg.backoff_max_s))))
-
-    async def close(self) -> None:
-        await self.client.close()

@@ -68,6 +68,3 @@ class InProcessClassifier:
                 w.predicted(result, ms, scored)
             else:
                 w.fail(result.reason, result.message, result.status)
-
-    async def close(self) -> None:
-        return None

@@ -36,13 +36,13 @@ def session(settings: StreamingSettings, app_name: str, *, kafka: bool = True,
 
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are per callback, not for people
 
-    local = settings.master.startswith("local") and "PYSPARK_GATEWAY_PORT" not in os.environ
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # started by spark-submit: its --master and --conf rule
+    local = settings.master.startswith("local") and not submitted
     if local:  # the UI binds to SPARK_LOCAL_IP (else every interface)
         os.environ.setdefault("SPARK_LOCAL_IP", settings.ui_host)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder
-    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # started by spark-submit: its --master and --conf rule
     if not submitted:
         builder = builder.master(settings.master)
     builder = (

@@ -83,6 +83,11 @@ class Topics:
                        t.review: MAX_BYTES if review_max_bytes is None else review_max_bytes})
         return t
 
+    def env(self) -> dict[str, str]:
+        """The consumers' variables naming these topics (bridge and Spark consumer alike)."""
+        return {"KAFKA_INPUT_TOPIC": self.input, "KAFKA_OUTPUT_TOPIC": self.output, "KAFKA_DLQ_TOPIC": self.dlq,
+                "KAFKA_REVIEW_TOPIC": self.review}
+
 
 @pytest.fixture
 def topics(kafka: str) -> Topics:
@@ -105,10 +110,7 @@ class BridgeProcess:
         self.env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_INPUT_TOPIC": topics.input,
-            "KAFKA_OUTPUT_TOPIC": topics.output,
-            "KAFKA_DLQ_TOPIC": topics.dlq,
-            "KAFKA_REVIEW_TOPIC": topics.review,
+            **topics.env(),
             "KAFKA_GROUP_ID": topics.group,
             "KAFKA_SESSION_TIMEOUT_MS": "8000",
             "INFERENCE_URL": inference_url,

@@ -22,10 +22,7 @@ class SparkProcess:
         self.env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_INPUT_TOPIC": topics.input,
-            "KAFKA_OUTPUT_TOPIC": topics.output,
-            "KAFKA_DLQ_TOPIC": topics.dlq,
-            "KAFKA_REVIEW_TOPIC": topics.review,
+            **topics.env(),
             "INFERENCE_URL": inference_url,
             "STREAMING_INFERENCE": mode,
             "STREAMING_CHECKPOINT_DIR": str(checkpoint),
