@@ -16,11 +16,7 @@ export KAFKA_MAX_MESSAGE_BYTES="${KAFKA_MAX_MESSAGE_BYTES:-16777216}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
 BOOTSTRAP="$STACK_HOST:$KAFKA_PORT"
 
-copy_jars() {
-  # Debian's Maven 3.8 writes ANSI resets (ESC[0m) even with -B and style.color=never: stripped from the log.
-  mvn -B -Dstyle.color=never -f "$ROOT/kafka/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$LIBS" 2>&1 | sed 's/\x1b\[[0-9;]*m//g'
-}
+copy_jars() { maven_copy "$ROOT/kafka/pom.xml" "$LIBS"; }
 
 fetch() {
   [[ -f "$STAMP" ]] && return 0

@@ -15,6 +15,13 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 
 pidfile() { echo "$RUN_DIR/$1.pid"; }
 
+maven_copy() {  # maven_copy POM DIR [MVN_ARGS...] : the POM's runtime jars -> DIR, from Maven Central
+  local pom="$1" dir="$2"; shift 2
+  # Debian's Maven 3.8 writes ANSI resets (ESC[0m) even with -B and style.color=never: stripped from the log.
+  mvn -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dir" "$@" \
+    2>&1 | sed 's/\x1b\[[0-9;]*m//g'
+}
+
 S3_DIR="$RUN_DIR/s3"
 s3_credentials() {  # the local object store's root key pair, made once, in AWS's shared credentials file format
   [[ -s "$S3_DIR/credentials" ]] && return 0

@@ -11,10 +11,7 @@ SPARK_VERSION="$(sed -n 's:.*<spark.version>\(.*\)</spark.version>.*:\1:p' "$ROO
 JARS="${STREAMING_KAFKA_JARS:-$ROOT/.cache/spark/jars}"
 STAMP="$JARS/.fetched-$SPARK_VERSION"
 
-copy_jars() {
-  mvn -B -Dstyle.color=never -f "$ROOT/spark/pom.xml" dependency:copy-dependencies -DexcludeTransitive=true \
-    -DincludeScope=runtime -DoutputDirectory="$JARS" 2>&1 | sed 's/\x1b\[[0-9;]*m//g'
-}
+copy_jars() { maven_copy "$ROOT/spark/pom.xml" "$JARS" -DexcludeTransitive=true; }
 
 fetch() {
   [[ -f "$STAMP" ]] && return 0
