@@ -14,6 +14,9 @@ HELM="$ROOT/.cache/tools/bin/helm"
 PY="${PY:-$ROOT/.venv/bin/python}"
 PKI="$CLUSTER_DIR/pki"
 apply() { "$KUBECTL" apply --server-side --force-conflicts --field-manager=image-moderation-cluster "$@"; }
+rollout() {  # rollout NAMESPACE KIND/NAME TIMEOUT : wait for it, or say why it is not ready
+  "$KUBECTL" -n "$1" rollout status "$2" --timeout="$3" || { why_not_ready "$1"; return 1; }
+}
 
 crds() {
   local sources kserve promop keda
@@ -38,13 +41,13 @@ crds() {
 
 kube_state_metrics() {
   sed -e "s#@IMAGE@#$KUBE_STATE_METRICS_IMAGE#g" "$HERE/manifests/kube-state-metrics.yaml" | apply -f -
-  "$KUBECTL" -n kube-system rollout status deployment/kube-state-metrics --timeout=120s
+  rollout kube-system deployment/kube-state-metrics 120s
 }
 
 coredns() {
   sed -e "s#@DOMAIN@#$CLUSTER_DOMAIN#g" -e "s#@DNS@#$DNS_SERVICE_IP#g" -e "s#@IMAGE@#$COREDNS_IMAGE#g" \
     "$HERE/manifests/coredns.yaml" | apply -f -
-  "$KUBECTL" -n kube-system rollout status deployment/coredns --timeout=120s
+  rollout kube-system deployment/coredns 120s
 }
 
 kserve() {
@@ -57,7 +60,7 @@ kserve() {
     --set "kserve.controller.image=${KSERVE_IMAGE%:*}" --set "kserve.controller.tag=${KSERVE_IMAGE##*:}" \
     | "$PY" "$HERE/kserve_manifests.py" --pki "$PKI" --namespace kserve > "$CLUSTER_DIR/kserve.yaml"
   apply -f "$CLUSTER_DIR/kserve.yaml"
-  "$KUBECTL" -n kserve rollout status deployment/kserve-controller-manager --timeout=180s
+  rollout kserve deployment/kserve-controller-manager 180s
 }
 
 until_true() {  # until_true TIMEOUT_S CMD... : poll CMD every 2 s until it succeeds
@@ -89,7 +92,7 @@ metrics_server() {
     --cert="$PKI/metrics-server.crt" --key="$PKI/metrics-server.key" --dry-run=client -o yaml | apply -f -
   sed -e "s#@IMAGE@#$METRICS_SERVER_IMAGE#g" -e "s#@CA_BUNDLE@#$(base64 -w0 "$PKI/ca.crt")#g" \
     "$HERE/manifests/metrics-server.yaml" | apply -f -
-  "$KUBECTL" -n kube-system rollout status deployment/metrics-server --timeout=180s
+  rollout kube-system deployment/metrics-server 180s
   until_true 120 apiservice_available v1beta1.metrics.k8s.io
   until_true 120 node_metrics
 }
@@ -110,8 +113,8 @@ keda_autoscaler() {
   if ! "$KUBECTL" -n keda rollout status deployment/keda-metrics-apiserver --timeout=5s >/dev/null 2>&1; then
     "$KUBECTL" -n keda rollout restart deployment/keda-metrics-apiserver
   fi
-  "$KUBECTL" -n keda rollout status deployment/keda-operator --timeout=300s
-  "$KUBECTL" -n keda rollout status deployment/keda-metrics-apiserver --timeout=300s
+  rollout keda deployment/keda-operator 300s
+  rollout keda deployment/keda-metrics-apiserver 300s
   until_true 300 apiservice_available v1beta1.external.metrics.k8s.io
   "$KUBECTL" get --raw /apis/external.metrics.k8s.io/v1beta1 >/dev/null
 }

@@ -45,8 +45,9 @@ model_volume() {
 
 install() {
   "$HELM" upgrade --install "$RELEASE" "$ROOT/helm/image-moderation" --namespace "$NAMESPACE" \
-    -f "$VALUES" "$@" --wait --timeout 15m
-  "$KUBECTL" -n "$NAMESPACE" wait --for=condition=Ready inferenceservice --all --timeout=10m
+    -f "$VALUES" "$@" --wait --timeout 15m || { why_not_ready "$NAMESPACE"; return 1; }
+  "$KUBECTL" -n "$NAMESPACE" wait --for=condition=Ready inferenceservice --all --timeout=10m \
+    || { why_not_ready "$NAMESPACE"; return 1; }
 }
 
 case "${1:-install}" in

@@ -24,6 +24,10 @@ KEDA_VERSION="$(sed -n 's/^KEDA_VERSION="\(v[^"]*\)".*/\1/p' "$ROOT/scripts/k8s-
 CLUSTER_CACHE="${CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/image-moderation/cluster}"
 CLUSTER_BIN="$CLUSTER_CACHE/bin"
 CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/.run/cluster}"       # all state; `make cluster-down` removes it
+# The node's disk: the kubelet evicts (and refuses new pods) below CLUSTER_EVICTION_GB free; cluster-up
+# refuses to start with less than that plus CLUSTER_HEADROOM_GB (images imported, pods' logs and volumes).
+CLUSTER_EVICTION_GB="${CLUSTER_EVICTION_GB:-2}"
+CLUSTER_HEADROOM_GB="${CLUSTER_HEADROOM_GB:-4}"
 export KUBECONFIG="${KUBECONFIG_LOCAL:-$CLUSTER_DIR/kubeconfig}"
 
 # Addresses. The node gets a /32 on a bridge the project creates (a node IP cannot be loopback: logs,
@@ -58,6 +62,19 @@ rebind_released_pv() {  # rebind_released_pv NAME : a Retain volume whose claim 
   if [[ "$("$CLUSTER_BIN/kubectl" get pv "$1" -o jsonpath='{.status.phase}' 2>/dev/null)" == Released ]]; then
     "$CLUSTER_BIN/kubectl" patch pv "$1" --type json -p '[{"op": "remove", "path": "/spec/claimRef/uid"}]'
   fi
+}
+
+why_not_ready() {  # why_not_ready NAMESPACE : after a rollout or wait timed out, say why in a few lines
+  # (the phase prints the log's last lines): node pressure and taints, each unready pod's state, the
+  # namespace's last warnings. A node under DiskPressure refuses every pod that is not critical.
+  local k="$CLUSTER_BIN/kubectl"
+  {
+    echo "-- why not ready (namespace $1):"
+    "$k" get node "$NODE_NAME" -o jsonpath='node: {range .status.conditions[?(@.status=="True")]}{.type} {end}taints: {.spec.taints[*].key}{"\n"}' 2>&1
+    "$k" -n "$1" get pods -o jsonpath='{range .items[*]}pod {.metadata.name}: {.status.phase} {.status.reason} {.status.message} {.status.conditions[?(@.status=="False")].message} {.status.containerStatuses[*].state.waiting.reason} {.status.containerStatuses[*].lastState.terminated.reason}{"\n"}{end}' 2>&1
+    "$k" -n "$1" get events --field-selector type=Warning --sort-by=.lastTimestamp \
+      -o custom-columns=REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message --no-headers 2>&1 | tail -n 6
+  } >&2
 }
 
 mkdir -p "$CLUSTER_DIR/logs"

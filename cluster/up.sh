@@ -14,7 +14,7 @@ source "$ROOT/scripts/lib.sh"   # start_bg / stop_bg / is_running / apt_install,
 PKI="$CLUSTER_DIR/pki"
 KUBECTL="$CLUSTER_BIN/kubectl"
 [[ $(id -u) -eq 0 ]] || { echo "cluster-up needs root (network links, containerd, kubelet)" >&2; exit 1; }
-mkdir -p "$CLUSTER_DIR"/{logs,etcd,kubelet,cni/net.d,cni/state,containerd-state}
+mkdir -p "$CLUSTER_DIR"/{logs,etcd,kubelet,cni/net.d,cni/state,containerd-state} "$CLUSTER_CACHE"
 
 packages() {
   apt_install etcd-server etcd
@@ -66,7 +66,26 @@ write_configs() {
       -e "s#@PAUSE@#$PAUSE_IMAGE#g" -e "s#@CNI_CONF@#$CLUSTER_DIR/cni/net.d#g" \
       "$HERE/config/containerd.toml" > "$CLUSTER_DIR/containerd.toml"
   sed -e "s#@PKI@#$PKI#g" -e "s#@NODE_IP@#$NODE_IP#g" -e "s#@DNS@#$DNS_SERVICE_IP#g" -e "s#@DOMAIN@#$CLUSTER_DOMAIN#g" \
-      -e "s#@SOCK@#$CONTAINERD_SOCK#g" "$HERE/config/kubelet.yaml" > "$CLUSTER_DIR/kubelet.yaml"
+      -e "s#@SOCK@#$CONTAINERD_SOCK#g" -e "s#@MIN_FREE@#${CLUSTER_EVICTION_GB}Gi#g" \
+      "$HERE/config/kubelet.yaml" > "$CLUSTER_DIR/kubelet.yaml"
+}
+
+free_gb() {  # free_gb PATH : GiB an unprivileged writer may still use there (what the kubelet measures)
+  df -B1G --output=avail "$1" | tail -n 1 | tr -d ' '
+}
+
+disk_space() {
+  # The kubelet's file systems: its root dir (pods' volumes, logs) and containerd's (images, layers).
+  local path free need=$((CLUSTER_EVICTION_GB + CLUSTER_HEADROOM_GB))
+  for path in "$CLUSTER_DIR" "$CLUSTER_CACHE"; do
+    free="$(free_gb "$path")"
+    if ((free < need)); then
+      echo "only ${free} GiB free for $path; the node needs ${need} GiB (eviction at ${CLUSTER_EVICTION_GB} GiB" \
+        "+ ${CLUSTER_HEADROOM_GB} GiB for images and pods), or it refuses pods with DiskPressure." \
+        "Free space (e.g. old clones' .venv, /tmp), or lower CLUSTER_HEADROOM_GB." >&2
+      return 1
+    fi
+  done
 }
 
 wait_for() {  # wait_for NAME TIMEOUT_S CMD... : poll CMD until it succeeds, or show the log and fail
@@ -170,6 +189,7 @@ addons() {
   "$HERE/addons.sh"
 }
 
+phase "disk: $(free_gb "$CLUSTER_DIR") GiB free (eviction below ${CLUSTER_EVICTION_GB} GiB)" disk_space
 phase "packages (Debian: etcd, containerd, runc, CNI, iptables, buildah)" packages
 phase "binaries (cache: ${CLUSTER_CACHE/#$HOME/\~})" "$HERE/build.sh" all
 phase "certificates and kubeconfigs (.run/cluster/pki)" "$HERE/pki.sh"

@@ -26,14 +26,17 @@ def main() -> None:
     from kserve_runtime.rest import install
     from kserve_runtime.server import serve
 
-    workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="kserve-runtime-"))
-    models = [ModerationModel(archive) for archive in archives_in(cfg.model_store, workdir, cfg.models or None)]
-    for model in models:
-        model.load()
-        assert model.scorer is not None
-        log.info("loaded %s", model.scorer.describe())
-        if model.scorer.provenance.warning:
-            log.warning("%s", model.scorer.provenance.warning)
+    # Without KSERVE_WORKDIR the archives are unpacked only while the models load (the scorers keep their graphs
+    # in memory), so a local run leaves nothing behind in /tmp.
+    with tempfile.TemporaryDirectory(prefix="kserve-runtime-") as scratch:
+        workdir = Path(cfg.workdir or scratch)
+        models = [ModerationModel(archive) for archive in archives_in(cfg.model_store, workdir, cfg.models or None)]
+        for model in models:
+            model.load()
+            assert model.scorer is not None
+            log.info("loaded %s", model.scorer.describe())
+            if model.scorer.provenance.warning:
+                log.warning("%s", model.scorer.provenance.warning)
     install(app, {m.name: m for m in models}, cfg.max_body_bytes)
     install_frontend_counters()
     try:  # uvloop, as uvicorn would pick itself: the stdlib loop's socket handling dominated a saturation profile

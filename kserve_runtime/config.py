@@ -24,7 +24,7 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "KSERVE_MODEL_STORE": ("", "folder of .mar archives (default: model-archive/build/model-store; on the cluster "
                                "/mnt/models/model-store, where KServe's storage initializer puts them)"),
     "KSERVE_MODELS": ("", "comma-separated models to serve (default: every archive in the store)"),
-    "KSERVE_WORKDIR": ("", "where the archives are unpacked (default: a fresh temporary folder)"),
+    "KSERVE_WORKDIR": ("", "where the archives are unpacked (default: a temporary folder, removed once loaded)"),
     "KSERVE_MAX_BODY_BYTES": (str(40 * 1024 * 1024), "request body cap (bytes): 413 body_too_large above it"),
 }
 

@@ -81,10 +81,11 @@ class TorchServeInstance:
         with config.open("a") as fh:
             fh.write(f"initial_worker_port={self.ports.worker}\n")
         # TorchServe refuses to start while /tmp/.model_server.pid names a live server (the `make up` one):
-        # a private TMPDIR gives this instance its own pid file (and worker sockets, short path for AF_UNIX).
+        # a private TMPDIR gives this instance its own pid file (and worker sockets, short path for AF_UNIX);
+        # TEMP sets the frontend's java.io.tmpdir, where it unpacks the archives.
         self.tmpdir = Path(tempfile.mkdtemp(prefix="ts-bench-"))
         env = {**os.environ, "LOG_LOCATION": str(self.workdir), "METRICS_LOCATION": str(self.workdir),
-               "TMPDIR": str(self.tmpdir), **self.env}
+               "TMPDIR": str(self.tmpdir), "TEMP": str(self.tmpdir), **self.env}
         log = (self.workdir / "torchserve.log").open("ab")
         self.started_at = time.perf_counter()
         self.proc = subprocess.Popen(

@@ -16,10 +16,11 @@ start_torchserve() {
   ls "$STORE"/*.mar >/dev/null 2>&1 || { echo "no archives in $STORE: run 'make models'" >&2; exit 1; }
   mkdir -p "$TS_DIR/logs"
   "$PY" "$ROOT/model-archive/build_archives.py" render-config --out "$TS_DIR/config.properties"
-  # LOG_LOCATION/METRICS_LOCATION keep TorchServe's log4j files out of the working tree. TorchServe unpacks every
-  # .mar into $TMPDIR/models/<uuid> and never removes it (~130 MB per start): a private TMPDIR, emptied here.
+  # LOG_LOCATION/METRICS_LOCATION keep TorchServe's log4j files out of the working tree. The frontend unpacks every
+  # .mar into java.io.tmpdir/models/<uuid> and never removes it (~130 MB per start): a private folder, emptied
+  # here. TEMP sets java.io.tmpdir (ts/model_server.py); TMPDIR only moves the Python side (pid file, sockets).
   rm -rf "$TS_DIR/tmp" && mkdir -p "$TS_DIR/tmp"
-  TMPDIR="$TS_DIR/tmp" LOG_LOCATION="$TS_DIR/logs" METRICS_LOCATION="$TS_DIR/logs" \
+  TMPDIR="$TS_DIR/tmp" TEMP="$TS_DIR/tmp" LOG_LOCATION="$TS_DIR/logs" METRICS_LOCATION="$TS_DIR/logs" \
     start_bg torchserve "$ROOT/.venv/bin/torchserve" --start --foreground --ncs \
       --ts-config "$TS_DIR/config.properties" --model-store "$STORE" --models all --disable-token-auth
 }

@@ -92,10 +92,12 @@ from handlers.envelopes import ParsedRequest
 from tests.image_factory import jpeg
 
 async def main():
-    models = [ModerationModel(a) for a in archives_in(Path(sys.argv[1]), Path(tempfile.mkdtemp()))]
+    with tempfile.TemporaryDirectory() as workdir:
+        models = [ModerationModel(a) for a in archives_in(Path(sys.argv[1]), Path(workdir))]
+        for m in models:
+            m.load()
     out = {}
     for m in models:
-        m.load()
         out[m.name] = (await m.answer(ParsedRequest("raw", [jpeg()])))["harmful_score"]
         await m.close()
     return out
