@@ -4,6 +4,7 @@ also to `image_review`) or the DLQ.
 Flow and guarantees (details in bridge/README.md):
 - fetch: consume while fewer than BRIDGE_MAX_IN_FLIGHT records are unfinished and the endpoint is ready;
   otherwise the assigned partitions are paused (backpressure: memory stays bounded, the group stays joined).
+  References whose image is not fetched yet have a cap of the same size of their own.
 - dispatch: up to BRIDGE_MAX_CONCURRENCY requests in flight; a free slot takes every queued record up to
   BRIDGE_MAX_BATCH into one request, so batches grow exactly when the endpoint is busy.
 - outcome: a prediction (a `review` decision also gets a copy on the review topic, produced once the prediction
@@ -92,6 +93,7 @@ class Item:
     attempts: int = 0
     solo: bool = False  # send alone (after a multi-image 4xx without an index)
     fetch_attempts: int = 0  # tries of fetching the image a reference names
+    awaiting_fetch: bool = False  # a reference whose image is not fetched yet (counted apart from in_flight's cap)
     produce_attempts: int = 0  # tries of the current produce stage
     dlq: tuple[str, str, int | None] | None = None  # (reason, error, status) once dead-lettering started
 
@@ -138,6 +140,11 @@ class Bridge:
         self._linger: asyncio.TimerHandle | None = None
         self.queue: deque[Item] = deque()
         self.in_flight = 0
+        # References not fetched yet: a few hundred bytes each, so they do not count against the in-flight cap,
+        # which bounds the image bytes held; they have a cap of the same size of their own. Counting them in it
+        # left the cap's records waiting for fetches instead of feeding inference (reference burst 62-87 img/s
+        # against 140-164 for bytes, loadtest/reference_bench.py).
+        self.awaiting_fetch = 0
         self.stopping = False
         self.exit_code = 0
         self.kafka_ok = False
@@ -343,16 +350,31 @@ class Bridge:
             m.STALLED.labels(item.topic, str(item.partition)).set(0)
             self._pauses_dirty = True
             log.warning("partition resumed: stalled record finished", extra=item.log_fields())
-        self._release()
+        self._release(item)
 
     def _drop(self, item: Item) -> None:
         """A record whose partition moved to another member: its new owner re-processes it."""
-        self._release()
+        self._release(item)
 
-    def _release(self) -> None:
+    def _release(self, item: Item) -> None:
+        self._fetch_settled(item)
         self.in_flight -= 1
         m.IN_FLIGHT.set(self.in_flight)
         self._room.set()
+
+    def room(self) -> int:
+        """Records that may still be consumed: the in-flight cap counts records holding (or about to hold) image
+        bytes; references waiting for their fetch have a cap of the same size of their own."""
+        holding = self.in_flight - self.awaiting_fetch
+        return self.cfg.max_in_flight - max(holding, self.awaiting_fetch)
+
+    def _fetch_settled(self, item: Item) -> None:
+        """The reference's fetch is over (image attached, dead-lettered or dropped): from now on the record counts
+        against the in-flight cap like a record that carried its bytes."""
+        if item.awaiting_fetch:
+            item.awaiting_fetch = False
+            self.awaiting_fetch -= 1
+            self._room.set()
 
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         assert self._loop is not None
@@ -446,7 +468,7 @@ class Bridge:
         assert self.consumer is not None
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
-            room = self.cfg.max_in_flight - self.in_flight
+            room = self.room()
             down = not self._endpoint_ok.is_set()
             if room > 0:
                 self._full_since = None
@@ -515,6 +537,8 @@ class Bridge:
             self._to_dlq(item, exc.reason, exc.message)
             return
         if item.record.reference is not None:
+            item.awaiting_fetch = True
+            self.awaiting_fetch += 1
             self._start_fetch(item)
             return
         self.queue.append(item)
@@ -572,10 +596,13 @@ class Bridge:
             kind = Kind.TRANSIENT if exc.transient else Kind.PERMANENT
             decision = decide(Failure(Stage.FETCH, kind, exc.reason, item.fetch_attempts), self.inference_policy)
             error = error_text(decision, exc.reason, exc.message)
+            if decision.action is not Action.RETRY:
+                self._fetch_settled(item)
             self._act(item, Stage.FETCH, decision, error, retry=lambda: self._start_fetch(item))
             return
         except Exception as exc:  # a bug: the record is dead-lettered (nothing lost), the traceback logged
             log.exception("fetch failed unexpectedly", extra=item.log_fields())
+            self._fetch_settled(item)
             self._to_dlq(item, "fetch_failed", f"unexpected error: {type(exc).__name__}")
             return
         scheme = fetched.reference.scheme
@@ -587,6 +614,7 @@ class Bridge:
         item.record.image = fetched.data
         item.record.content_type = fetched.content_type
         item.record.fetched = fetched.echo()
+        self._fetch_settled(item)
         self.queue.append(item)  # the dispatcher is woken by _wake_after_fetch when this task is done
 
     # ---- dispatch ------------------------------------------------------------------------------

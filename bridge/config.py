@@ -48,7 +48,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "INFERENCE_READY_PATH": ("", "readiness path polled before consuming (default: the protocol's model "
                                  "readiness, /v2/models/{model}/ready or /v1/models/{model}; /ping for a bare "
                                  "TorchServe, as the Helm chart sets)"),
-    "BRIDGE_MAX_IN_FLIGHT": ("64", "records consumed but not yet committed (bounds memory)"),
+    "BRIDGE_MAX_IN_FLIGHT": ("64", "records consumed but not yet committed (bounds memory); references waiting "
+                                   "for their fetch are capped apart, at the same number"),
     "BRIDGE_MAX_CONCURRENCY": ("4", "inference requests in flight at once"),
     "BRIDGE_MAX_BATCH": ("8", "images per inference request when the endpoint is busy (1 = no batching)"),
     "BRIDGE_MAX_BATCH_BYTES": ("8388608", "raw image bytes per inference request (one larger image goes alone)"),

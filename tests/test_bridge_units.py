@@ -466,6 +466,37 @@ def test_liveness_fails_when_kafka_stays_unreachable() -> None:
 
 
 # ---- images by reference (envelope `s3` / `url`) -----------------------------------------------------
+def test_references_waiting_for_their_fetch_have_a_cap_of_their_own() -> None:
+    """An unfetched reference holds no image: it does not use the in-flight cap (which bounds image bytes), so a
+    burst of references keeps inference fed; the references waiting have the same cap of their own."""
+    from bridge.app import Item
+
+    async def check() -> None:
+        bridge = Bridge(Config.from_env({"BRIDGE_MAX_IN_FLIGHT": "4"}))
+        items = [Item("image_data", 0, i, None, b"{}", None, None, 1, 0.0) for i in range(4)]
+        for item in items:  # as _accept counts a reference
+            bridge.in_flight += 1
+            item.awaiting_fetch = True
+            bridge.awaiting_fetch += 1
+        assert bridge.room() == 0  # four references waiting: their own cap is full
+        bridge._fetch_settled(items[0])
+        bridge._fetch_settled(items[0])  # settling twice counts once
+        assert (bridge.awaiting_fetch, bridge.room()) == (3, 1)
+        bridge._fetch_settled(items[1])
+        assert bridge.room() == 2  # two images held, two references waiting
+        bridge._release(items[2])  # dropped while waiting for its fetch: leaves both counts
+        assert (bridge.in_flight, bridge.awaiting_fetch, bridge.room()) == (3, 1, 2)
+        bridge._fetch_settled(items[3])
+        bridge._release(items[0])
+        assert (bridge.in_flight, bridge.awaiting_fetch, bridge.room()) == (2, 0, 2)
+        for _ in range(2):  # two records that carried their bytes: the cap is full again
+            bridge.in_flight += 1
+        assert bridge.room() == 0
+
+    asyncio.run(check())
+
+
+# ---- images by reference (envelope `s3` / `url`) -----------------------------------------------------
 def test_reference_envelopes_parse_and_exactly_one_image_field_is_allowed() -> None:
     for field, ref in (("s3", "s3://uploads/2026/cat.jpg"), ("url", "https://img.example.com/cat.jpg")):
         rec = parse_record(b"k", json.dumps({field: ref, "metadata": {"u": 1}}).encode(), None, "fb")
