@@ -141,9 +141,8 @@ class Bridge:
         self.queue: deque[Item] = deque()
         self.in_flight = 0
         # References not fetched yet: a few hundred bytes each, so they do not count against the in-flight cap,
-        # which bounds the image bytes held; they have a cap of the same size of their own. Counting them in it
-        # left the cap's records waiting for fetches instead of feeding inference (reference burst 62-87 img/s
-        # against 140-164 for bytes, loadtest/reference_bench.py).
+        # which bounds the image bytes held; they have a cap of the same size of their own. Counted in it, a burst
+        # of references filled the cap with records waiting for fetches while inference idled (loadtest/README.md).
         self.awaiting_fetch = 0
         self.stopping = False
         self.exit_code = 0
