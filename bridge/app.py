@@ -361,7 +361,7 @@ class Bridge:
         m.IN_FLIGHT.set(self.in_flight)
         self._room.set()
 
-    def room(self) -> int:
+    def room_left(self) -> int:
         """Records that may still be consumed: the in-flight cap counts records holding (or about to hold) image
         bytes; references waiting for their fetch have a cap of the same size of their own."""
         holding = self.in_flight - self.awaiting_fetch
@@ -467,7 +467,7 @@ class Bridge:
         assert self.consumer is not None
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
-            room = self.room()
+            room = self.room_left()
             down = not self._endpoint_ok.is_set()
             if room > 0:
                 self._full_since = None

@@ -14,9 +14,6 @@ HELM="$ROOT/.cache/tools/bin/helm"
 PY="${PY:-$ROOT/.venv/bin/python}"
 PKI="$CLUSTER_DIR/pki"
 apply() { "$KUBECTL" apply --server-side --force-conflicts --field-manager=image-moderation-cluster "$@"; }
-rollout() {  # rollout NAMESPACE KIND/NAME TIMEOUT : wait for it, or say why it is not ready
-  "$KUBECTL" -n "$1" rollout status "$2" --timeout="$3" || { why_not_ready "$1"; return 1; }
-}
 
 crds() {
   local sources kserve promop keda

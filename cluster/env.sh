@@ -77,6 +77,10 @@ why_not_ready() {  # why_not_ready NAMESPACE : after a rollout or wait timed out
   } >&2
 }
 
+rollout() {  # rollout NAMESPACE KIND/NAME TIMEOUT : wait for it, or say why it is not ready
+  "$CLUSTER_BIN/kubectl" -n "$1" rollout status "$2" --timeout="$3" || { why_not_ready "$1"; return 1; }
+}
+
 mkdir -p "$CLUSTER_DIR/logs"
 PHASE_LOG="${PHASE_LOG:-$CLUSTER_DIR/logs/phases.log}"
 # fd 3 is the terminal: phase lines of nested scripts reach it while their tools' output goes to the log.

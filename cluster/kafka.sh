@@ -33,7 +33,7 @@ apply() {
   chmod 700 "$KAFKA_DATA"
   rebind_released_pv "kafka-data-$KAFKA_NAMESPACE"
   manifest | "$KUBECTL" apply -f -
-  "$KUBECTL" -n "$KAFKA_NAMESPACE" rollout status statefulset/kafka --timeout=5m || { why_not_ready "$KAFKA_NAMESPACE"; return 1; }
+  rollout "$KAFKA_NAMESPACE" statefulset/kafka 5m
 }
 
 topics() {  # the same topics and sizes as the local stack (bridge/topics.py), created through the NodePort

@@ -478,20 +478,20 @@ def test_references_waiting_for_their_fetch_have_a_cap_of_their_own() -> None:
             bridge.in_flight += 1
             item.awaiting_fetch = True
             bridge.awaiting_fetch += 1
-        assert bridge.room() == 0  # four references waiting: their own cap is full
+        assert bridge.room_left() == 0  # four references waiting: their own cap is full
         bridge._fetch_settled(items[0])
         bridge._fetch_settled(items[0])  # settling twice counts once
-        assert (bridge.awaiting_fetch, bridge.room()) == (3, 1)
+        assert (bridge.awaiting_fetch, bridge.room_left()) == (3, 1)
         bridge._fetch_settled(items[1])
-        assert bridge.room() == 2  # two images held, two references waiting
+        assert bridge.room_left() == 2  # two images held, two references waiting
         bridge._release(items[2])  # dropped while waiting for its fetch: leaves both counts
-        assert (bridge.in_flight, bridge.awaiting_fetch, bridge.room()) == (3, 1, 2)
+        assert (bridge.in_flight, bridge.awaiting_fetch, bridge.room_left()) == (3, 1, 2)
         bridge._fetch_settled(items[3])
         bridge._release(items[0])
-        assert (bridge.in_flight, bridge.awaiting_fetch, bridge.room()) == (2, 0, 2)
+        assert (bridge.in_flight, bridge.awaiting_fetch, bridge.room_left()) == (2, 0, 2)
         for _ in range(2):  # two records that carried their bytes: the cap is full again
             bridge.in_flight += 1
-        assert bridge.room() == 0
+        assert bridge.room_left() == 0
 
     asyncio.run(check())
 

@@ -42,6 +42,17 @@ def test_int8_graph_is_quantized_scored_and_reported(tmp_path: Path) -> None:
     int8 = onnx.load(str(out / "model.int8.onnx"))
     ops = {n.op_type for n in int8.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the classifier head and the first convolution stay fp32 (--keep-float default): their weights are float
+    # initializers and their outputs are not re-quantized, while the convolutions between them use int8 weights
+    dequantized = {o for n in int8.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized_in = {i for n in int8.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    floats = {t.name for t in int8.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    convs = [n for n in int8.graph.node if n.op_type == "Conv"]
+    heads = [n for n in int8.graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert report["kept_float"] == ["first", "head"] and heads
+    for node in [convs[0], *heads]:
+        assert node.input[1] in floats and not quantized_in & set(node.output), node.name
+    assert all(n.input[1] in dequantized for n in convs[1:])
     # int8 weights: the graph is a fraction of the fp32 one
     assert report["int8"]["size_mb"] < 0.5 * report["fp32"]["size_mb"]
     fp32_scores, int8_scores = (np.array(report[k]["test_scores"]) for k in ("fp32", "int8"))
