@@ -50,6 +50,7 @@ from bridge.contract import (
 from bridge.health import HealthServer
 from bridge.inference import InferenceClient, InferenceError
 from bridge.kafka_poll import consume_available
+from bridge.lag import LagProbe
 from bridge.logs import PerRecord
 from bridge.offsets import OffsetTracker
 from bridge.outcome import (
@@ -155,6 +156,7 @@ class Bridge:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_handles: set[asyncio.TimerHandle] = set()
         self._consumer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer")
+        self.lag = LagProbe({**cfg.client_settings(), "logger": logging.getLogger("rdkafka")}, cfg.group_id)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued = asyncio.Event()
         self._endpoint_ok = asyncio.Event()
@@ -763,28 +765,22 @@ class Bridge:
         self.stuck = stuck
         self._update_ready()
 
-    def _lag(self) -> None:
-        """Per-partition lag from the cached high watermarks; also tells whether the cluster answers."""
-        assert self.consumer is not None
-        try:
-            self.consumer.list_topics(self.cfg.input_topic, timeout=5)
-            self._set_kafka_ok(True)
-        except KafkaException:
-            self._set_kafka_ok(False)
-        for tp in self.consumer.assignment():
-            try:
-                _low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-            except KafkaException:
-                continue
-            pos = self.tracker.position((tp.topic, tp.partition))
-            if pos is None:
-                committed = self.consumer.committed([tp], timeout=2)[0].offset
-                pos = committed if committed >= 0 else _low
-            m.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
-
     async def _lag_loop(self) -> None:
+        """Per-partition lag (high watermark minus the bridge's position, or the group's commit before the first
+        record) and whether the cluster answers, every BRIDGE_LAG_INTERVAL_S, off the consumer's thread
+        (bridge/lag.py says why)."""
+        assert self._loop is not None
         while True:
-            await self._consumer_call(self._lag)
+            assigned = self.tracker.assigned()
+            unknown = [tp for tp in assigned if self.tracker.position(tp) is None]
+            ok, high, committed = await self._loop.run_in_executor(
+                self.lag.pool, self.lag.measure, self.cfg.input_topic, assigned, unknown)
+            self._set_kafka_ok(ok)
+            for tp, end in high.items():
+                pos = self.tracker.position(tp)
+                pos = committed.get(tp) if pos is None else pos
+                if pos is not None:
+                    m.CONSUMER_LAG.labels(tp[0], str(tp[1])).set(max(0, end - pos))
             self._update_ready()
             await asyncio.sleep(self.cfg.lag_interval_s)
 
@@ -833,6 +829,7 @@ class Bridge:
         await self.fetcher.close()
         await health.stop()
         self._consumer_pool.shutdown(wait=True)
+        self.lag.close()
         log.info("bridge stopped", extra={"handed_back": handed_back, "unflushed": remaining,
                                           "exit_code": self.exit_code})
         return self.exit_code

@@ -105,7 +105,9 @@ def _run(cfg: Config, values: list[tuple[bytes, list[tuple[str, bytes]]]], n: in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.reference_bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--small", type=int, default=300, help="records of 640x480 JPEGs per mode")
+    ap.add_argument("--small", type=int, default=1200,
+                    help="records of 640x480 JPEGs per mode (a burst of a few seconds measures the pipeline filling "
+                         "up more than its throughput)")
     ap.add_argument("--large", type=int, default=30, help="records of 8 MB photos per mode")
     ap.add_argument("--paced", type=float, nargs=2, default=(20.0, 0.5), metavar=("SMALL_RATE", "LARGE_RATE"),
                     help="records/s of the paced runs (latency below saturation), 5 s / 20 s of them per mode")

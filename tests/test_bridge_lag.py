@@ -1,0 +1,65 @@
+"""Consumer lag on the real broker (bridge/lag.py): what a paused bridge reports, and the probe's offsets.
+
+The lag is what an operator (and an autoscaler reading the bridge's metrics) sees when the endpoint is down and
+the bridge stops consuming, so it must keep moving with the broker's end offsets, not with what the paused
+consumer last fetched.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import Consumer, TopicPartition
+
+from bridge.lag import LagProbe
+from tests.kafka_support import (
+    BridgeProcess,
+    Topics,
+    free_port,
+    kafka,  # noqa: F401  (fixture)
+    produce_to,
+    topics,  # noqa: F401  (fixture)
+    wait_for,
+)
+
+
+def test_a_bridge_whose_endpoint_is_down_reports_the_whole_backlog_as_lag(kafka: str, topics: Topics) -> None:  # noqa: F811
+    """Nothing answers at INFERENCE_URL: the bridge pauses, and its lag must count every record produced
+    (never-committed group: measured from the earliest offset), also records produced while it is paused."""
+    bridge = BridgeProcess(topics, kafka, f"http://127.0.0.1:{free_port()}", BRIDGE_LAG_INTERVAL_S="0.5").start(
+        wait_ready=False)
+    try:
+        produce_to(kafka, topics.input, [(f"a{i}".encode(), b"not read", [], i % 3) for i in range(30)])
+        wait_for(lambda: bridge.metric("bridge_consumer_lag", topic=topics.input) == 30, 60, "lag 30",
+                 interval=0.5)
+        produce_to(kafka, topics.input, [(f"b{i}".encode(), b"not read", [], 5) for i in range(12)])
+        wait_for(lambda: bridge.metric("bridge_consumer_lag", topic=topics.input) == 42, 60, "lag 42",
+                 interval=0.5)
+        assert bridge.metric("bridge_consumer_lag", topic=topics.input, partition="5") == 12
+    finally:
+        bridge.stop_quietly()
+
+
+def test_the_probe_reads_end_offsets_and_the_groups_commits(kafka: str, topics: Topics) -> None:  # noqa: F811
+    produce_to(kafka, topics.input, [(None, b"x", [], 0)] * 7 + [(None, b"y", [], 1)] * 4)
+    committer = Consumer({"bootstrap.servers": kafka, "group.id": topics.group, "enable.auto.commit": False})
+    committer.commit(offsets=[TopicPartition(topics.input, 0, 5)], asynchronous=False)
+    committer.close()
+    probe = LagProbe({"bootstrap.servers": kafka}, topics.group)
+    try:
+        tps = [(topics.input, 0), (topics.input, 1), (topics.input, 2)]
+        assert probe.reachable(topics.input)
+        assert probe.end_offsets(tps) == {tps[0]: 7, tps[1]: 4, tps[2]: 0}
+        # partition 0 committed at 5; 1 and 2 never: where a new consumer would start (earliest)
+        assert probe.committed(tps) == {tps[0]: 5, tps[1]: 0, tps[2]: 0}
+        ok, high, committed = probe.measure(topics.input, tps, tps[:1])
+        assert ok and high[tps[0]] == 7 and committed == {tps[0]: 5}
+    finally:
+        probe.close()
+
+
+def test_the_probe_reports_an_unreachable_cluster() -> None:
+    topic = "image_data"
+    probe = LagProbe({"bootstrap.servers": f"127.0.0.1:{free_port()}"}, "g", timeout_s=1.0)
+    try:
+        assert probe.measure(topic, [(topic, 0)], []) == (False, {}, {})
+    finally:
+        probe.close()
