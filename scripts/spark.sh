@@ -26,9 +26,14 @@ start() {
   local url="http://$STACK_HOST:$TORCHSERVE_INFERENCE_PORT" ready=/ping  # as the bridge: TorchServe directly
   if [[ $(cat "$RUN_DIR/runtime" 2>/dev/null) == kserve ]]; then url="http://$STACK_HOST:$INFERENCE_PORT" ready=""; fi
   local_s3_env
+  # Spark's scratch (jar copies, block manager) and the Python side's temp files: under .run, not /tmp, because a
+  # SIGKILLed driver never removes them (~10 MB per kill); emptied here when no consumer is using them.
+  local tmp="$RUN_DIR/spark/tmp"
+  is_running spark || rm -rf "$tmp"
+  mkdir -p "$tmp"
   : > "$LOG_DIR/spark.log.tmp" && mv "$LOG_DIR/spark.log.tmp" "$LOG_DIR/spark.log"  # readiness reads this run's log
   STREAMING_KAFKA_JARS="$JARS" INFERENCE_URL="${INFERENCE_URL:-$url}" INFERENCE_READY_PATH="${INFERENCE_READY_PATH-$ready}" \
-    start_bg spark "$PY" -m streaming
+    SPARK_LOCAL_DIRS="$tmp" TMPDIR="$tmp" start_bg spark "$PY" -m streaming
   for _ in $(seq 1 $(( ${SPARK_START_TIMEOUT_S:-180} * 4 ))); do
     grep -qs '"event": "query_started"' "$LOG_DIR/spark.log" && {
       echo "spark ready: Spark UI http://$STACK_HOST:$SPARK_UI_PORT"; return 0; }

@@ -19,6 +19,8 @@ class SparkProcess:
                  **env: str) -> None:
         self.log_path = LOG_DIR / f"test-spark-{topics.group}.log"
         LOG_DIR.mkdir(parents=True, exist_ok=True)
+        scratch = checkpoint.parent / f"{checkpoint.name}-tmp"  # a SIGKILLed driver leaves its scratch: not in /tmp
+        scratch.mkdir(parents=True, exist_ok=True)
         self.env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -29,6 +31,8 @@ class SparkProcess:
             "STREAMING_UI_PORT": str(free_port()),
             "STREAMING_DRIVER_MEMORY": "1g",
             "LOG_LEVEL": "INFO",
+            "SPARK_LOCAL_DIRS": str(scratch),
+            "TMPDIR": str(scratch),
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
