@@ -773,8 +773,13 @@ class Bridge:
         while True:
             assigned = self.tracker.assigned()
             unknown = [tp for tp in assigned if self.tracker.position(tp) is None]
-            ok, high, committed = await self._loop.run_in_executor(
-                self.lag.pool, self.lag.measure, self.cfg.input_topic, assigned, unknown)
+            try:
+                ok, high, committed = await self._loop.run_in_executor(
+                    self.lag.pool, self.lag.measure, self.cfg.input_topic, assigned, unknown)
+            except Exception as exc:  # a client bug must not end the loop (lag and reachability would freeze)
+                log.warning("lag measurement failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                await asyncio.sleep(self.cfg.lag_interval_s)
+                continue
             self._set_kafka_ok(ok)
             for tp, end in high.items():
                 pos = self.tracker.position(tp)
