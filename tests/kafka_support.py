@@ -133,19 +133,20 @@ class BridgeProcess:
             self.wait_ready(timeout_s)
         return self
 
-    def wait_ready(self, timeout_s: float = 120) -> None:
+    def wait_ready(self, timeout_s: float = 120, path: str = "/readyz") -> None:
+        """Until `path` answers 200 (`/livez`: the HTTP side is up, also while the bridge is not ready)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"bridge exited {self.proc.returncode}: {self.tail()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{path}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        raise AssertionError(f"bridge not ready after {timeout_s}s: {self.tail()}")
+        raise AssertionError(f"bridge: no 200 on {path} after {timeout_s}s: {self.tail()}")
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples on /metrics (0 when absent), only those with `labels` when given."""

@@ -7,7 +7,6 @@ consumer last fetched.
 
 from __future__ import annotations
 
-import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from bridge.lag import LagProbe
@@ -28,7 +27,7 @@ def test_a_bridge_whose_endpoint_is_down_reports_the_whole_backlog_as_lag(kafka:
     bridge = BridgeProcess(topics, kafka, f"http://127.0.0.1:{free_port()}", BRIDGE_LAG_INTERVAL_S="0.5").start(
         wait_ready=False)
     try:
-        wait_for(lambda: _answers(f"{bridge.url}/livez"), 60, "the bridge's HTTP side (not ready: no endpoint)")
+        bridge.wait_ready(60, path="/livez")  # never ready: no endpoint
         produce_to(kafka, topics.input, [(f"a{i}".encode(), b"not read", [], i % 3) for i in range(30)])
         wait_for(lambda: bridge.metric("bridge_consumer_lag", topic=topics.input) == 30, 60, "lag 30",
                  interval=0.5)
@@ -38,13 +37,6 @@ def test_a_bridge_whose_endpoint_is_down_reports_the_whole_backlog_as_lag(kafka:
         assert bridge.metric("bridge_consumer_lag", topic=topics.input, partition="5") == 12
     finally:
         bridge.stop_quietly()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_the_probe_reads_end_offsets_and_the_groups_commits(kafka: str, topics: Topics) -> None:  # noqa: F811
