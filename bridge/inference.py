@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from handlers.envelopes import Prediction, predictions_from, v1_request, v2_request
+from handlers.envelopes import Prediction, predictions_from, request_body
 
 # 4xx that say nothing about the image: the endpoint is not (yet) able to serve -> retry.
 TRANSIENT_4XX = {404, 408, 409, 425, 429}
@@ -99,8 +99,7 @@ class InferenceClient:
     async def infer(self, images: list[bytes], request_id: str | None = None,
                     model: str | None = None) -> list[Prediction]:
         """One request for all `images` to `model` (default: the configured one); predictions in order."""
-        body = v2_request(images, request_id) if self.protocol == "v2" else v1_request(images)
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = request_body(images, "v2" if self.protocol == "v2" else "v1", request_id)
         try:
             async with self.session().post(
                 self.url_for(model or self.model), data=data, headers={"Content-Type": "application/json"}

@@ -2,7 +2,8 @@
 
 The handler owns the envelope for every request of a server-side batch (TorchServe's stock
 kserve/kservev2 envelopes only read the first row). Clients of the service (bridge, load tests,
-benchmarks) build requests with `v1_request`/`v2_request` and read answers with `predictions_from`.
+benchmarks) build requests with `v1_request`/`v2_request` (or their bytes, `request_body`) and read
+answers with `predictions_from`.
 """
 
 from __future__ import annotations
@@ -303,6 +304,20 @@ def v2_request(images: list[bytes], request_id: str | None = None) -> dict[str, 
     if request_id is not None:
         body["id"] = request_id
     return body
+
+
+def request_body(images: list[bytes], protocol: Literal["v1", "v2"], request_id: str | None = None) -> bytes:
+    """The JSON of `v1_request`/`v2_request` (without spaces), serialised by hand: `json.dumps` scans every base64
+    character for something to escape (there is none), which costs a client's event loop ~0.3 ms per 80 KB image,
+    as much again as the base64 encoding itself (the bridge's busiest code at saturation)."""
+    b64 = [base64.b64encode(img) for img in images]
+    if protocol == "v1":
+        return b'{"instances":[' + b",".join(b'{"b64":"' + s + b'"}' for s in b64) + b"]}"
+    head = json.dumps({"name": V2_INPUT_NAME, "datatype": "BYTES", "shape": [len(images)]}, separators=(",", ":"))
+    body = b'{"inputs":[' + head[:-1].encode() + b',"data":[' + b",".join(b'"' + s + b'"' for s in b64) + b"]}]"
+    if request_id is not None:
+        body += b',"id":' + json.dumps(request_id).encode()
+    return body + b"}"
 
 
 def predictions_from(response: dict[str, Any]) -> list[Prediction]:

@@ -95,3 +95,54 @@ def cores_by_role() -> Iterator[dict[str, float]]:
             cores[key[1]] = cores.get(key[1], 0.0) + (cpu - before[key]) / seconds
     cores[MACHINE] = (_busy() - machine) / seconds  # the roles' sum falls short of it by whatever else ran
     cores.update({role: round(value, 2) for role, value in cores.items()})
+
+
+CGROUP_CPU = "/sys/fs/cgroup/cpu"  # cgroup v1's cpu controller (this machine's kind; kubelet's limits use it too)
+SERVING = ("torchserve workers", "torchserve frontend")
+
+
+def _cpu_cgroup(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if "cpu" in controllers.split(","):
+                return path
+    return "/"
+
+
+@contextmanager
+def cpu_limit(roles: tuple[str, ...], cores: float, name: str = "image-moderation-bench",
+              pids: list[int] | None = None) -> Iterator[list[int]]:
+    """Runs the block with the processes of `roles` (and whatever they start meanwhile) under a CFS quota of
+    `cores`: the mechanism of a Kubernetes CPU limit. On a cluster the model server's pods have their own CPU and
+    the bridge its own; on one shared machine this gives the model server a fixed share, so a bench can tell what
+    a change costs the serving pods from what it costs the pods beside them. Needs root and cgroup v1's cpu
+    controller; the processes go back to their own cgroups afterwards. `pids` instead of `roles`: those processes."""
+    if not os.path.exists(os.path.join(CGROUP_CPU, "cgroup.procs")):
+        raise RuntimeError(f"a CPU limit needs cgroup v1's cpu controller at {CGROUP_CPU}")
+    pids = pids or [p.pid for p in psutil.process_iter(["cmdline"]) if _role(p) in roles]
+    if not pids:
+        raise RuntimeError(f"no process of {', '.join(roles)} is running")
+    origin = {pid: _cpu_cgroup(pid) for pid in pids}
+    group = os.path.join(CGROUP_CPU, name)
+    os.makedirs(group, exist_ok=True)
+    with open(os.path.join(group, "cpu.cfs_period_us"), "w") as f:
+        f.write("100000")
+    with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as f:
+        f.write(str(int(cores * 100000)))
+    try:
+        for pid in pids:
+            with open(os.path.join(group, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        yield pids
+    finally:
+        with open(os.path.join(group, "cgroup.procs")) as f:
+            inside = [int(line) for line in f if line.strip()]
+        home = origin[pids[0]]
+        for pid in inside:  # children started meanwhile go where their first parent came from
+            try:
+                with open(os.path.join(CGROUP_CPU, origin.get(pid, home).lstrip("/"), "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+            except OSError:  # exited meanwhile
+                continue
+        os.rmdir(group)

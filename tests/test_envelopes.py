@@ -13,6 +13,7 @@ from handlers.envelopes import (
     parse_request,
     predictions_from,
     render_response,
+    request_body,
     v1_request,
     v2_model_metadata,
     v2_request,
@@ -44,6 +45,16 @@ def test_v1_b64_and_data_instances_as_bytes_dict_or_text() -> None:
 def test_v2_several_images_and_id() -> None:
     parsed = parse_request(json.dumps(v2_request([IMG_A, IMG_B], "req-7")).encode(), "application/json")
     assert parsed == ParsedRequest("v2", [IMG_A, IMG_B], "req-7")
+
+
+@pytest.mark.parametrize("images", [[], [IMG_A], [IMG_A, IMG_B]])
+@pytest.mark.parametrize("request_id", [None, "req-7", 'quote " and \\ and é'])
+def test_request_body_is_the_json_of_the_request_helpers(images: list[bytes], request_id: str | None) -> None:
+    v2 = request_body(images, "v2", request_id)
+    assert json.loads(v2) == v2_request(images, request_id)
+    assert json.loads(request_body(images, "v1", request_id)) == v1_request(images)
+    if images:
+        assert parse_request(v2, "application/json") == ParsedRequest("v2", images, request_id)
 
 
 def test_v2_nested_data_with_2d_shape() -> None:

@@ -16,6 +16,7 @@ import io
 import ipaddress
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -534,6 +535,91 @@ def test_s3_endpoint_down_is_transient(s3: dict[str, str]) -> None:  # noqa: F81
                                                    "FETCH_CONNECT_TIMEOUT_S": "1"}))
     err = run(refused(fetcher, f"s3://{s3['FETCH_S3_BUCKETS']}/samples/astronaut.png"))
     assert err.reason == "fetch_failed" and err.transient
+
+
+def test_s3_keys_are_signed_like_botocore_signs_them(s3: dict[str, str], s3_fetcher: Fetcher) -> None:  # noqa: F811
+    """Each key is signed by botocore's SigV4 query signer on a prefix learnt once per bucket: the URL must be the
+    one `generate_presigned_url` gives (but for its date and signature), and the real store must accept it."""
+    from urllib.parse import parse_qs, urlsplit
+
+    bucket = s3["FETCH_S3_BUCKETS"]
+    client = boto3.session.Session().client("s3", endpoint_url=s3["FETCH_S3_ENDPOINT_URL"], region_name="us-east-1")
+    keys = ["tests/plain.png", "tests/c+d~e/é,ß.png", "tests/q?x=1&y#frag.png", "tests//double/slash.png"]
+    refs = []
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=png())
+        ref = parse_reference(f"s3://{bucket}/{key}")
+        assert ref.key == key
+        mine, theirs = (urlsplit(u) for u in (s3_fetcher._presign(ref), s3_fetcher._client().generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=60)))
+        ours, botos = (parse_qs(u.query) for u in (mine, theirs))
+        for q in (ours, botos):
+            del q["X-Amz-Date"], q["X-Amz-Signature"], q["X-Amz-Expires"]
+        assert (mine.netloc, mine.path, ours) == (theirs.netloc, theirs.path, botos), key
+        refs.append(ref)
+
+    async def fetch_all() -> list[bytes]:
+        try:
+            return [(await s3_fetcher.fetch(ref)).data for ref in refs]
+        finally:
+            await s3_fetcher.close()
+
+    assert run(fetch_all()) == [png()] * len(keys)  # the store checked every signature
+    assert list(s3_fetcher._object_urls) == [bucket]  # botocore's presigner ran once for the bucket
+
+
+def _fetch_counting_thread_hops(fetcher: Fetcher, refs: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    hops: list[str] = []
+    real = asyncio.to_thread
+
+    async def counted(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__name__", "?"))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+
+    async def go() -> None:
+        try:
+            for ref in refs:
+                assert (await fetcher.fetch(ref)).data
+        finally:
+            await fetcher.close()
+
+    run(go())
+    monkeypatch.setattr(asyncio, "to_thread", real)
+    return hops.count("_presign")
+
+
+def test_s3_signing_leaves_the_loop_only_when_credentials_may_need_the_network(
+        s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Static credentials: only the first presign (which builds the client, resolving credentials) runs in a
+    thread. Credentials due for a refresh (a credential_process whose keys expire in 12 min: botocore refreshes
+    15 min ahead) are signed in a thread every time, and the refresh did run."""
+    refs = [f"s3://{s3['FETCH_S3_BUCKETS']}/samples/astronaut.png"] * 3
+    assert _fetch_counting_thread_hops(Fetcher(FetchSettings.from_env(s3)), refs, monkeypatch) == 1
+
+    import configparser
+    keys = configparser.ConfigParser()
+    keys.read(s3["AWS_SHARED_CREDENTIALS_FILE"])
+    runs = tmp_path / "runs"
+    script = tmp_path / "creds.py"
+    script.write_text(
+        "import datetime, json, pathlib\n"
+        f"pathlib.Path({str(runs)!r}).open('a').write('x')\n"
+        "expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=12)\n"
+        f"print(json.dumps({{'Version': 1, 'AccessKeyId': {keys['default']['aws_access_key_id']!r}, "
+        f"'SecretAccessKey': {keys['default']['aws_secret_access_key']!r}, 'Expiration': expiry.isoformat()}}))\n")
+    config = tmp_path / "config"
+    config.write_text(f"[default]\ncredential_process = {sys.executable} {script}\n")
+    empty = tmp_path / "credentials"
+    empty.write_text("")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    settings = FetchSettings.from_env({k: v for k, v in s3.items() if k != "AWS_SHARED_CREDENTIALS_FILE"})
+    assert _fetch_counting_thread_hops(Fetcher(settings), refs, monkeypatch) == 3
+    assert len(runs.read_text()) >= 3  # the credential process ran for every refresh, off the loop
 
 
 # ---- requests that carry references ------------------------------------------------------------------------

@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from loadtest.slo import Slo, check
@@ -65,8 +67,6 @@ def test_kafka_user_measures_end_to_end_through_a_real_bridge(kafka: str, topics
 
 def test_cpu_by_role_counts_the_process_that_burns_it() -> None:
     """`make bench`'s CPU table: a busy loop in this process shows up as ~1 core of the load generator."""
-    import time
-
     from loadtest.cpu import LOADGEN, cores_by_role
 
     with cores_by_role() as cores:
@@ -74,6 +74,37 @@ def test_cpu_by_role_counts_the_process_that_burns_it() -> None:
         while time.perf_counter() < end:
             pass
     assert 0.5 < cores[LOADGEN] <= 1.2, cores
+
+
+@pytest.mark.skipif(not os.access("/sys/fs/cgroup/cpu/cgroup.procs", os.W_OK), reason="needs root and cgroup v1")
+def test_cpu_limit_puts_processes_under_a_quota_and_gives_them_back() -> None:
+    """`reference_bench --serving-cores`: the model server runs under a CFS quota (a pod's CPU limit) for the
+    block only; what it starts meanwhile comes back out too."""
+    import sys
+
+    from loadtest.cpu import _cpu_cgroup, cpu_limit
+
+    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; sys.stdin.readline(); "
+                              "subprocess.Popen(['sleep', '30']); time.sleep(30)"], stdin=subprocess.PIPE, text=True)
+    try:
+        home = _cpu_cgroup(child.pid)
+        with cpu_limit((), 0.25, name="image-moderation-test", pids=[child.pid]):
+            assert _cpu_cgroup(child.pid) == "/image-moderation-test"
+            quota = Path("/sys/fs/cgroup/cpu/image-moderation-test/cpu.cfs_quota_us").read_text()
+            assert int(quota) == 25000
+            child.stdin.write("go\n")  # type: ignore[union-attr]
+            child.stdin.flush()  # type: ignore[union-attr]
+            deadline = time.monotonic() + 10
+            while not (grandchildren := psutil.Process(child.pid).children()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _cpu_cgroup(grandchildren[0].pid) == "/image-moderation-test"
+        assert _cpu_cgroup(child.pid) == home and _cpu_cgroup(grandchildren[0].pid) == home
+        assert not Path("/sys/fs/cgroup/cpu/image-moderation-test").exists()
+    finally:
+        for proc in psutil.Process(child.pid).children():
+            proc.kill()
+        child.kill()
+        child.wait()
 
 
 def _group_of(pid: int) -> int | None:
@@ -86,7 +117,6 @@ def _group_of(pid: int) -> int | None:
 def test_cpu_by_role_splits_out_the_frontend_jit(serving: str) -> None:
     """A JVM that has served requests has spent CPU compiling them; the bench reports that share apart."""
     import httpx
-    import psutil
 
     from loadtest.cpu import JIT, JIT_OF, _jit_seconds, cores_by_role
     from tests.image_factory import jpeg
