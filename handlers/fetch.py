@@ -412,8 +412,8 @@ class Fetcher:
     def _signs_without_blocking(self) -> bool:
         """Can the next presign run on the event loop? Yes once the client exists and its credentials are static or
         not due for a refresh (botocore refreshes 15 min before expiry, over the network: STS, IMDS, a container
-        endpoint). Signing itself is ~0.4 ms of CPU; a thread hop per reference costs as much again in wake-ups
-        and future callbacks on the loop (profiled on a saturated bridge)."""
+        endpoint). A thread hop per reference cost the loop as much in wake-ups and future callbacks as signing
+        (profiled on a saturated bridge), and signing is CPU only once the credentials are at hand."""
         creds = self._credentials
         return creds is not None and not (hasattr(creds, "refresh_needed") and creds.refresh_needed())
 
@@ -495,7 +495,7 @@ def s3_client(settings: FetchSettings, session: Any = None) -> Any:
                     s3={"addressing_style": "path"} if settings.s3_endpoint_url else {},
                     max_pool_connections=settings.concurrency * 2)
     return (session or boto3.session.Session()).client("s3", endpoint_url=settings.s3_endpoint_url or None,
-                                          region_name=settings.s3_region or None, config=config)
+                                                       region_name=settings.s3_region or None, config=config)
 
 
 # ---- requests that carry references (KServe v1 / OIP v2 JSON) ----------------------------------------------

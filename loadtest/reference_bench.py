@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -32,8 +33,13 @@ from bridge.config import Config
 from bridge.consume import open_consumer, rows
 from demo.s3 import bucket
 from handlers.fetch import FetchSettings, s3_client
+from handlers.stack import url
+from loadtest import spark_bench
 from loadtest.cpu import SERVING, cores_by_role, cpu_limit
 from loadtest.loadgen import corpus
+from loadtest.runtimes import write_section
+
+BEGIN, END = "<!-- references:begin -->", "<!-- references:end -->"
 
 
 def large_photos(n: int = 2, target_bytes: int = 8 * 1024 * 1024) -> list[bytes]:
@@ -151,6 +157,37 @@ def _case(cfg: Config, client: Any, case: str, images: list[bytes], n: int, rate
           + f" (median {float(np.median(ratios)):.2f})", flush=True)
 
 
+def markdown(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| case | mode | Kafka input bytes / record | images/s (burst, median round) | reference / bytes by round "
+             "| burst e2e p95 ms | paced rate /s | paced e2e p50 ms | paced e2e p95 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        case, mode = name.split(" ")
+        ratios = ", ".join(f"{x:.2f}" for x in r.get("vs_bytes_by_round", []))
+        lines.append(f"| {case} | {mode} | {r['kafka_bytes_per_record']:,.0f} | {r['images_per_s']:.1f} | {ratios} "
+                     f"| {r['p95_ms']:.0f} | {r['paced_rate']:g} | {r['paced_p50_ms']:.0f} | {r['paced_p95_ms']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def stack_missing() -> str | None:
+    """Why `make up`'s stack is not all there (this bench drives its bridge and object store), or None."""
+    why = spark_bench.stack_missing()  # TorchServe and the broker
+    if why:
+        return why
+    try:
+        httpx.get(url("BRIDGE_PORT") + "/readyz", timeout=3).raise_for_status()
+    except httpx.HTTPError:
+        return "the bridge is not ready"
+    settings = FetchSettings.from_env()
+    if not settings.s3_endpoint_url:
+        return "no object store configured (FETCH_S3_ENDPOINT_URL; `scripts/s3.sh run` sets it)"
+    try:
+        s3_client(settings).head_bucket(Bucket=bucket())
+    except Exception as exc:  # botocore's connection and client errors alike: the store is not usable
+        return f"the object store is not reachable ({type(exc).__name__})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.reference_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=int, default=1200,
@@ -168,7 +205,15 @@ def main(argv: list[str] | None = None) -> int:
                          "pods beside it have, as on a cluster, instead of out of the model's")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--if-running", action="store_true",
+                    help="skip (exit 0) unless `make up` runs: TorchServe, the broker, the bridge, the object store "
+                         "(make bench)")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave loadtest/BENCHMARKS.md alone")
     args = ap.parse_args(argv)
+    why = stack_missing()
+    if why:
+        print(f"reference bench skipped: {why} (`make up` starts it)")
+        return 0 if args.if_running else 1
     cfg = Config.from_env()
     client = s3_client(FetchSettings.from_env())
     results: dict[str, dict[str, Any]] = {}
@@ -179,13 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         for case, images, n, rate, seconds in cases:
             if n > 0:
                 _case(cfg, client, case, images, n, rate, seconds, args, results)
-    print("\n| case | mode | Kafka input bytes / record | images/s (burst, median round) | burst e2e p95 ms "
-          "| paced rate /s | paced e2e p50 ms | paced e2e p95 ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        case, mode = name.split(" ")
-        print(f"| {case} | {mode} | {r['kafka_bytes_per_record']:,.0f} | {r['images_per_s']:.1f} | {r['p95_ms']:.0f} "
-              f"| {r['paced_rate']:g} | {r['paced_p50_ms']:.0f} | {r['paced_p95_ms']:.0f} |")
+    table = markdown(results)
+    print("\n" + table)
+    if not args.no_write and results:
+        sharing = (f"TorchServe under a CPU limit of {args.serving_cores:g} cores" if args.serving_cores
+                   else "everything on the machine's shared cores")
+        write_section(f"{BEGIN}\n## Images by reference vs bytes in the record, through the bridge "
+                      f"({time.strftime('%Y-%m-%d')}; {sharing})\n\n"
+                      "`make bench-references` (how to read it: [README.md](README.md#images-by-reference-make-bench-"
+                      f"references)).\n\n{table}{END}", BEGIN, END)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -19,10 +19,11 @@ loadtest: $(SETUP_STAMP) ## Headless Locust vs `make up` (USERS SPAWN_RATE DURAT
 	@echo "reports: $(LOADTEST_OUT)"
 
 .PHONY: bench
-bench: $(SETUP_STAMP) models ## Side-by-side benchmark: in-process ceiling, our handler, stock handler, Kafka; then TorchServe vs the KServe runtime; Spark rows when `make up` runs (loadtest/BENCHMARKS.md)
+bench: $(SETUP_STAMP) models ## Side-by-side benchmark: in-process ceiling, our handler, stock handler, Kafka; then TorchServe vs the KServe runtime; Spark and bytes-vs-reference rows when `make up` runs (loadtest/BENCHMARKS.md)
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
 	$(PY) -m loadtest.runtimes $(RUNTIMES_BENCH_ARGS)
 	$(PY) -m loadtest.spark_bench --if-running $(SPARK_BENCH_ARGS)
+	scripts/s3.sh run $(PY) -m loadtest.reference_bench --if-running $(REFERENCES_BENCH_ARGS)
 
 .PHONY: bench-spark
 bench-spark: $(SETUP_STAMP) $(SPARK_STAMP) up ## Spark streaming (endpoint, inprocess) vs the bridge vs direct HTTP at one input rate; backfill vs the in-process ceiling
