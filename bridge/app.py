@@ -149,6 +149,8 @@ class Bridge:
         self.exit_code = 0
         self.kafka_ok = False
         self.kafka_down_since: float | None = time.monotonic()  # unreachable until the first answer
+        self.out_of_group_since: float | None = None  # the broker did not list the consumer in its group since
+        self._joined = False
         self.heartbeat = time.monotonic()
         self._paused = False
         self._full_since: float | None = None
@@ -183,16 +185,31 @@ class Bridge:
 
     @property
     def live(self) -> bool:
-        """Not wedged: the fetch loop turns, no fatal error, and Kafka answered the consumer recently.
+        """Not wedged: the fetch loop turns, no fatal error, Kafka answered recently and lists the consumer in its
+        group (for at most BRIDGE_KAFKA_UNREACHABLE_RESTART_S otherwise).
 
-        The last condition restarts a client that stopped reconnecting: in `make e2e-chaos` a consumer whose
-        session timed out while the broker restarted never rejoined its group, though its poll loop turned and
-        the broker answered every other client. A new process joins at once; nothing is lost (the offsets of
-        unfinished records were never committed)."""
+        The group condition restarts a client that stopped rejoining: in `make e2e-chaos` (and once in `make test`)
+        a consumer whose session timed out while the broker restarted never rejoined its group, though its poll
+        loop turned and the broker answered every other client. A new process joins at once; nothing is lost (the
+        offsets of unfinished records were never committed)."""
         now = time.monotonic()
         limit = self.cfg.kafka_unreachable_restart_s
-        unreachable = limit > 0 and self.kafka_down_since is not None and now - self.kafka_down_since > limit
+        since = min((t for t in (self.kafka_down_since, self.out_of_group_since) if t is not None), default=None)
+        unreachable = limit > 0 and since is not None and now - since > limit
         return self.exit_code == 0 and now - self.heartbeat < self.cfg.liveness_timeout_s and not unreachable
+
+    def _set_group_member(self, member: bool | None) -> None:
+        """The broker's word on whether the consumer is in its group (None: no answer, nothing learnt). The
+        consumer's own errors cannot tell: the broker answers the bridge's other clients, and a consumer out of
+        its group consumes nothing while it polls without error."""
+        if member:
+            self.out_of_group_since = None
+            self._joined = True
+        elif member is not None and self.out_of_group_since is None:
+            self.out_of_group_since = time.monotonic()
+            if self._joined:  # not while joining at start
+                log.warning("the broker no longer lists the consumer in its group", extra={
+                    "group": self.cfg.group_id, "restart_after_s": self.cfg.kafka_unreachable_restart_s})
 
     def _set_kafka_ok(self, ok: bool) -> None:
         self.kafka_ok = ok
@@ -774,13 +791,16 @@ class Bridge:
             assigned = self.tracker.assigned()
             unknown = [tp for tp in assigned if self.tracker.position(tp) is None]
             try:
-                ok, high, committed = await self._loop.run_in_executor(
-                    self.lag.pool, self.lag.measure, self.cfg.input_topic, assigned, unknown)
+                assert self.consumer is not None
+                member_id = await self._consumer_call(self.consumer.memberid)
+                ok, high, committed, member = await self._loop.run_in_executor(
+                    self.lag.pool, self.lag.measure, self.cfg.input_topic, assigned, unknown, member_id)
             except Exception as exc:  # a client bug must not end the loop (lag and reachability would freeze)
                 log.warning("lag measurement failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 await asyncio.sleep(self.cfg.lag_interval_s)
                 continue
             self._set_kafka_ok(ok)
+            self._set_group_member(member)
             for tp, end in high.items():
                 pos = self.tracker.position(tp)
                 pos = committed.get(tp) if pos is None else pos

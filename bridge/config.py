@@ -66,8 +66,9 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "BRIDGE_PAUSE_AFTER_S": ("5", "at the in-flight cap, how long to wait for room before pausing the partitions "
                                   "(seconds; a pause drops librdkafka's prefetched records)"),
     "BRIDGE_LIVENESS_TIMEOUT_S": ("60", "/livez fails when the fetch loop has not turned for this long (seconds)"),
-    "BRIDGE_KAFKA_UNREACHABLE_RESTART_S": ("120", "/livez fails when the consumer has not reached Kafka for this long "
-                                           "(seconds; 0: never), so a wedged client is replaced by a fresh process"),
+    "BRIDGE_KAFKA_UNREACHABLE_RESTART_S": ("120", "/livez fails when Kafka has not answered, or the broker has not "
+                                           "listed the consumer in its group, for this long (seconds; 0: never), so "
+                                           "a wedged client is replaced by a fresh process"),
     "BRIDGE_COMMIT_INTERVAL_S": ("1", "how often finished offsets are committed (seconds)"),
     "BRIDGE_SHUTDOWN_TIMEOUT_S": ("20", "on SIGTERM, how long in-flight work may finish before it is handed back"),
     "BRIDGE_PORT": ("", "port of /livez /readyz /metrics (default: $BRIDGE_PORT from stack.env)"),

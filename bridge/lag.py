@@ -66,11 +66,24 @@ class LagProbe:
         never = [tp for tp, offset in found.items() if offset < 0]
         return found | self.end_offsets(never, OffsetSpec.earliest())
 
-    def measure(self, topic: str, assigned: list[TP], unknown: list[TP]) -> tuple[bool, dict[TP, int], dict[TP, int]]:
-        """(reachable, end offsets of `assigned`, committed offsets of `unknown`): one admin round trip each."""
+    def is_member(self, member_id: str | None) -> bool | None:
+        """Whether the broker counts `member_id` (the consumer's own `memberid()`) in the group; None when the
+        broker does not answer. The consumer's own view can be wrong: after a broker restart one stayed out of its
+        group for minutes (the group EMPTY) while its poll loop turned and librdkafka reported nothing."""
+        try:
+            group = self.admin.describe_consumer_groups([self.group_id], request_timeout=self.timeout_s)
+            members = next(iter(group.values())).result().members
+        except KafkaException:
+            return None
+        return bool(member_id) and any(m.member_id == member_id for m in members)
+
+    def measure(self, topic: str, assigned: list[TP], unknown: list[TP],
+                member_id: str | None = None) -> tuple[bool, dict[TP, int], dict[TP, int], bool | None]:
+        """(reachable, end offsets of `assigned`, committed offsets of `unknown`, whether `member_id` is in the
+        group): one admin round trip each."""
         if not self.reachable(topic):
-            return False, {}, {}
-        return True, self.end_offsets(assigned), self.committed(unknown)
+            return False, {}, {}, None
+        return True, self.end_offsets(assigned), self.committed(unknown), self.is_member(member_id)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

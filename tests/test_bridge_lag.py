@@ -7,6 +7,7 @@ consumer last fetched.
 
 from __future__ import annotations
 
+import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from bridge.lag import LagProbe
@@ -51,8 +52,8 @@ def test_the_probe_reads_end_offsets_and_the_groups_commits(kafka: str, topics: 
         assert probe.end_offsets(tps) == {tps[0]: 7, tps[1]: 4, tps[2]: 0}
         # partition 0 committed at 5; 1 and 2 never: where a new consumer would start (earliest)
         assert probe.committed(tps) == {tps[0]: 5, tps[1]: 0, tps[2]: 0}
-        ok, high, committed = probe.measure(topics.input, tps, tps[:1])
-        assert ok and high[tps[0]] == 7 and committed == {tps[0]: 5}
+        ok, high, committed, member = probe.measure(topics.input, tps, tps[:1], "no-such-member")
+        assert ok and high[tps[0]] == 7 and committed == {tps[0]: 5} and member is False
     finally:
         probe.close()
 
@@ -61,6 +62,34 @@ def test_the_probe_reports_an_unreachable_cluster() -> None:
     topic = "image_data"
     probe = LagProbe({"bootstrap.servers": f"127.0.0.1:{free_port()}"}, "g", timeout_s=1.0)
     try:
-        assert probe.measure(topic, [(topic, 0)], []) == (False, {}, {})
+        assert probe.measure(topic, [(topic, 0)], [], "m") == (False, {}, {}, None)
+        assert probe.is_member("m") is None  # no answer: nothing learnt
     finally:
         probe.close()
+
+
+def test_the_probe_knows_whether_the_broker_lists_a_consumer_in_its_group(kafka: str, topics: Topics) -> None:  # noqa: F811
+    """The bridge's liveness asks the broker, not the consumer: a member while it polls, not after it left."""
+    consumer = Consumer({"bootstrap.servers": kafka, "group.id": topics.group, "enable.auto.commit": False})
+    probe = LagProbe({"bootstrap.servers": kafka}, topics.group)
+    try:
+        assert probe.is_member(consumer.memberid()) is False  # not joined yet
+        consumer.subscribe([topics.input])
+        wait_for(lambda: consumer.poll(0.2) is None and bool(consumer.assignment()), 60, "assignment")
+        member_id = consumer.memberid()
+        assert probe.is_member(member_id) is True
+        assert probe.is_member("someone-else") is False
+        consumer.close()
+        wait_for(lambda: probe.is_member(member_id) is False, 30, "left the group")
+    finally:
+        probe.close()
+
+
+def test_a_running_bridge_is_in_its_group_and_says_so(kafka: str, topics: Topics, serving: str) -> None:  # noqa: F811
+    bridge = BridgeProcess(topics, kafka, serving, BRIDGE_LAG_INTERVAL_S="0.5").start()
+    try:
+        wait_for(lambda: httpx.get(f"{bridge.url}/readyz", timeout=5).json()["in_group"] is True, 60, "in_group",
+                 interval=0.5)
+        assert httpx.get(f"{bridge.url}/livez", timeout=5).status_code == 200
+    finally:
+        bridge.stop_quietly()

@@ -465,6 +465,27 @@ def test_liveness_fails_when_kafka_stays_unreachable() -> None:
     asyncio.run(check())
 
 
+def test_liveness_fails_when_the_broker_keeps_the_consumer_out_of_its_group() -> None:
+    """Kafka answers, the poll loop turns, yet the broker does not list the consumer in its group: after
+    BRIDGE_KAFKA_UNREACHABLE_RESTART_S the process is not live. Joining at start is not a failure, and a broker
+    that does not answer the question teaches nothing."""
+    async def check() -> None:
+        bridge = Bridge(Config.from_env({"BRIDGE_KAFKA_UNREACHABLE_RESTART_S": "30"}))
+        bridge._set_kafka_ok(True)
+        bridge._set_group_member(False)  # still joining
+        first = bridge.out_of_group_since
+        assert first is not None and bridge.live
+        bridge._set_group_member(None)
+        bridge._set_group_member(False)
+        assert bridge.out_of_group_since == first and bridge.live
+        bridge.out_of_group_since = first - 31
+        assert not bridge.live and bridge.kafka_ok  # reachable, and still not live
+        bridge._set_group_member(True)
+        assert bridge.live and bridge.out_of_group_since is None
+
+    asyncio.run(check())
+
+
 # ---- images by reference (envelope `s3` / `url`) -----------------------------------------------------
 def test_references_waiting_for_their_fetch_have_a_cap_of_their_own() -> None:
     """An unfetched reference holds no image: it does not use the in-flight cap (which bounds image bytes), so a
