@@ -98,7 +98,19 @@ def cores_by_role() -> Iterator[dict[str, float]]:
 
 
 CGROUP_CPU = "/sys/fs/cgroup/cpu"  # cgroup v1's cpu controller (this machine's kind; kubelet's limits use it too)
-SERVING = ("torchserve workers", "torchserve frontend")
+
+
+def process_group(leader: int) -> list[int]:
+    """The processes of `leader`'s process group: a service the stack scripts start in a session of its own
+    (TorchServe: the frontend and its workers), and not a cluster's pods that run the same programs."""
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == leader:
+                out.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return out
 
 
 def _cpu_cgroup(pid: int) -> str:
@@ -111,18 +123,16 @@ def _cpu_cgroup(pid: int) -> str:
 
 
 @contextmanager
-def cpu_limit(roles: tuple[str, ...], cores: float, name: str = "image-moderation-bench",
-              pids: list[int] | None = None) -> Iterator[list[int]]:
-    """Runs the block with the processes of `roles` (and whatever they start meanwhile) under a CFS quota of
-    `cores`: the mechanism of a Kubernetes CPU limit. On a cluster the model server's pods have their own CPU and
-    the bridge its own; on one shared machine this gives the model server a fixed share, so a bench can tell what
-    a change costs the serving pods from what it costs the pods beside them. Needs root and cgroup v1's cpu
-    controller; the processes go back to their own cgroups afterwards. `pids` instead of `roles`: those processes."""
+def cpu_limit(pids: list[int], cores: float, name: str = "image-moderation-bench") -> Iterator[list[int]]:
+    """Runs the block with `pids` (and whatever they start meanwhile) under a CFS quota of `cores`: the mechanism
+    of a Kubernetes CPU limit. On a cluster the model server's pods have their own CPU and the bridge its own; on
+    one shared machine this gives the model server a fixed share, so a bench can tell what a change costs the
+    serving pods from what it costs the pods beside them. Needs root and cgroup v1's cpu controller; the
+    processes go back to their own cgroups afterwards."""
     if not os.path.exists(os.path.join(CGROUP_CPU, "cgroup.procs")):
         raise RuntimeError(f"a CPU limit needs cgroup v1's cpu controller at {CGROUP_CPU}")
-    pids = pids or [p.pid for p in psutil.process_iter(["cmdline"]) if _role(p) in roles]
     if not pids:
-        raise RuntimeError(f"no process of {', '.join(roles)} is running")
+        raise RuntimeError("no process to limit")
     origin = {pid: _cpu_cgroup(pid) for pid in pids}
     group = os.path.join(CGROUP_CPU, name)
     os.makedirs(group, exist_ok=True)

@@ -23,6 +23,7 @@ import json
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,10 +36,11 @@ from demo.s3 import bucket
 from handlers.fetch import FetchSettings, s3_client
 from handlers.stack import url
 from loadtest import spark_bench
-from loadtest.cpu import SERVING, cores_by_role, cpu_limit
+from loadtest.cpu import cores_by_role, cpu_limit, process_group
 from loadtest.loadgen import corpus
 from loadtest.runtimes import write_section
 
+ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- references:begin -->", "<!-- references:end -->"
 
 
@@ -219,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     cases = (("640x480", corpus(8), args.small, args.paced[0], 5.0), ("8MB", large_photos(), args.large, args.paced[1],
                                                                         20.0))
-    limit = cpu_limit(SERVING, args.serving_cores) if args.serving_cores else contextlib.nullcontext()
+    limit = contextlib.nullcontext() if not args.serving_cores else cpu_limit(
+        process_group(int((ROOT / ".run" / "torchserve.pid").read_text())), args.serving_cores)
     with limit:
         for case, images, n, rate, seconds in cases:
             if n > 0:

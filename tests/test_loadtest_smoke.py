@@ -88,7 +88,7 @@ def test_cpu_limit_puts_processes_under_a_quota_and_gives_them_back() -> None:
                               "subprocess.Popen(['sleep', '30']); time.sleep(30)"], stdin=subprocess.PIPE, text=True)
     try:
         home = _cpu_cgroup(child.pid)
-        with cpu_limit((), 0.25, name="image-moderation-test", pids=[child.pid]):
+        with cpu_limit([child.pid], 0.25, name="image-moderation-test"):
             assert _cpu_cgroup(child.pid) == "/image-moderation-test"
             quota = Path("/sys/fs/cgroup/cpu/image-moderation-test/cpu.cfs_quota_us").read_text()
             assert int(quota) == 25000
