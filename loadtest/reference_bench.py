@@ -41,7 +41,9 @@ from loadtest.loadgen import corpus
 from loadtest.runtimes import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- references:begin -->", "<!-- references:end -->"
+# one BENCHMARKS.md section per way of sharing the machine (the two answer different questions)
+SECTIONS = {False: ("<!-- references:begin -->", "<!-- references:end -->"),
+            True: ("<!-- references-serving-limited:begin -->", "<!-- references-serving-limited:end -->")}
 
 
 def large_photos(n: int = 2, target_bytes: int = 8 * 1024 * 1024) -> list[bytes]:
@@ -123,10 +125,11 @@ def _case(cfg: Config, client: Any, case: str, images: list[bytes], n: int, rate
         keys.append(f"s3://{bucket()}/{key}")
     as_bytes = [(img, [("content-type", b"image/jpeg")]) for img in images]
     as_refs = [(json.dumps({"id": "x", "s3": k}).encode(), [("content-type", b"application/json")]) for k in keys]
-    # Warm-up of both paths: connections, model caches, and the bridge's S3 client and fetch connections (built
-    # on the first reference). Warming only the bytes path put that one-time cost into the reference burst.
+    # Warm-up of both paths: JIT compilers, connections, model caches, and the bridge's S3 client and fetch
+    # connections (built on the first reference). Warming only the bytes path put that one-time cost into the
+    # reference burst.
     for values in (as_bytes, as_refs):
-        _run(cfg, values, min(n, 8), args.timeout)
+        _run(cfg, values, min(n, args.warmup), args.timeout)
     modes = {"bytes": as_bytes, "reference": as_refs}
     bursts: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     for round_ in range(args.rounds):  # ABBA order: neither mode always runs first or on a warmer machine
@@ -205,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="run the model server (TorchServe frontend and workers) under a CPU limit of this many cores "
                          "(a CFS quota, as a pod's limit; root, cgroup v1): the fetch's CPU then comes out of what the "
                          "pods beside it have, as on a cluster, instead of out of the model's")
+    ap.add_argument("--warmup", type=int, default=600,
+                    help="unmeasured records per mode before each case: a fresh stack's JVMs (TorchServe's frontend, "
+                         "the broker) spend their first ~30 s under load compiling, which skewed the first round")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--if-running", action="store_true",
@@ -230,12 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     print("\n" + table)
     if not args.no_write and results:
-        sharing = (f"TorchServe under a CPU limit of {args.serving_cores:g} cores" if args.serving_cores
-                   else "everything on the machine's shared cores")
-        write_section(f"{BEGIN}\n## Images by reference vs bytes in the record, through the bridge "
+        sharing, command = ((f"TorchServe under a CPU limit of {args.serving_cores:g} cores, as a pod's",
+                             f'make bench-references REFERENCES_BENCH_ARGS="--serving-cores {args.serving_cores:g}"')
+                            if args.serving_cores else
+                            ("everything on the machine's shared cores", "make bench-references"))
+        begin, end = SECTIONS[bool(args.serving_cores)]
+        write_section(f"{begin}\n## Images by reference vs bytes in the record, through the bridge "
                       f"({time.strftime('%Y-%m-%d')}; {sharing})\n\n"
-                      "`make bench-references` (how to read it: [README.md](README.md#images-by-reference-make-bench-"
-                      f"references)).\n\n{table}{END}", BEGIN, END)
+                      f"`{command}` (how to read it: [README.md](README.md#images-by-reference-make-bench-"
+                      f"references)).\n\n{table}{end}", begin, end)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
