@@ -149,8 +149,8 @@ class Bridge:
         self.exit_code = 0
         self.kafka_ok = False
         self.kafka_down_since: float | None = time.monotonic()  # unreachable until the first answer
-        self.out_of_group_since: float | None = None  # the broker did not list the consumer in its group since
-        self._joined = False
+        self.group_member: bool | None = None  # the broker's last word on the consumer's membership (None: none yet)
+        self.out_of_group_since: float | None = None  # the broker has not listed the consumer in its group since
         self.heartbeat = time.monotonic()
         self._paused = False
         self._full_since: float | None = None
@@ -202,14 +202,16 @@ class Bridge:
         """The broker's word on whether the consumer is in its group (None: no answer, nothing learnt). The
         consumer's own errors cannot tell: the broker answers the bridge's other clients, and a consumer out of
         its group consumes nothing while it polls without error."""
+        if member is None:
+            return
         if member:
             self.out_of_group_since = None
-            self._joined = True
-        elif member is not None and self.out_of_group_since is None:
+        elif self.out_of_group_since is None:
             self.out_of_group_since = time.monotonic()
-            if self._joined:  # not while joining at start
+            if self.group_member:  # dropped out (not: still joining at start)
                 log.warning("the broker no longer lists the consumer in its group", extra={
                     "group": self.cfg.group_id, "restart_after_s": self.cfg.kafka_unreachable_restart_s})
+        self.group_member = member
 
     def _set_kafka_ok(self, ok: bool) -> None:
         self.kafka_ok = ok

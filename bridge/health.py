@@ -26,7 +26,7 @@ class _Probed(Protocol):
 
     in_flight: int
     kafka_ok: bool
-    out_of_group_since: float | None
+    group_member: bool | None
     stuck: list[dict[str, Any]]
 
 
@@ -44,7 +44,7 @@ class HealthServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         b = self.bridge
         ok = b.ready
-        body = {"ready": ok, "kafka": b.kafka_ok, "in_group": b.out_of_group_since is None, "endpoint": b.endpoint_ok,
+        body = {"ready": ok, "kafka": b.kafka_ok, "in_group": b.group_member, "endpoint": b.endpoint_ok,
                 "in_flight": b.in_flight, "stuck": b.stuck}
         return web.json_response(body, status=200 if ok else 503)
 

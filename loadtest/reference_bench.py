@@ -26,7 +26,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from PIL import Image
 
@@ -34,8 +33,7 @@ from bridge.config import Config
 from bridge.consume import open_consumer, rows
 from demo.s3 import bucket
 from handlers.fetch import FetchSettings, s3_client
-from handlers.stack import url
-from loadtest import spark_bench
+from loadtest import stack_up
 from loadtest.cpu import cores_by_role, cpu_limit, process_group
 from loadtest.loadgen import corpus
 from loadtest.runtimes import write_section
@@ -174,25 +172,6 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stack_missing() -> str | None:
-    """Why `make up`'s stack is not all there (this bench drives its bridge and object store), or None."""
-    why = spark_bench.stack_missing()  # TorchServe and the broker
-    if why:
-        return why
-    try:
-        httpx.get(url("BRIDGE_PORT") + "/readyz", timeout=3).raise_for_status()
-    except httpx.HTTPError:
-        return "the bridge is not ready"
-    settings = FetchSettings.from_env()
-    if not settings.s3_endpoint_url:
-        return "no object store configured (FETCH_S3_ENDPOINT_URL; `scripts/s3.sh run` sets it)"
-    try:
-        s3_client(settings).head_bucket(Bucket=bucket())
-    except Exception as exc:  # botocore's connection and client errors alike: the store is not usable
-        return f"the object store is not reachable ({type(exc).__name__})"
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.reference_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=int, default=1200,
@@ -218,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(make bench)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave loadtest/BENCHMARKS.md alone")
     args = ap.parse_args(argv)
-    why = stack_missing()
+    why = stack_up.missing(bridge=True, object_store=True)
     if why:
         print(f"reference bench skipped: {why} (`make up` starts it)")
         return 0 if args.if_running else 1

@@ -26,11 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bridge.config import Config
 from handlers.stack import url
-from loadtest import loadgen
+from loadtest import loadgen, stack_up
 from loadtest.cpu import cores_by_role
 from loadtest.kafka_bench import produce_and_collect
 from loadtest.runtimes import write_section
@@ -40,22 +38,6 @@ from tests.spark_support import SparkProcess
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtest" / "results" / "spark-bench.json"
 MODEL = "mobilenet_v2"
-
-
-def stack_missing() -> str | None:
-    """Why the stack this bench needs (TorchServe, the broker) is not there, or None."""
-    from confluent_kafka.admin import AdminClient
-
-    try:
-        if httpx.get(f"{url('TORCHSERVE_INFERENCE_PORT')}/ping", timeout=3).status_code != 200:
-            return "TorchServe is not ready"
-    except httpx.HTTPError:
-        return "TorchServe is not running"
-    try:
-        AdminClient({"bootstrap.servers": BOOTSTRAP}).list_topics(timeout=5)
-    except Exception:
-        return "the Kafka broker is not running"
-    return None
 
 
 def consumer_runs(records: int, rate: float, warmup: int) -> dict[str, Any]:
@@ -178,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--parts", default="consumers,backfill", help="what to run (comma-separated)")
     p.add_argument("--if-running", action="store_true", help="skip (exit 0) unless `make up` runs (make bench)")
     args = p.parse_args(argv)
-    why = stack_missing()
+    why = stack_up.missing()
     if why:
         print(f"spark bench skipped: {why} (`make up` starts it; `make bench-spark` does both)")
         if args.if_running:

@@ -31,6 +31,7 @@ bench-spark: $(SETUP_STAMP) $(SPARK_STAMP) up ## Spark streaming (endpoint, inpr
 
 .PHONY: bench-references
 bench-references: $(SETUP_STAMP) ## Kafka bytes vs s3:// references (640x480 and 8 MB photos) through the `make up` bridge: bytes moved, img/s (ABBA rounds), e2e p95; REFERENCES_BENCH_ARGS="--serving-cores 1.2" gives TorchServe a pod-like CPU limit
+	scripts/s3.sh run $(PY) -m loadtest.bridge_costs
 	scripts/s3.sh run $(PY) -m loadtest.reference_bench $(REFERENCES_BENCH_ARGS)
 
 .PHONY: bench-runtimes

@@ -68,7 +68,7 @@ def _bridge(kafka: str, topics: Topics, serving: str) -> BridgeProcess:  # noqa:
 class _Kubelet:
     """What the kubelet does with the chart's liveness probe: a bridge whose /livez answers 503 (wedged: its
     fetch loop stopped, or the broker has not listed its consumer in the group for a while) is replaced by a new
-    process. A consumer that never rejoins after a broker restart (rare: once in 9 broker-restart runs here)
+    process. A consumer that never rejoins after a broker restart (rare: once in about ten broker-restart runs)
     then costs the test a restart instead of failing it, and the test checks what a deployment gets."""
 
     def __init__(self, bridge: BridgeProcess, restart: Callable[[], BridgeProcess]) -> None:

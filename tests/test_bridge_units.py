@@ -481,7 +481,9 @@ def test_liveness_fails_when_the_broker_keeps_the_consumer_out_of_its_group() ->
         bridge.out_of_group_since = first - 31
         assert not bridge.live and bridge.kafka_ok  # reachable, and still not live
         bridge._set_group_member(True)
-        assert bridge.live and bridge.out_of_group_since is None
+        assert bridge.live and bridge.out_of_group_since is None and bridge.group_member is True
+        bridge._set_group_member(None)  # no answer: the last word stands
+        assert bridge.group_member is True and bridge.out_of_group_since is None
 
     asyncio.run(check())
 

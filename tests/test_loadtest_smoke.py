@@ -14,6 +14,7 @@ import pytest
 
 from loadtest.slo import Slo, check
 from tests.kafka_support import BridgeProcess, Topics, kafka, topics  # noqa: F401  (fixtures)
+from tests.s3_support import s3  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,6 +106,16 @@ def test_cpu_limit_puts_processes_under_a_quota_and_gives_them_back() -> None:
             proc.kill()
         child.kill()
         child.wait()
+
+
+def test_bridge_costs_measures_both_steps_both_ways(s3: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """`make bench-references`' first table runs (its numbers are a benchmark's business, not compared here)."""
+    from loadtest import bridge_costs
+
+    for k, v in s3.items():
+        monkeypatch.setenv(k, v)
+    out = bridge_costs.main(["--calls", "5"])
+    assert len(out) == 2 and all(v["before"] > 0 and v["now"] > 0 for v in out.values())
 
 
 def _group_of(pid: int) -> int | None:
