@@ -13,6 +13,9 @@ VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 CACHE := $(ROOT)/.cache
 SETUP_STAMP := $(VENV)/.setup-done
+# pip's version (also the images': scripts/images.sh TORCHSERVE_PIP); the wheel folder shared with the image builds.
+PIP_PIN := pip==26.3
+WHEELHOUSE ?= $(HOME)/.cache/image-moderation/wheels
 
 ##@ Set-up
 .PHONY: help
@@ -32,11 +35,15 @@ preflight: ## Check up front for everything the goal needs (python3.11, Java 17,
 setup: preflight $(SETUP_STAMP) ## Create .venv with every pinned Python dependency (idempotent)
 # The project is not a package (no `packages`): only its pinned [project] dependencies are installed
 # (an editable install of nothing made setuptools print a warning box).
+# The wheels come from one folder outside the clone (scripts/wheelhouse.sh: downloaded once, resumed and retried),
+# then install offline: a fresh clone downloads nothing the machine already has.
 $(SETUP_STAMP): pyproject.toml | preflight
-	@$(PHASE) "setup: .venv + pip ready" bash -c 'set -e; test -x $(PY) || python3 -m venv $(VENV); $(PY) -m pip install --upgrade pip wheel setuptools'
+	@$(PHASE) "setup: .venv + $(PIP_PIN)" bash -c 'set -e; test -x $(PY) || python3 -m venv $(VENV); $(PY) -m pip install --disable-pip-version-check --retries 10 "$(PIP_PIN)"'
 	@$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
 	  > $(VENV)/requirements.txt
-	@$(PHASE) "setup: python deps installed" $(PY) -m pip install --progress-bar off -r $(VENV)/requirements.txt
+	@$(PHASE) "setup: wheels in $(WHEELHOUSE) (missing ones only)" scripts/wheelhouse.sh fill $(VENV)/requirements.txt $(VENV)/bin/pip
+	@$(PHASE) "setup: python deps installed (offline)" $(PY) -m pip install --disable-pip-version-check --progress-bar off \
+	  --no-index --find-links $(WHEELHOUSE) -r $(VENV)/requirements.txt
 	@touch $@
 
 ##@ Main job

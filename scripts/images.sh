@@ -12,15 +12,16 @@
 # the pinned wheels from PyPI, and passed through the Dockerfiles' base-image build arguments (docker/README.md).
 # Cache: IMAGE_CACHE (default ~/.cache/image-moderation/images) holds the archives, keyed by a hash of everything
 # that goes into an image (Dockerfile, build context, base recipe), so an unchanged image is never rebuilt, plus
-# the debootstrapped root filesystems and a wheelhouse (IMAGE_CACHE/wheels). pip's own HTTP cache stores nothing
-# here (the egress proxy strips PyPI's Cache-Control), so every pip step of a local build installs offline from
-# the wheelhouse, which `pip download` fills once (only missing wheels are fetched).
+# the debootstrapped root filesystems. pip's own HTTP cache stores nothing here (the egress proxy strips PyPI's
+# Cache-Control), so every pip step of a local build installs offline from the wheelhouse `make setup` also uses
+# (scripts/wheelhouse.sh: WHEELHOUSE), which `pip download` fills once (only missing wheels are fetched; the
+# torchserve base's torch and CUDA wheels are the .venv's own).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TAG="${TAG:-$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$ROOT/helm/image-moderation/Chart.yaml")}"
 PREFIX="${REGISTRY:-docker.io}/image-moderation"
 IMAGE_CACHE="${IMAGE_CACHE:-$HOME/.cache/image-moderation/images}"
-WHEELS="$IMAGE_CACHE/wheels"
+WHEELS="$("$ROOT/scripts/wheelhouse.sh" path)"
 CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
 IMAGES=(bridge predictor kafka kserve-predictor)  # kafka: the local cluster's broker, not a chart image
 export BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"  # build steps without runc's cgroup/OOM-score setup (cgroup v1 VM, no CAP_SYS_RESOURCE)
@@ -172,16 +173,23 @@ build_torchserve_base() {  # stand-in for pytorch/torchserve:0.12.0-cpu: same us
   phase "torchserve base: commit" buildah commit --quiet --rm "$CTR" "$(base_ref torchserve)"
 }
 
-fetch_wheels() {  # fetch_wheels NAME CONTAINER PIP : wheels of $WHEELS/.requirements/NAME.txt into the wheelhouse
+fetch_wheels() {  # fetch_wheels NAME CONTAINER PIP [CONSTRAINTS] : wheels of $WHEELS/.requirements/NAME.txt
   # Resolved by the image's own interpreter and pip (same tags as the install); nothing is fetched when the
-  # wheelhouse already holds every wheel the resolution needs.
-  local req="/mnt/.requirements/$1.txt"
-  if buildah run "${BUILD_MOUNTS[@]}" --user 0:0 "$2" -- "$3" download --quiet -d /mnt -r "$req" >/dev/null 2>&1; then
+  # wheelhouse already holds every wheel the resolution needs. CONSTRAINTS: what the image's venv already has
+  # (else `pip download`, which ignores installed packages, fetched a newer torch and its CUDA wheels, ~3 GB
+  # that the install then never used). A failed download is retried: completed wheels stay.
+  local req=(-r "/mnt/.requirements/$1.txt") attempt
+  [[ -n ${4:-} ]] && req+=(-c "$4")
+  if buildah run "${BUILD_MOUNTS[@]}" --user 0:0 "$2" -- "$3" download --quiet -d /mnt "${req[@]}" >/dev/null 2>&1; then
     say "$1: every wheel already in the wheelhouse"
-  else
-    phase "$1: pip download (missing wheels only)" \
-      buildah run --network host "${FETCH_MOUNTS[@]}" --user 0:0 "$2" -- "$3" download -d /mnt -r "$req"
+    return 0
   fi
+  for attempt in 1 2 3; do
+    phase "$1: pip download (missing wheels only, attempt $attempt)" \
+      buildah run --network host "${FETCH_MOUNTS[@]}" --user 0:0 "$2" -- "$3" download -d /mnt "${req[@]}" && return 0
+    sleep $((attempt * 10))
+  done
+  return 1
 }
 
 prefetch() {  # prefetch NAME CONTEXT : the wheels the Dockerfile's pip steps will install, offline
@@ -193,8 +201,12 @@ prefetch() {  # prefetch NAME CONTEXT : the wheels the Dockerfile's pip steps wi
   CTRS+=("$ctr")
   if [[ $1 == bridge || $1 == kserve-predictor ]]; then  # the Dockerfile's own recipe: a fresh venv, ensurepip's pip
     buildah run --user 0:0 "$ctr" -- python -m venv /tmp/fetch-venv; pip=/tmp/fetch-venv/bin/pip
-  else pip=/home/venv/bin/pip; fi  # the venv the Dockerfile's `python -m pip` installs into
-  fetch_wheels "$1" "$ctr" "$pip"
+    fetch_wheels "$1" "$ctr" "$pip"
+  else  # the venv the Dockerfile's `python -m pip` installs into, whose packages the install keeps
+    pip=/home/venv/bin/pip
+    buildah run --user 0:0 "$ctr" -- "$pip" freeze --all --disable-pip-version-check > "$WHEELS/.requirements/$1-installed.txt"
+    fetch_wheels "$1" "$ctr" "$pip" "/mnt/.requirements/$1-installed.txt"
+  fi
   buildah rm "$ctr" >/dev/null
 }
 

@@ -8,6 +8,7 @@
 #         prometheus/promtool and kcat from Debian (installed by make when root; otherwise they must be there)
 # cluster `make cluster-up` / `make e2e*`: + root, gcc (static pause binary), openssl, ip, and apt-get for the
 #         Debian packages cluster/up.sh installs (etcd, containerd, runc, CNI plugins, iptables, buildah, ...)
+# every mode: free disk for what the goal writes and is not there yet (PREFLIGHT_SKIP_DISK=1 skips the check)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODE="${1:-setup}"
@@ -86,6 +87,29 @@ if (( level >= 4 )); then
   debian_pkg conntrack "kube-proxy" conntrack
   debian_pkg ipset "NetworkPolicy" ipset
   have docker || debian_pkg "buildah debootstrap" "image builds without Docker" buildah debootstrap
+fi
+
+# Disk: what this goal writes that is not there yet (sizes measured on this project's machine: .venv 7.4 GB,
+# the wheelhouse 6 GB, the clone's Go tools and run state ~3 GB, the cluster's Go build cache and containerd
+# store ~25 GB, image rebuilds and imports up to ~6 GB). Too little space failed runs half-way, in odd places.
+free_gb() { df -Pk "$1" 2>/dev/null | awk 'NR == 2 {print int($4 / 1048576)}'; }
+cache_root="$HOME/.cache/image-moderation"
+need_gb=1
+[[ -f "$ROOT/.venv/.setup-done" ]] || need_gb=$((need_gb + 8))
+[[ -d "${WHEELHOUSE:-$cache_root/wheels}" ]] || need_gb=$((need_gb + 6))
+(( level >= 3 )) && need_gb=$((need_gb + 3))
+if (( level >= 4 )); then
+  if [[ -x "$cache_root/cluster/bin/kubelet" ]]; then need_gb=$((need_gb + 6)); else need_gb=$((need_gb + 30)); fi
+fi
+mkdir -p "$cache_root" 2>/dev/null || true
+if [[ -z ${PREFLIGHT_SKIP_DISK:-} ]]; then
+  for dir in "$ROOT" "$cache_root"; do
+    have_gb="$(free_gb "$dir")"
+    if [[ -n $have_gb ]] && (( have_gb < need_gb )); then
+      need "$need_gb GB of free disk at $dir ($MODE; found $have_gb GB): free some (make clean; make cluster-down), or PREFLIGHT_SKIP_DISK=1 to try anyway"
+      break
+    fi
+  done
 fi
 
 if [[ ${#missing[@]} -gt 0 ]]; then

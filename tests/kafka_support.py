@@ -57,8 +57,25 @@ def kafka() -> Iterator[str]:
         subprocess.run([str(KAFKA_SH), "start"], check=True)
         started = True
     yield BOOTSTRAP
+    delete_session_topics(BOOTSTRAP)
     if started:
         subprocess.run([str(KAFKA_SH), "stop"], check=True)
+
+
+_SESSION_TOPICS: list[str] = []  # every topic Topics.create made in this pytest session
+
+
+def delete_session_topics(bootstrap: str) -> None:
+    """Delete the topics this session created: the broker's data directory kept them (and loaded them at every
+    start) until its time retention; one day of `make test` runs left 6,264 partition directories."""
+    if not _SESSION_TOPICS or not _broker_up():
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    doomed = [t for t in _SESSION_TOPICS if t in existing]
+    for future in admin.delete_topics(doomed, operation_timeout=30).values() if doomed else ():
+        future.result()
+    _SESSION_TOPICS.clear()
 
 
 @dataclass
@@ -81,6 +98,7 @@ class Topics:
                       {t.input: partitions, t.output: partitions, t.review: partitions, t.dlq: 1}, MAX_BYTES,
                       {t.dlq: dlq_limit(MAX_BYTES) if dlq_max_bytes is None else dlq_max_bytes,
                        t.review: MAX_BYTES if review_max_bytes is None else review_max_bytes})
+        _SESSION_TOPICS.extend((t.input, t.output, t.dlq, t.review))
         return t
 
     def env(self) -> dict[str, str]:

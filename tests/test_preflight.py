@@ -62,3 +62,19 @@ def test_demo_does_not_need_go(tmp_path: Path) -> None:
 
 def test_unknown_mode_is_a_usage_error() -> None:
     assert preflight("everything").returncode == 2
+
+
+def test_too_little_disk_is_named_with_what_the_goal_needs(tmp_path: Path) -> None:
+    """A `df` that reports 500 MB free: the goal is refused before it starts, not half-way through a download."""
+    path = stripped_path(tmp_path, {"df"})
+    (tmp_path / "bin" / "df").write_text(
+        "#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted'\n"
+        "echo \"/dev/fake 100000000 99500000 512000 99% $2\"\n")
+    (tmp_path / "bin" / "df").chmod(0o755)
+    res = preflight("test", path)
+    assert res.returncode == 1
+    assert "GB of free disk at" in res.stderr and "found 0 GB" in res.stderr, res.stderr
+    assert "lacks 1 requirement(s)" in res.stderr
+    skipped = subprocess.run([str(PREFLIGHT), "test"], capture_output=True, text=True, check=False, timeout=60,
+                             env=dict(os.environ, PATH=path, PREFLIGHT_SKIP_DISK="1"))
+    assert skipped.returncode == 0, skipped.stderr
