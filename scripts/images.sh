@@ -214,11 +214,25 @@ ensure_base() {  # ensure_base python|torchserve : the base image in buildah's s
   if buildah inspect --type image "$(base_ref "$1")" >/dev/null 2>&1; then
     say "$1 base: cached ($(base_ref "$1"))"
   else
+    drop_stale "$1"
     "build_${1}_base"
-    # Older recipes of this base are dead weight (the torchserve base is several GB).
-    buildah images --format '{{.Name}}:{{.Tag}}' | grep -F "localhost/image-moderation/$1-base:" \
-      | grep -vxF "$(base_ref "$1")" | xargs -r buildah rmi >/dev/null 2>&1 || true
   fi
+}
+
+drop_stale() {  # drop_stale python|torchserve|jre : before a base is rebuilt, what its old recipe made
+  # Older recipes of the base, and the chart images and archives built on it (their keys include the base's,
+  # so they are rebuilt next anyway). Dropped first, not after: a torchserve base build peaks at ~3x its 6 GB
+  # (the container, the commit's layer blob, the new layer), on top of the old base and the predictor on it,
+  # which filled the disk of a CI machine.
+  local name
+  for name in bridge predictor kafka kserve-predictor; do
+    [[ $(base_of "$name") == "$1" ]] || continue
+    buildah rmi "$(ref "$name")" >/dev/null 2>&1 || true
+    find "$IMAGE_CACHE" -maxdepth 1 -name "$name-*.oci.tar" -delete
+  done
+  buildah images --format '{{.Name}}:{{.Tag}}' | grep -F "localhost/image-moderation/$1-base:" \
+    | grep -vxF "$(base_ref "$1")" | xargs -r buildah rmi >/dev/null 2>&1 || true
+  buildah rmi --prune >/dev/null 2>&1 || true  # their untagged leftovers
 }
 
 # --- the chart's images ----------------------------------------------------------------------------------
