@@ -90,16 +90,18 @@ if (( level >= 4 )); then
 fi
 
 # Disk: what this goal writes that is not there yet (sizes measured on this project's machine: .venv 7.4 GB,
-# the wheelhouse 6 GB, the clone's Go tools and run state ~3 GB, the cluster's Go build cache and containerd
-# store ~25 GB, image rebuilds and imports up to ~6 GB). Too little space failed runs half-way, in odd places.
+# the wheelhouse 3.7 GB, the clone's Go tools and run state ~3 GB; for a cluster, once: the Go module and build
+# cache 12 GB, buildah's images 7 GB, containerd's store 11 GB; later, changed images: a predictor rebuild and
+# import a few GB, a torchserve base rebuild ~8 GB above the old one while it commits). Too little space failed
+# runs half-way, in odd places.
 free_gb() { df -Pk "$1" 2>/dev/null | awk 'NR == 2 {print int($4 / 1048576)}'; }
 cache_root="$HOME/.cache/image-moderation"
 need_gb=1
 [[ -f "$ROOT/.venv/.setup-done" ]] || need_gb=$((need_gb + 8))
-[[ -d "${WHEELHOUSE:-$cache_root/wheels}" ]] || need_gb=$((need_gb + 6))
+[[ -d "${WHEELHOUSE:-$cache_root/wheels}" ]] || need_gb=$((need_gb + 4))
 (( level >= 3 )) && need_gb=$((need_gb + 3))
 if (( level >= 4 )); then
-  if [[ -x "$cache_root/cluster/bin/kubelet" ]]; then need_gb=$((need_gb + 6)); else need_gb=$((need_gb + 30)); fi
+  if [[ -x "$cache_root/cluster/bin/kubelet" ]]; then need_gb=$((need_gb + 8)); else need_gb=$((need_gb + 32)); fi
 fi
 mkdir -p "$cache_root" 2>/dev/null || true
 if [[ -z ${PREFLIGHT_SKIP_DISK:-} ]]; then
