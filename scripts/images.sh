@@ -225,7 +225,7 @@ drop_stale() {  # drop_stale python|torchserve|jre : before a base is rebuilt, w
   # (the container, the commit's layer blob, the new layer), on top of the old base and the predictor on it,
   # which filled the disk of a CI machine.
   local name
-  for name in bridge predictor kafka kserve-predictor; do
+  for name in "${IMAGES[@]}"; do
     [[ $(base_of "$name") == "$1" ]] || continue
     buildah rmi "$(ref "$name")" >/dev/null 2>&1 || true
     find "$IMAGE_CACHE" -maxdepth 1 -name "$name-*.oci.tar" -delete
