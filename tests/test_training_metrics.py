@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from training.evaluation import METRIC_KEYS, compute_metrics, error_table, per_subclass
+from training.evaluation import METRIC_KEYS, auc_interval, compute_metrics, error_table, per_subclass
 from training.thresholds import read_threshold, threshold_for_recall, write_threshold
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,11 +51,27 @@ def test_per_subclass_and_error_table() -> None:
     s = [0.9, 0.2, 0.1, 0.8, 0.1, 0.3]
     groups = per_subclass(y, s, ["gun", "gun", "knife", "people", "people", "cats"], 0.5)
     assert groups["gun"] == {"label": "harmful", "n": 2, "correct": 0.5, "mean_score": pytest.approx(0.55),
-                             "roc_auc": pytest.approx(4 / 6)}  # 0.9 beats all three benign, 0.2 beats 0.1
+                             "roc_auc": pytest.approx(4 / 6),  # 0.9 beats all three benign, 0.2 beats 0.1
+                             "roc_auc_95": groups["gun"]["roc_auc_95"]}
+    low, high = groups["gun"]["roc_auc_95"]
+    assert 0 <= low <= 4 / 6 <= high <= 1
     assert "roc_auc" not in groups["people"]
     assert groups["people"]["correct"] == 0.5 and groups["cats"]["correct"] == 1.0
     table = error_table(groups).splitlines()
     assert [line.split(" | ")[0] for line in table[2:]] == ["| gun", "| knife", "| people"]
+
+
+def test_auc_interval_brackets_the_auc_and_narrows_with_more_photos() -> None:
+    rng = np.random.default_rng(1)
+    pos, neg = rng.normal(1.5, 1, 80), rng.normal(0, 1, 700)
+    auc = roc_auc_score(np.r_[np.ones(80), np.zeros(700)], np.r_[pos, neg])
+    low, high = auc_interval(pos, neg)
+    assert low < auc < high and 0.02 < high - low < 0.15
+    more = auc_interval(rng.normal(1.5, 1, 800), neg)
+    assert more[1] - more[0] < (high - low) / 2
+    assert auc_interval([0.9, 0.8], [0.1, 0.2]) == [1.0, 1.0]  # separated in every resample
+    ties = auc_interval([0.5] * 5, [0.5] * 5)  # all tied: AUC 0.5 in every resample (ties count half)
+    assert ties == [0.5, 0.5]
 
 
 def test_write_threshold_keeps_the_rest_of_the_config(tmp_path: Path) -> None:

@@ -64,7 +64,23 @@ def per_subclass(
         if y[idx[0]] == 1 and len(benign):
             keep = np.concatenate([s[idx], benign])
             out[sub]["roc_auc"] = float(roc_auc_score(np.r_[np.ones(len(idx)), np.zeros(len(benign))], keep))
+            out[sub]["roc_auc_95"] = auc_interval(s[idx], benign)
     return out
+
+
+def auc_interval(positives: np.ndarray, negatives: np.ndarray, rounds: int = 2000, seed: int = 0) -> list[float]:
+    """95 % bootstrap interval of the ROC-AUC of `positives` against `negatives`, each resampled on its own
+    (the subclasses are small: 77 violence test photos put a +-0.015 spread on an AUC near 0.97, so a target
+    of 0.97 cannot be told from 0.967 without it). AUC = P(pos > neg) + P(pos == neg) / 2, by sorted search."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.asarray(positives, dtype=float), np.asarray(negatives, dtype=float)
+    aucs = np.empty(rounds)
+    for r in range(rounds):
+        p = pos[rng.integers(0, len(pos), len(pos))]
+        n = np.sort(neg[rng.integers(0, len(neg), len(neg))])
+        below, not_above = np.searchsorted(n, p, "left"), np.searchsorted(n, p, "right")
+        aucs[r] = (below + not_above).sum() / (2 * len(p) * len(n))
+    return [float(v) for v in np.percentile(aucs, [2.5, 97.5])]
 
 
 def _fmt(value: float | None) -> str:
@@ -82,11 +98,12 @@ def markdown_table(rows: dict[str, dict]) -> str:
 
 
 def subclass_table(groups: dict[str, dict]) -> str:
-    lines = ["| subclass | label | n | correct | mean P(harmful) | ROC-AUC vs all benign |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| subclass | label | n | correct | mean P(harmful) | ROC-AUC vs all benign | 95 % interval |",
+             "|---|---|---|---|---|---|---|"]
     for sub, g in groups.items():
+        ci = g.get("roc_auc_95")
         lines.append(f"| {sub} | {g['label']} | {g['n']} | {g['correct']:.3f} | {g['mean_score']:.3f} | "
-                     f"{_fmt(g.get('roc_auc'))} |")
+                     f"{_fmt(g.get('roc_auc'))} | {f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else '-'} |")
     return "\n".join(lines)
 
 

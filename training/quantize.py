@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
             report[name]["test_recall_at_90_precision"] = (recall_at_precision(y_test, s_test, 0.90)
                                                            if len(set(y_test.tolist())) == 2 else None)
             report[name]["test_harmful_subclass_roc_auc"] = {
-                sub: {"n": g["n"], "roc_auc": g["roc_auc"]}
+                sub: {"n": g["n"], "roc_auc": g["roc_auc"], "roc_auc_95": g["roc_auc_95"]}
                 for sub, g in per_subclass(y_test, s_test, sub_test, t).items() if "roc_auc" in g}
             rows[f"{args.model} int8 (test, threshold re-picked on val)"] = report[name]["test_at_val_threshold"]
     f32, i8 = report["fp32"], report["int8"]
@@ -270,13 +270,19 @@ def card_section(report: dict, table: str) -> str:
 def _served_targets(i8: dict) -> str:
     """Recall at 90 % precision and the harmful subclasses' ROC-AUC (vs every benign test photo) of the int8 graph."""
     r90 = i8.get("test_recall_at_90_precision")
-    subs = ", ".join(f"{k} {v['roc_auc']:.3f} (n={v['n']})"
+    subs = ", ".join(f"{k} {v['roc_auc']:.3f} (n={v['n']}{_interval(v)})"
                      for k, v in sorted(i8.get("test_harmful_subclass_roc_auc", {}).items(), key=lambda kv: -kv[1]["n"])
                      if v["n"] >= 50)
     if r90 is None:
         return ""
     return (f"Test recall at 90 % precision {r90:.3f}; ROC-AUC of each harmful subclass with ≥ 50 test photos: "
             f"{subs or '-'}.")
+
+
+def _interval(subclass: dict) -> str:
+    """`, 95 % 0.951-0.981` from a report that has the bootstrap interval (reports from before it do not)."""
+    ci = subclass.get("roc_auc_95")
+    return f", 95 % {ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
 
 
 def install(report: dict, graph: Path, folder: Path, config: Path, table: str) -> None:
