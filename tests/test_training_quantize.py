@@ -66,6 +66,11 @@ def test_int8_graph_is_quantized_scored_and_reported(tmp_path: Path) -> None:
     assert report["int8"]["val_recall_at_that_threshold"] >= report["target_recall"] - 1e-9
     assert report["int8"]["val_review_threshold"] <= report["int8"]["val_threshold_for_target_recall"]
     assert report["fp32_threshold"] == read_threshold(CONFIG)
+    # each harmful subclass's AUC with a 95 % interval: on val for both graphs (to choose a recipe), on test
+    for split, graph in (("val", "fp32"), ("val", "int8"), ("test", "int8")):
+        subs = report[graph][f"{split}_harmful_subclass_roc_auc"]
+        assert subs, split
+        assert all(s["n"] > 0 and 0 <= s["roc_auc_95"][0] <= s["roc_auc_95"][1] <= 1 for s in subs.values()), subs
 
     # --install: the graph, a compact report and its own threshold, which backend onnx_int8 serves
     assert (installed / "model.int8.onnx").read_bytes() == (out / "model.int8.onnx").read_bytes()

@@ -18,10 +18,12 @@ from handlers.imaging import DecodeLimits, decode_image
 from handlers.registry import IMAGE_SIZE, eval_transform, normalize
 from training.data import Sample
 
-# MobileNetV2 1.2.0 tunes from features.11 (the 14x14 blocks on): against features.14 (1.1.0), validation ROC-AUC
+# MobileNetV2 1.2.0 tunes from features.11 (the 14x14 blocks on): against features.14 (1.1.0; `make quantize`'s
+# quantization.json, val_roc_auc and val_harmful_subclass_roc_auc, of each checkpoint), validation ROC-AUC
 # 0.9927 vs 0.9919 fp32 and 0.9916 vs 0.9888 int8, the violence subclass 0.9811 vs 0.9745 int8; out of source
-# (5 source folds) AUC 0.847 vs 0.850, worst source 0.597 vs 0.564. Probe, fine-tuning and folds took 39 min here
-# (1.1.0: 36 min); the cached activations are two thirds the size (14x14x64 instead of 14x14x96 per view).
+# (5 source folds, their model cards) AUC 0.847 vs 0.850, worst source 0.597 vs 0.564. Probe, fine-tuning and
+# folds took 39 min here (1.1.0: 36 min); the cached activations are two thirds the size (14x14x64 instead of
+# 14x14x96 per view).
 DEFAULT_TUNE_FROM = {"mobilenet_v2": "features.11", "resnet50": "fc"}
 
 
