@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,10 +26,25 @@ from handlers.settings import HandlerSettings, graph_file
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "model.pt"
 Pixels = Any  # uint8 HWC numpy array (ONNX backends) or uint8 CHW torch tensor (eager)
+
+
+def onnx_session(path: str | os.PathLike[str], threads: int = 0) -> Any:
+    """The one way this project opens an ONNX graph (server, evaluation, quantisation, benchmarks), so a graph
+    measured anywhere runs with the server's options: CPU provider, sequential, `threads` intra-op threads
+    (0: ONNX Runtime's default, one per core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = max(threads, 0)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class Scorer:
@@ -46,22 +61,12 @@ class Scorer:
         graph = graph_file(self.settings.backend)
         self.onnx = graph is not None  # decided once: _forward runs per chunk of every batch
         if graph is not None:
-            self._session = self._onnx_session(os.path.join(model_dir, graph))
-            self._to_pixels = input_array
+            # intra-op threads follow `torch_threads` so workers x threads still fits the CPU
+            self._session = onnx_session(os.path.join(model_dir, graph), self.settings.torch_threads)
+            self.to_pixels: Callable[[Image.Image], Pixels] = input_array  # a decoded image -> model input
         else:
             self._load_eager(os.path.join(model_dir, CHECKPOINT_FILE))
         self.categories = self._categories()
-
-    def _onnx_session(self, path: str) -> Any:
-        """ONNX Runtime session; intra-op threads follow `torch_threads` so workers x threads still fits the CPU."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        options.intra_op_num_threads = max(self.settings.torch_threads, 0)
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def _load_eager(self, checkpoint: str) -> None:
         import torch
@@ -76,7 +81,7 @@ class Scorer:
         if self.settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self._model = model
-        self._to_pixels = input_transform()
+        self.to_pixels = input_transform()
         self._normalize = normalize()
 
     def describe(self) -> str:
@@ -96,7 +101,7 @@ class Scorer:
             except ModerationError as err:
                 raise err.at(i) if len(images) > 1 else err from None
             t1 = time.perf_counter()
-            out.append(self._to_pixels(image))
+            out.append(self.to_pixels(image))
             seconds["decode"] += t1 - t0
             seconds["preprocess"] += time.perf_counter() - t1
         return out

@@ -34,15 +34,12 @@ def _steps(model: str, backend: str, batch: int, threads: int, onnx_path: str) -
     from handlers.imaging import DecodeLimits, decode_image
     from handlers.model_io import probabilities
     from handlers.registry import build_model, input_array, input_transform, load_checkpoint, normalize
+    from handlers.scorer import onnx_session
 
     torch.set_num_threads(threads)
     images, limits = corpus(), DecodeLimits()
     if graph_file(backend) is not None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+        session = onnx_session(onnx_path, threads)
 
         def step(raw: list[bytes]) -> None:
             session.run(None, {"pixels": np.stack([input_array(decode_image(b, limits)) for b in raw])})

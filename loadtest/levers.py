@@ -39,6 +39,7 @@ import build_archives  # noqa: E402  (model-archive/ is a script folder)
 
 from handlers.imaging import DecodeLimits, decode_image  # noqa: E402
 from handlers.registry import IMAGE_SIZE, MODEL_NAMES, build_model, input_array, load_checkpoint, normalize  # noqa: E402
+from handlers.scorer import onnx_session  # noqa: E402
 from loadtest.loadgen import corpus  # noqa: E402
 
 RESULTS = ROOT / "loadtest" / "results"
@@ -86,11 +87,7 @@ def _torch_step(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
 
 
 def _onnx_step(path: Path, pixels: np.ndarray) -> Callable[[], int]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads=1)
     return lambda: (session.run(None, {"pixels": pixels}), len(pixels))[1]
 
 

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 from handlers.imaging import DecodeLimits, decode_image
 from handlers.model_io import probabilities
 from handlers.registry import build_model, input_array, input_transform, load_checkpoint, normalize
+from handlers.scorer import onnx_session
 from tests.image_factory import accepted_variants, jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     path = builder.export_onnx(request.param, ckpt, tmp_path_factory.mktemp("onnx") / "model.onnx")
     model = build_model(request.param)
     load_checkpoint(model, str(ckpt))
-    return model.eval(), ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return model.eval(), onnx_session(path)
 
 
 def _images() -> list:

@@ -12,7 +12,6 @@ config serves it: its backend (eager weights, fp32 or int8 ONNX graph) and that 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 import warnings
@@ -28,8 +27,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from handlers.model_io import probabilities
-from handlers.registry import CATEGORIES, LABELS, MODEL_NAMES, build_model, eval_transform, input_array, load_checkpoint
-from handlers.settings import HandlerSettings, graph_file
+from handlers.registry import CATEGORIES, LABELS, MODEL_NAMES, build_model, eval_transform, load_checkpoint
+from handlers.scorer import Scorer as ServedScorer
 from training.calibration import recall_at_precision
 from training.data import SUBCLASS_CATEGORIES, ClassMap, Sample, load_dataset, subclass_group
 from training.evaluation import (
@@ -71,36 +70,31 @@ def eager(model: torch.nn.Module, threshold: float) -> Scorer:
     return Scorer(eval_transform(), forward, threshold, "eager")
 
 
-def onnx_graph(path: Path, threshold: float, backend: str) -> Scorer:
-    """The packed ONNX graph on uint8 NHWC pixels, exactly the handler's ONNX path (same resize, same graph)."""
-    import onnxruntime as ort
+def served(name: str, archive: Path, workdir: Path) -> Scorer:
+    """A .mar scored by the server's own scorer (handlers.scorer): its backend, thresholds, threads, pixels and
+    forward, so `--mar` measures exactly what the handler would answer."""
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(workdir)
+    config = yaml.safe_load((workdir / f"{name}.yaml").read_text())
+    version = json.loads((workdir / "MAR-INF" / "MANIFEST.json").read_text())["model"].get("modelVersion", "1.0")
+    scorer = ServedScorer(name, workdir, config.get("handler") or {}, str(version), env={})
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    def transform(image: Image.Image) -> torch.Tensor:
+        pixels = scorer.to_pixels(image)  # uint8: HWC numpy for the ONNX graphs, CHW tensor for eager weights
+        return torch.from_numpy(pixels.copy()) if isinstance(pixels, np.ndarray) else pixels  # PIL-backed: read-only
 
     def forward(x: torch.Tensor) -> np.ndarray:
-        return probabilities(session.run(None, {"pixels": x.numpy()})[0])
+        return scorer.scores([p.numpy() for p in x] if scorer.onnx else list(x))
 
-    return Scorer(_uint8_pixels, forward, threshold, backend)
-
-
-def _uint8_pixels(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(input_array(image).copy())  # PIL-backed arrays are read-only
+    return Scorer(transform, forward, scorer.settings.threshold, scorer.settings.backend)
 
 
 def load_scorer(name: str, checkpoint: Path | None, mar: Path | None, workdir: Path) -> Scorer:
-    """What is served: a .mar through its handler settings (backend and its threshold), else the checkpoint
-    (eager) with the threshold from its meta or the model config."""
-    model = build_model(name)
+    """What is served: a .mar through the server's scorer, else the checkpoint (eager) with the threshold from
+    its meta or the model config."""
     if mar is not None:
-        with zipfile.ZipFile(mar) as z:
-            config = yaml.safe_load(io.BytesIO(z.read(f"{name}.yaml")))
-            settings = HandlerSettings.load(name, config.get("handler") or {}, env={})
-            graph = graph_file(settings.backend)
-            z.extract(graph or "model.pt", workdir)
-        if graph is not None:
-            return onnx_graph(workdir / graph, settings.threshold, settings.backend)
-        load_checkpoint(model, str(workdir / "model.pt"))
-        return eager(model, settings.threshold)
+        return served(name, mar, workdir)
+    model = build_model(name)
     path = checkpoint or ROOT / "models" / name / "model.pt"
     meta = load_checkpoint(model, str(path))
     threshold = meta.get("threshold")

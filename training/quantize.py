@@ -38,6 +38,7 @@ from handlers.errors import ModerationError
 from handlers.imaging import DecodeLimits, decode_image
 from handlers.model_io import harmful_probability
 from handlers.registry import HARMFUL_INDEX, MODEL_NAMES, input_array
+from handlers.scorer import onnx_session
 from handlers.settings import (
     INT8_ONNX_FILE,
     INT8_REVIEW_THRESHOLD_KEY,
@@ -97,12 +98,6 @@ class _Calibration(CalibrationDataReader):
     def get_next(self) -> dict[str, np.ndarray] | None:
         row = next(self._rows, None)
         return None if row is None else {"pixels": row[None]}
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def scores(session: ort.InferenceSession, x: np.ndarray, batch: int = 4) -> np.ndarray:
@@ -179,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "checkpoint_sha256": build_archives.sha256(checkpoint)}
     rows = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
-        session = _session(path)
+        session = onnx_session(path, threads=1)
         s_val, s_test = scores(session, x_val), scores(session, x_test)
         report[name] = {"val_roc_auc": compute_metrics(y_val, s_val, fp32_threshold)["roc_auc"],
                         # the harmful subclasses on validation: how a recipe is chosen without the test split
@@ -210,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     f32, i8 = report["fp32"], report["int8"]
     # Forward speed in the order fp32 int8 int8 fp32, averaged: a machine whose load drifts during the run
     # favours neither graph (a single fp32-then-int8 pair gave 0.67x and 1.95x on the same graphs).
-    sessions = {"fp32": _session(fp32), "int8": _session(int8)}
+    sessions = {"fp32": onnx_session(fp32, threads=1), "int8": onnx_session(int8, threads=1)}
     rates: dict[str, list[float]] = {"fp32": [], "int8": []}
     for name in ("fp32", "int8", "int8", "fp32"):
         rates[name].append(forward_rate(sessions[name], x_test, args.speed_seconds / 2))
