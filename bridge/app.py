@@ -48,7 +48,7 @@ from bridge.contract import (
     prediction_value,
 )
 from bridge.health import HealthServer
-from bridge.inference import InferenceClient, InferenceError
+from bridge.inference import EndpointError, InferenceClient
 from bridge.kafka_poll import consume_available
 from bridge.lag import LagProbe
 from bridge.logs import PerRecord
@@ -73,7 +73,17 @@ from handlers.envelopes import Prediction
 from handlers.fetch import Fetcher, FetchError
 
 log = logging.getLogger("bridge")
+# Loop timings: internal cadences, not tuning knobs (those are BRIDGE_* settings in bridge/config.py). Each is short
+# so that a loop notices a stop, a freed slot or a broker error within a fraction of a second.
 FETCH_LINGER_S = 0.02  # longest a fetched image waits for the fetches beside it to fill a batch
+PRODUCER_POLL_S = 0.1  # the producer thread's poll: how late a delivery report can reach the event loop
+PRODUCE_RETRY_S = 0.1  # wait before producing again when librdkafka's local queue is full (BufferError)
+ROOM_WAIT_S = 0.2  # longest the fetch loop waits for in-flight room before it polls Kafka again
+CONSUME_TIMEOUT_S = 0.2  # one consume call's wait for a first record: an idle loop (and its heartbeat) turns this often
+CONSUME_MAX = 500  # records per consume call at most (also bounded by the in-flight room)
+CONSUME_ERROR_PAUSE_S = 0.5  # pause after a failed consume call, so a broker error does not spin the loop
+PROBE_MIN_S, PROBE_MAX_S = 0.2, 5.0  # readiness probe backoff bounds while the endpoint is down
+DRAIN_POLL_S = 0.05  # shutdown: how often the drain checks that consumed work has finished
 T = TypeVar("T")
 
 
@@ -281,7 +291,7 @@ class Bridge:
         """Delivery reports are served here and handed to the event loop."""
         assert self.producer is not None
         while not self._producer_stop.is_set():
-            self.producer.poll(0.1)
+            self.producer.poll(PRODUCER_POLL_S)
 
     def _produce(self, item: Item, stage: Stage, topic: str, key: bytes | None, value: bytes | None,
                  headers: list[tuple[str, bytes]], on_ack: Callable[[], None],
@@ -298,7 +308,7 @@ class Bridge:
         try:
             self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
         except BufferError:
-            self._later(0.1, lambda: self._produce(item, stage, topic, key, value, headers, on_ack, then))
+            self._later(PRODUCE_RETRY_S, lambda: self._produce(item, stage, topic, key, value, headers, on_ack, then))
         except KafkaException as exc:  # refused before sending (e.g. over the producer's message.max.bytes)
             self._delivered(item, stage, exc.args[0], topic, key, value, headers, on_ack, then)
 
@@ -500,16 +510,17 @@ class Bridge:
                 if time.monotonic() - self._full_since < self.cfg.pause_after_s:
                     self._room.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._room.wait(), 0.2)
+                        await asyncio.wait_for(self._room.wait(), ROOM_WAIT_S)
                     continue
             want_pause = down or room <= 0
             if want_pause != self._paused or self._pauses_dirty:
                 await self._consumer_call(self._set_paused, want_pause)
             try:
-                msgs = await self._consumer_call(consume_available, self.consumer, max(1, min(room, 500)), 0.2)
+                msgs = await self._consumer_call(consume_available, self.consumer, max(1, min(room, CONSUME_MAX)),
+                                                 CONSUME_TIMEOUT_S)
             except KafkaException as exc:
                 log.warning("consume failed", extra={"error": str(exc)})
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(CONSUME_ERROR_PAUSE_S)
                 continue
             for msg in msgs:
                 self._accept(msg)
@@ -682,7 +693,7 @@ class Bridge:
         try:
             preds = await self.client.infer([it.record.image for it in batch], batch[0].id,  # type: ignore[union-attr]
                                             model)
-        except InferenceError as exc:
+        except EndpointError as exc:
             self._failed(batch, exc)
             return
         elapsed = time.perf_counter() - t0
@@ -695,7 +706,7 @@ class Bridge:
         if self.queue:
             self._queued.set()
 
-    def _failed(self, batch: list[Item], exc: InferenceError) -> None:
+    def _failed(self, batch: list[Item], exc: EndpointError) -> None:
         charged = blame(len(batch), exc.transient, exc.index)
         if charged.solo:  # the endpoint did not say which image: find out one by one
             for it in batch:
@@ -716,7 +727,7 @@ class Bridge:
                       status=exc.status)
 
     # ---- endpoint readiness (circuit breaker) ---------------------------------------------------
-    def _endpoint_down(self, exc: InferenceError) -> None:
+    def _endpoint_down(self, exc: EndpointError) -> None:
         if self._endpoint_ok.is_set():
             log.warning("inference endpoint down: pausing consumption", extra={"reason": exc.reason,
                                                                                "error": exc.message})
@@ -743,7 +754,8 @@ class Bridge:
                     log.info("inference endpoint ready", extra={"url": self.client.ready_url})
                     return
                 attempt += 1
-                await asyncio.sleep(max(0.2, backoff(attempt, self.cfg.backoff_s, min(5.0, self.cfg.backoff_max_s))))
+                delay = backoff(attempt, self.cfg.backoff_s, min(PROBE_MAX_S, self.cfg.backoff_max_s))
+                await asyncio.sleep(max(PROBE_MIN_S, delay))
         finally:
             self._probing = False
 
@@ -865,7 +877,7 @@ class Bridge:
         """Let consumed work finish (bounded by BRIDGE_SHUTDOWN_TIMEOUT_S); the rest is re-delivered later."""
         deadline = time.monotonic() + self.cfg.shutdown_timeout_s
         while self.in_flight > 0 and time.monotonic() < deadline and self.exit_code == 0:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(DRAIN_POLL_S)
 
     def _signalled(self, sig: signal.Signals) -> None:
         log.info("signal received: draining", extra={"signal": sig.name, "in_flight": self.in_flight})

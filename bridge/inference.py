@@ -21,8 +21,9 @@ TRANSIENT_4XX = {404, 408, 409, 425, 429}
 
 
 @dataclass
-class InferenceError(Exception):
-    """Why an inference request failed; `transient` decides retry vs DLQ."""
+class EndpointError(Exception):
+    """Why a call to the inference endpoint failed; `transient` decides retry vs DLQ. (Not KServe's server-side
+    `InferenceError`: this is the client's view of the endpoint.)"""
 
     transient: bool
     reason: str  # handler reason (not_an_image, ...) or connection/timeout/http_503/...
@@ -39,8 +40,8 @@ class InferenceError(Exception):
         return self.reason in ("connection", "http_503", "http_404", "http_502")
 
 
-def classify(status: int, body: bytes) -> InferenceError:
-    """Map a non-200 answer to an InferenceError (handler errors are JSON {"error","reason","index"})."""
+def classify(status: int, body: bytes) -> EndpointError:
+    """Map a non-200 answer to an EndpointError (handler errors are JSON {"error","reason","index"})."""
     try:
         doc: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -49,10 +50,10 @@ def classify(status: int, body: bytes) -> InferenceError:
     message = str(doc.get("error") or doc.get("message") or body[:300].decode("utf-8", "replace") or f"HTTP {status}")
     index = doc.get("index") if isinstance(doc.get("index"), int) else None
     if status >= 500 or status in TRANSIENT_4XX:
-        return InferenceError(True, f"http_{status}", message, status)
+        return EndpointError(True, f"http_{status}", message, status)
     if 400 <= status < 500:
-        return InferenceError(False, str(doc.get("reason") or f"http_{status}"), message, status, index)
-    return InferenceError(True, f"http_{status}", message, status)
+        return EndpointError(False, str(doc.get("reason") or f"http_{status}"), message, status, index)
+    return EndpointError(True, f"http_{status}", message, status)
 
 
 class InferenceClient:
@@ -107,19 +108,19 @@ class InferenceClient:
                 payload = await resp.read()
                 status = resp.status
         except TimeoutError as exc:
-            raise InferenceError(True, "timeout", f"no answer within {self.timeout.total}s") from exc
+            raise EndpointError(True, "timeout", f"no answer within {self.timeout.total}s") from exc
         except aiohttp.ClientConnectionError as exc:
-            raise InferenceError(True, "connection", str(exc) or type(exc).__name__) from exc
+            raise EndpointError(True, "connection", str(exc) or type(exc).__name__) from exc
         except aiohttp.ClientError as exc:
-            raise InferenceError(True, "client_error", str(exc) or type(exc).__name__) from exc
+            raise EndpointError(True, "client_error", str(exc) or type(exc).__name__) from exc
         if status != 200:
             raise classify(status, payload)
         try:
             preds = predictions_from(json.loads(payload))
         except (ValueError, KeyError, TypeError) as exc:
-            raise InferenceError(True, "bad_response", f"unparseable answer: {exc}", status) from exc
+            raise EndpointError(True, "bad_response", f"unparseable answer: {exc}", status) from exc
         if len(preds) != len(images):
-            raise InferenceError(True, "bad_response", f"{len(preds)} predictions for {len(images)} images", status)
+            raise EndpointError(True, "bad_response", f"{len(preds)} predictions for {len(images)} images", status)
         return preds
 
     async def ready(self) -> bool:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from bridge.config import Config
-from bridge.inference import InferenceClient, InferenceError
+from bridge.inference import EndpointError, InferenceClient
 from bridge.outcome import Action, Failure, Kind, Stage, backoff, blame, decide, error_text
 from streaming.process import Work, policy
 
@@ -62,7 +62,7 @@ class EndpointClassifier:
             t0 = time.perf_counter()
             try:
                 preds = await self.client.infer([w.image for w in batch], batch[0].record.id, model)  # type: ignore[union-attr]
-            except InferenceError as exc:
+            except EndpointError as exc:
                 failure = exc
             else:
                 ms = (time.perf_counter() - t0) * 1000
@@ -71,7 +71,7 @@ class EndpointClassifier:
                 return
         await self._failed(model, batch, failure)
 
-    async def _failed(self, model: str, batch: list[Work], exc: InferenceError) -> None:
+    async def _failed(self, model: str, batch: list[Work], exc: EndpointError) -> None:
         charged = blame(len(batch), exc.transient, exc.index)
         if charged.solo:  # the endpoint did not say which image: one by one
             await asyncio.gather(*(self._send(model, [w]) for w in batch))
