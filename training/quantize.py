@@ -9,8 +9,9 @@ own decode path. Reported, for the issue's "accuracy change <= 1 point" rule and
 most): test metrics at the fp32 threshold (handler.threshold), test metrics of int8 at its own thresholds
 (what backend onnx_int8 serves), and forward-only speed on one thread. The int8 graph ranks images a little
 differently, so its decision and review thresholds are re-picked on val to flag the same share of harmful
-images as the fp32 graph does at `threshold` and `review_threshold` (which `make train` picked out of source):
-the promise stays the fp32 model's. `--target-recall R` picks the decision threshold for recall R instead.
+images as the fp32 graph does at `threshold` and `review_threshold` (which `make train` picked on the
+calibrated validation scores): the promise stays the fp32 model's. `--target-recall R` picks the decision
+threshold for recall R instead.
 Writes OUT/quantization.json and OUT/model.int8.onnx.
 
 --install (`make quantize`) adopts the result for serving: the graph and its report (with the sha256 of the

@@ -22,7 +22,8 @@ def write_metrics(out: Path, metrics: dict, groups: dict, fine: dict | None = No
 
 
 def _threshold_lines(name: str, meta: dict) -> str:
-    """How the served thresholds were picked: out of source (folds) or, for older runs, on validation."""
+    """How the served thresholds were picked (calibrated validation scores, or out of source with
+    `--thresholds-on out-of-source`) and what they keep out of source; older runs without folds: validation only."""
     oos = meta.get("out_of_source")
     env = f"MODERATION_THRESHOLD_{name.upper()}"
     review = meta.get("review_threshold")
