@@ -53,6 +53,10 @@ upload-models: models ## Upload model-archive/build/{config,model-store} to STOR
 images: ## Build the bridge, predictor and kserve-predictor images + the local broker (Docker, else buildah on Debian-assembled bases; cached in ~/.cache/image-moderation/images)
 	scripts/images.sh build
 
+.PHONY: images-check
+images-check: $(SETUP_STAMP) images ## The built images as the chart runs them: config, layers, each run as its user (fails, not skips, when one is missing)
+	IMAGES_REQUIRED=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_images_built.py
+
 .PHONY: images-load
 images-load: ## Import the built images into containerd (CONTAINERD_ADDRESS, default /run/containerd/containerd.sock)
 	scripts/images.sh load

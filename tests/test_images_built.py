@@ -1,12 +1,14 @@
 """The images `make images` built, read from their OCI archives (scripts/images.sh keeps them in IMAGE_CACHE,
 default ~/.cache/image-moderation/images): the configuration the chart relies on (non-root user, entrypoint,
 command, PATH), compared with the Dockerfiles and the chart, and, where buildah is installed, the image run as
-that user. Each test is skipped only when its archive has not been built for the current sources.
+that user. Each test is skipped only when its archive has not been built for the current sources (or buildah/runc
+are missing), unless IMAGES_REQUIRED=1 (`make images-check`, which CI runs once the images are built): then it fails.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -34,12 +36,19 @@ USERS = {name: _chart_user(name) for name in ("bridge", "predictor")}
 USERS["kserve-predictor"] = USERS["predictor"]  # runtime=kserve runs with the same predictor securityContext
 
 
+def _missing(reason: str) -> None:
+    """Skip for want of a built image or tool; with IMAGES_REQUIRED=1 that is a failure (nothing checked)."""
+    if os.environ.get("IMAGES_REQUIRED") == "1":
+        pytest.fail(f"{reason} (IMAGES_REQUIRED=1)")
+    pytest.skip(reason)
+
+
 def archive(name: str) -> Path:
     res = k.run([str(SCRIPT), "archive", name])
     assert res.returncode == 0, res.stderr
     path = Path(res.stdout.strip().splitlines()[-1])
     if not path.is_file():
-        pytest.skip(f"{name} image not built for the current sources ({path.name}): run `make images`")
+        _missing(f"{name} image not built for the current sources ({path.name}): run `make images`")
     return path
 
 
@@ -129,12 +138,12 @@ def test_predictor_top_layer_adds_onnxruntime_to_the_venv() -> None:
 def _buildah_run(name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
     """Run CMD in a container of the built image (runc, as the cluster runs it), as the image's user, offline."""
     if shutil.which("buildah") is None:
-        pytest.skip("buildah is not installed (the archive was built elsewhere)")
+        _missing("buildah is not installed (the archive was built elsewhere)")
     # runc by name: buildah prefers crun when both are installed (Debian's buildah depends on crun | runc),
     # and crun refuses this host's hybrid cgroup layout; runc is also what the cluster's containerd runs.
     runc = shutil.which("runc")
     if runc is None:
-        pytest.skip("runc is not installed (make cluster-up installs it)")
+        _missing("runc is not installed (make cluster-up installs it)")
     manifest, config, path = image(name)
     # The image built here is in buildah's storage already; otherwise read the archive (which takes over the
     # name, so the image it displaces is removed afterwards, as scripts/images.sh does after a rebuild).
