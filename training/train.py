@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--benign-classes", default="benign")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction,
                    help="store the checkpoint in fp16 (halves its size; default on for resnet50)")
-    p.add_argument("--version", default="1.2.0")
+    p.add_argument("--version", default="1.3.0")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TRAINING_CACHE", ROOT / ".cache/training")),
                    help="cached stem activations and resumable state (env TRAINING_CACHE; default .cache/training)")
     p.add_argument("--cache-only", action="store_true", help="only compute the cached stem activations, then stop")
