@@ -20,7 +20,8 @@ from training.data import Sample
 
 # MobileNetV2 1.3.0 tunes from features.7 (the block that takes 28x28x32 down to 14x14) on. Chosen on validation
 # (`make quantize`'s quantization.json, val_roc_auc and val_harmful_subclass_roc_auc, of each checkpoint) against
-# features.11 (1.2.0): ROC-AUC 0.9942 vs 0.9927 fp32 and 0.9929 vs 0.9916 int8, violence 0.9823 vs 0.9811 int8,
+# features.11 (1.2.0, whose files are `git show 20fbe7a:models/mobilenet_v2/quantization.json` and
+# `MODEL_CARD.md`): ROC-AUC 0.9942 vs 0.9927 fp32 and 0.9929 vs 0.9916 int8, violence 0.9823 vs 0.9811 int8,
 # long_gun 0.9946 vs 0.9924 int8. Out of source (5 source folds, the model cards): pooled AUC 0.853 vs 0.847, mean
 # per source 0.798 vs 0.792, but the worst source (the violence photos' own) 0.489 vs 0.597. features.11 had beaten
 # features.14 (1.1.0) the same way: val AUC int8 0.9916 vs 0.9888, violence 0.9811 vs 0.9745. The cached
