@@ -34,7 +34,10 @@ JIT_OF = "torchserve frontend"
 
 
 def _jit_seconds(pid: int) -> float:
-    """CPU seconds of a JVM's compiler threads (Linux /proc: thread names are not in psutil)."""
+    """CPU seconds of a JVM's compiler threads (Linux /proc: thread names are not in psutil).
+
+    Whole clock ticks per thread, like the process's own figure: over a window of a few ticks the two can
+    disagree by a couple of ticks per thread, which is why the bench's slices last seconds."""
     total = 0
     tick = os.sysconf("SC_CLK_TCK")
     try:

@@ -138,11 +138,21 @@ def test_cpu_by_role_splits_out_the_frontend_jit(serving: str) -> None:
     (java,) = [p for p in psutil.process_iter(["cmdline"]) if "org.pytorch.serve" in " ".join(p.info["cmdline"] or [])
                and _group_of(p.pid) == group]
     assert _jit_seconds(java.pid) > 0
+    compilers = sum("Compiler" in Path(f"/proc/{java.pid}/task/{tid}/comm").read_text()
+                    for tid in os.listdir(f"/proc/{java.pid}/task"))
+    start = time.perf_counter()
     with cores_by_role() as cores, httpx.Client(base_url=serving, timeout=30) as client:
-        for seed in range(10):
+        seed = 0
+        while seed < 10 or time.perf_counter() - start < 2.0:  # a window of many clock ticks (below)
             assert client.post("/v1/models/mobilenet_v2:predict", content=jpeg(64, 48, seed),
                                headers={"Content-Type": "image/jpeg"}).status_code == 200
-    assert 0.0 <= cores[JIT] <= cores[JIT_OF], cores
+            seed += 1
+    seconds = time.perf_counter() - start
+    # /proc reports CPU time per thread and per process in whole clock ticks, utime and stime each truncated:
+    # a delta can be off by up to 2 ticks per thread, so over a short window the compiler threads' sum may read
+    # a few ticks above the process's (CI once saw 0.43 against 0.36 cores over a window of 10 requests).
+    slack = 2 * (1 + compilers) / os.sysconf("SC_CLK_TCK") / seconds + 0.01  # + cores_by_role's rounding
+    assert 0.0 <= cores[JIT] <= cores[JIT_OF] + slack, (cores, slack)
 
 
 def test_cuda_library_rss_is_counted_only_where_mapped() -> None:
