@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tomllib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -38,6 +40,9 @@ from handlers.stack import stack, url
 log = logging.getLogger("gateway")
 PLATFORM = "pytorch_torchserve"
 SERVER_NAME = "image-moderation"
+# The project's own version (`/v2` server metadata); the gateway runs from the repository, beside pyproject.toml.
+with (Path(__file__).resolve().parents[1] / "pyproject.toml").open("rb") as _f:
+    SERVER_VERSION: str = tomllib.load(_f)["project"]["version"]
 MAX_BODY_BYTES = int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(40 * 1024 * 1024)))
 GATEWAY_TIMEOUT_S = float(os.environ.get("GATEWAY_TIMEOUT_S", "120"))
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
@@ -197,7 +202,7 @@ async def server_ready(request: web.Request) -> web.Response:
 
 
 async def server_metadata(_: web.Request) -> web.Response:
-    return _json(ServerMetadataResponse(name=SERVER_NAME, version="0.1.0", extensions=[]))
+    return _json(ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[]))
 
 
 async def model_ready(request: web.Request) -> web.Response:

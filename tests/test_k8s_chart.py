@@ -20,23 +20,22 @@ from tests import k8s_support as k
 # (docker/kserve-predictor.Dockerfile). The validation below runs every variant with each.
 RUNTIMES = ["torchserve", "kserve"]
 
-# Value sets that exercise every template branch; each must render and validate.
+# Value sets that exercise every template branch; each must render and validate. Besides the defaults and
+# values-production.yaml, one file per tested scenario in the chart's ci/ (prometheus-community's layout), so a
+# user reads exactly what was tested; ci/local-cluster-values.yaml is what `make cluster-deploy` installs.
+SCENARIOS = sorted((k.CHART / "ci").glob("*-values.yaml"))
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "production": {"values": [k.PRODUCTION_VALUES]},
-    "knative": {"sets": ["predictor.deploymentMode=Knative", "models.mobilenet_v2.scaleMetric=concurrency",
-                         "models.resnet50.scaleMetric=rps"]},
-    "cluster-runtime": {"sets": ["predictor.runtime.cluster=true", "models.resnet50.enabled=false",
-                                 "models.mobilenet_v2.threshold=0.41", "models.mobilenet_v2.backend=onnx"]},
-    "keda-sasl-inline-mtls": {"sets": ["bridge.keda.enabled=true", "bridge.kafka.securityProtocol=SASL_SSL",
-                                       "bridge.kafka.sasl.username=u", "bridge.kafka.sasl.password=p",
-                                       "bridge.kafka.tls.caSecret=ca", "bridge.kafka.tls.clientSecret=client",
-                                       "networkPolicy.predictorEgress.to=null"]},
-    # What `make cluster-deploy` installs: the local broker, the chart's predictor HPAs with a short scale-in.
-    "local-cluster": {"values": [k.CHART / "ci" / "local-cluster-values.yaml"]},
-    "external-inference": {"sets": ["bridge.inferenceUrl=http://gateway.example:8080",
-                                    "models.mobilenet_v2.enabled=false", "bridge.autoscaling.enabled=false"]},
+    **{path.name.removesuffix("-values.yaml"): {"values": [path]} for path in SCENARIOS},
 }
+
+
+def test_every_scenario_file_is_a_variant() -> None:
+    """The tested setups are files a user can read and install, each saying which setup it is."""
+    assert {"knative", "cluster-runtime", "keda-sasl-mtls", "local-cluster", "external-inference"} <= set(VARIANTS)
+    for path in SCENARIOS:
+        assert path.read_text().startswith("# "), f"{path.name}: say which setup it is, in a comment"
 
 
 def render(name: str, runtime: str = "torchserve") -> str:

@@ -6,6 +6,7 @@ Order matters and is kept by the file: read-only checks first, then `helm upgrad
 
 from __future__ import annotations
 
+import calendar
 import os
 import re
 import subprocess
@@ -360,6 +361,7 @@ def test_helm_upgrade_rolls_out_without_a_failed_request(client: httpx.Client) -
     new_threshold = 0.5 if abs(current.threshold - 0.5) > 1e-6 else 0.55
     outcomes: dict[str, list[tuple[int, float]]] = {"fresh": [], "keepalive": []}
     resets = {"fresh": 0, "keepalive": 0}
+    errors: list[tuple[float, str, str]] = []  # (wall time, stream, exception): to line up with the pods' events
     stop = threading.Event()
 
     def send(remote: httpx.Client) -> tuple[int, float]:
@@ -377,8 +379,9 @@ def test_helm_upgrade_rolls_out_without_a_failed_request(client: httpx.Client) -
                         with http_client(url) as once:
                             outcomes[kind].append(send(once))
                     break
-                except httpx.TransportError:
+                except httpx.TransportError as e:
                     resets[kind] += 1
+                    errors.append((time.time(), kind, f"{type(e).__name__}: {e}"[:160]))
                     if attempt == 2 or kind == "fresh":
                         outcomes[kind].append((-1, -1.0))
                         break
@@ -401,6 +404,8 @@ def test_helm_upgrade_rolls_out_without_a_failed_request(client: httpx.Client) -
     stop.set()
     for w in workers:
         w.join(timeout=60)
+    if errors:
+        print(_rollout_timeline(errors))
     for kind, seen in outcomes.items():
         failed = [o for o in seen if o[0] != 200]
         thresholds = sorted({t for _, t in seen})
@@ -411,6 +416,17 @@ def test_helm_upgrade_rolls_out_without_a_failed_request(client: httpx.Client) -
         assert len(thresholds) == 2 and new_threshold in thresholds, (kind, thresholds)
         first_new = next(i for i, (_, t) in enumerate(seen) if t == new_threshold)
         assert all(t == new_threshold for _, t in seen[first_new:]), f"{kind}: old and new pods interleaved"
+
+
+def _rollout_timeline(errors: list[tuple[float, str, str]]) -> str:
+    """The streams' transport errors among the namespace's pod events (scheduled, started, readiness failures,
+    killed), in time order: whether an error came from a pod that had left the Service or from a new one."""
+    events = kube_json("-n", NAMESPACE, "get", "events")["items"]
+    lines = [(calendar.timegm(time.strptime(e["lastTimestamp"], "%Y-%m-%dT%H:%M:%SZ")),
+              f"event {e['involvedObject']['name']}: {e['reason']} {e.get('message', '')[:100]}")
+             for e in events if e.get("lastTimestamp") and e["involvedObject"].get("kind") == "Pod"]
+    lines += [(at, f"stream {kind}: {error}") for at, kind, error in errors]
+    return "\n".join(time.strftime("%H:%M:%S", time.gmtime(at)) + f" {line}" for at, line in sorted(lines))
 
 
 def _helm(*args: str) -> subprocess.CompletedProcess[str]:
