@@ -8,14 +8,13 @@ and probes is answered here from its management API, with kserve's own v2 data m
 
 Every error leaves here as `{"error", "reason"}` (handlers/errors.py): the handler's already do; TorchServe's
 own (`{"code", "type", "message"}`: unknown model, no worker, timeout) and aiohttp's (unknown route, wrong
-method, body over GATEWAY_MAX_BODY_BYTES) are translated.
+method, body over GATEWAY_MAX_BODY_BYTES) are translated. Settings: gateway/config.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from kserve.protocol.rest.v2_datamodels import (
     ServerReadyResponse,
 )
 
+from gateway.config import GatewayConfig
 from handlers.envelopes import FORM_TYPES, is_json_body, media_type, unsupported_content_type, v2_model_metadata
 from handlers.errors import REASONS, ModerationError, error_body, reason_for_status
 from handlers.fetch import Fetcher, may_hold_references, resolve_request
@@ -43,14 +43,13 @@ SERVER_NAME = "image-moderation"
 # The project's own version (`/v2` server metadata); the gateway runs from the repository, beside pyproject.toml.
 with (Path(__file__).resolve().parents[1] / "pyproject.toml").open("rb") as _f:
     SERVER_VERSION: str = tomllib.load(_f)["project"]["version"]
-MAX_BODY_BYTES = int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(40 * 1024 * 1024)))
-GATEWAY_TIMEOUT_S = float(os.environ.get("GATEWAY_TIMEOUT_S", "120"))
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 INFERENCE = web.AppKey("inference", str)
 MANAGEMENT = web.AppKey("management", str)
 FETCHER = web.AppKey("fetcher", Fetcher)
+CONFIG = web.AppKey("config", GatewayConfig)
 
 
 def _json(model: Any, status: int = 200) -> web.Response:
@@ -119,7 +118,8 @@ async def json_errors(request: web.Request,
             raise
         reason = reason_for_status(exc.status)
         message = {
-            413: f"request body over the gateway's limit of {MAX_BODY_BYTES} bytes (GATEWAY_MAX_BODY_BYTES)",
+            413: f"request body over the gateway's limit of {request.app[CONFIG].max_body_bytes} bytes "
+                 "(GATEWAY_MAX_BODY_BYTES)",
             405: f"{request.method} is not allowed on {request.path}",
             404: f"no route {request.method} {request.path}",
         }.get(exc.status, exc.reason)
@@ -152,9 +152,10 @@ async def forward(request: web.Request) -> web.Response:
             body = await _resolved(body, request.app[FETCHER])
         except ModerationError as err:
             return web.json_response(err.to_dict(), status=err.status)
-        if len(body) > MAX_BODY_BYTES:  # what TorchServe receives stays under the same cap as a body sent inline
+        limit = request.app[CONFIG].max_body_bytes
+        if len(body) > limit:  # what TorchServe receives stays under the same cap as a body sent inline
             return _error("body_too_large", f"the fetched images make a request over the gateway's limit of "
-                                            f"{MAX_BODY_BYTES} bytes (GATEWAY_MAX_BODY_BYTES)")
+                                            f"{limit} bytes (GATEWAY_MAX_BODY_BYTES)")
         headers = {k: v for k, v in headers.items() if k.lower() != "content-type"} | {
             "Content-Type": "application/json"}
     try:
@@ -173,7 +174,7 @@ async def forward(request: web.Request) -> web.Response:
     except aiohttp.ClientConnectionError as exc:
         return _error("unavailable", f"inference server unavailable: {exc}")
     except TimeoutError:
-        return _error("timeout", f"no answer from the inference server within {GATEWAY_TIMEOUT_S:g} s "
+        return _error("timeout", f"no answer from the inference server within {request.app[CONFIG].timeout_s:g} s "
                                  "(GATEWAY_TIMEOUT_S)")
 
 
@@ -250,8 +251,9 @@ async def v1_model_status(request: web.Request) -> web.Response:
 
 
 async def _session(app: web.Application):  # type: ignore[no-untyped-def]
-    timeout = aiohttp.ClientTimeout(total=GATEWAY_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=int(os.environ.get("GATEWAY_MAX_CONNECTIONS", "256")))
+    cfg = app[CONFIG]
+    timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
+    connector = aiohttp.TCPConnector(limit=cfg.max_connections)
     app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
     yield
     await app[SESSION].close()
@@ -259,8 +261,10 @@ async def _session(app: web.Application):  # type: ignore[no-untyped-def]
 
 
 def build_app(inference_url: str | None = None, management_url: str | None = None,
-              fetcher: Fetcher | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+              fetcher: Fetcher | None = None, config: GatewayConfig | None = None) -> web.Application:
+    cfg = config or GatewayConfig.from_env()
+    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[json_errors])
+    app[CONFIG] = cfg
     app[FETCHER] = fetcher or Fetcher()  # FETCH_* variables (handlers/fetch.py)
     app[INFERENCE] = inference_url or url("TORCHSERVE_INFERENCE_PORT")
     app[MANAGEMENT] = management_url or url("TORCHSERVE_MANAGEMENT_PORT")
@@ -281,9 +285,10 @@ def build_app(inference_url: str | None = None, management_url: str | None = Non
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    cfg = GatewayConfig.from_env()
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(message)s")
     s = stack()
-    web.run_app(build_app(), host=s["STACK_HOST"], port=int(s["INFERENCE_PORT"]), access_log=None)
+    web.run_app(build_app(config=cfg), host=s["STACK_HOST"], port=int(s["INFERENCE_PORT"]), access_log=None)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
 """Settings of the KServe runtime from environment variables; defaults work against the local stack (stack.env).
 
-One table, as the bridge's: the README and the chart's ServingRuntime use exactly these names. The per-model
-settings (threshold, backend, threads, batching) come from each archive's model config, as for TorchServe, and
-MODERATION_* variables override them the same way.
+One table, read as the bridge's (handlers/env.py, `<NAME>_FILE` first): the README and the chart's ServingRuntime
+use exactly these names. The per-model settings (threshold, backend, threads, batching) come from each archive's
+model config, as for TorchServe, and MODERATION_* variables override them the same way.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from handlers.env import env
 from handlers.stack import stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,11 +40,9 @@ class RuntimeConfig:
     max_body_bytes: int
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
-        env = os.environ if env is None else env
-
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
         def e(name: str) -> str:
-            return env.get(name) or DEFAULTS[name][0]
+            return env(name, environ, DEFAULTS)
 
         s = stack()
         return cls(

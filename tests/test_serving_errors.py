@@ -62,11 +62,12 @@ def test_form_encoded_image_is_415_not_torchserves_500(client: httpx.Client) -> 
 
 
 def test_body_over_the_limit_is_413_body_too_large(client: httpx.Client) -> None:
-    from gateway.app import MAX_BODY_BYTES
+    from gateway.config import DEFAULTS as GATEWAY_DEFAULTS
     from kserve_runtime.config import DEFAULTS
 
-    assert int(DEFAULTS["KSERVE_MAX_BODY_BYTES"][0]) == MAX_BODY_BYTES  # the same limit on both runtimes
-    response = client.post("/v2/models/mobilenet_v2/infer", content=b"\0" * (MAX_BODY_BYTES + 1),
+    limit = int(GATEWAY_DEFAULTS["GATEWAY_MAX_BODY_BYTES"][0])
+    assert int(DEFAULTS["KSERVE_MAX_BODY_BYTES"][0]) == limit  # the same limit on both runtimes
+    response = client.post("/v2/models/mobilenet_v2/infer", content=b"\0" * (limit + 1),
                            headers={"Content-Type": "application/octet-stream"})
     assert_error(response, 413, "body_too_large")
     assert client.post("/v1/models/mobilenet_v2:predict", content=jpeg(),
@@ -94,6 +95,21 @@ def test_every_reason_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     documented = dict(re.findall(r"^\| `(\w+)` \| (\d{3}) \|", readme, re.M))
     assert documented == {reason: str(status) for reason, status in REASONS.items()}
+
+
+def test_gateway_settings_are_one_documented_table(tmp_path: Path) -> None:
+    """Read like the bridge's (handlers/env.py): defaults, variables, `<NAME>_FILE` first; each in the README."""
+    from gateway.config import DEFAULTS, GatewayConfig
+
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in DEFAULTS if f"`{name}`" not in readme] == []
+    assert GatewayConfig.from_env({}) == GatewayConfig(timeout_s=120.0, max_connections=256,
+                                                       max_body_bytes=40 * 1024 * 1024, log_level="INFO")
+    secret = tmp_path / "timeout"
+    secret.write_text("7.5\n")
+    cfg = GatewayConfig.from_env({"GATEWAY_TIMEOUT_S": "9", "GATEWAY_TIMEOUT_S_FILE": str(secret),
+                                  "GATEWAY_MAX_CONNECTIONS": "8", "GATEWAY_MAX_BODY_BYTES": ""})
+    assert (cfg.timeout_s, cfg.max_connections, cfg.max_body_bytes) == (7.5, 8, 40 * 1024 * 1024)
 
 
 def test_torchserve_grpc_apis_answer_on_the_documented_loopback_ports(stack_control: StackControl) -> None:
