@@ -13,7 +13,10 @@ COPY docker/predictor-requirements.txt /tmp/requirements.txt
 # The pip cache is a build cache mount: kept between builds, never part of a layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+# `torchserve` as a container's PID 1 ignores SIGTERM (the kernel drops signals PID 1 does not handle): this
+# launcher passes it on to the JVM, so a terminating pod stops in seconds instead of being killed at its deadline.
+COPY docker/torchserve_init.py /opt/image-moderation/torchserve_init.py
 # model-server (uid 1000) is the image's own user; the chart runs it read-only with /tmp as an emptyDir.
 USER 1000:1000
-ENTRYPOINT ["torchserve"]
+ENTRYPOINT ["python", "/opt/image-moderation/torchserve_init.py"]
 CMD ["--start", "--foreground", "--ncs", "--disable-token-auth", "--model-store=/mnt/models/model-store", "--ts-config=/mnt/models/config/config.properties"]

@@ -73,6 +73,7 @@ class ImageModerationHandler(BaseHandler):
     # -- life cycle ---------------------------------------------------------------------------
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        t0 = time.perf_counter()
         self.context = context
         if self._is_describe():
             return [json.dumps(asdict(self.scorer.provenance) | {"categories": list(self.scorer.categories)})]
@@ -82,6 +83,7 @@ class ImageModerationHandler(BaseHandler):
         for idx, row in enumerate(batch.rows):  # explanations ride in the same server-side batch as predictions
             if isinstance(row, ParsedRequest) and self._wants_explanation(idx):
                 responses[idx] = self._explain(batch, idx, scores)
+        self.metrics.handled(time.perf_counter() - t0)
         return responses
 
     def _wants_explanation(self, idx: int) -> bool:

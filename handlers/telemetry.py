@@ -24,6 +24,7 @@ REJECTED_COUNTER = "moderation_rejected_total"
 PREDICTIONS_COUNTER = "moderation_predictions_total"
 DECISIONS_COUNTER = "moderation_decisions_total"  # block / review / allow: the review rate's numerator
 BATCH_SIZE_HISTOGRAM = "moderation_batch_images"
+HANDLER_TIME = "HandlerTime"  # TorchServe's name (declared in metrics.yaml like BaseHandler's)
 
 
 class ModerationMetrics:
@@ -33,6 +34,7 @@ class ModerationMetrics:
         from ts.metrics.metric_type_enum import MetricTypes  # TorchServe-only import
 
         self._model = model_name
+        self._cache = cache
         self._metrics: dict[str, Any] = {}
         wanted = {name: MetricTypes.HISTOGRAM for name in (*STAGE_HISTOGRAMS.values(), BATCH_SIZE_HISTOGRAM)}
         wanted |= {name: MetricTypes.COUNTER for name in (REJECTED_COUNTER, PREDICTIONS_COUNTER, DECISIONS_COUNTER)}
@@ -46,6 +48,11 @@ class ModerationMetrics:
         metric = self._metrics.get(name)
         if metric is not None:
             metric.add_or_update(value, [self._model, *dims])
+
+    def handled(self, seconds: float) -> None:
+        """TorchServe's own `HandlerTime` gauge (ms per server-side batch), which BaseHandler.handle emits and
+        a handler that overrides `handle` must emit itself."""
+        self._cache.add_time(HANDLER_TIME, round(seconds * 1000, 2), None, "ms")
 
     def stage(self, stage: str, seconds: float) -> None:
         self._emit(STAGE_HISTOGRAMS[stage], seconds)

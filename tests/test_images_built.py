@@ -116,11 +116,12 @@ def test_predictor_image_config_matches_the_chart() -> None:
     _, config, _ = image("predictor")
     c = config["config"]
     assert c["User"] == USERS["predictor"]
-    assert c["Entrypoint"] == dockerfile_json("predictor", "ENTRYPOINT") == ["torchserve"]
+    init = ["python", "/opt/image-moderation/torchserve_init.py"]  # TorchServe's launcher, SIGTERM passed on
+    assert c["Entrypoint"] == dockerfile_json("predictor", "ENTRYPOINT") == init
     assert c["Cmd"] == dockerfile_json("predictor", "CMD")
-    # The ServingRuntime runs `torchserve` by name with the image's own arguments: PATH must find the venv's.
+    # The ServingRuntime runs the same launcher with the image's own arguments: PATH must find the venv's python.
     runtime = (k.CHART / "templates" / "servingruntime.yaml").read_text()
-    block = runtime[runtime.index("command: [torchserve]") :]
+    block = runtime[runtime.index(f"command: [{', '.join(init)}]") :]
     args = yaml.safe_load(block[block.index("args:") : block.index("env:")])["args"]
     assert args == c["Cmd"]
     assert "/home/venv/bin" in env(config)["PATH"].split(":")

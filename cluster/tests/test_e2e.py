@@ -418,6 +418,24 @@ def test_helm_upgrade_rolls_out_without_a_failed_request(client: httpx.Client) -
         assert all(t == new_threshold for _, t in seen[first_new:]), f"{kind}: old and new pods interleaved"
 
 
+def test_a_deleted_predictor_pod_stops_after_its_prestop_sleep_not_its_deadline() -> None:
+    """The kubelet's SIGTERM must reach TorchServe (docker/torchserve_init.py): a predictor pod then stops a few
+    seconds after its preStop sleep. (`torchserve` as the container's PID 1 ignored it: every terminating pod
+    was SIGKILLed at the end of its grace period, mid-request.)"""
+    model = "resnet50"
+    (pod,) = kube_json("-n", NAMESPACE, "get", "pods", "-l", f"app=isvc.{isvc_name(model)}-predictor")["items"]
+    spec = pod["spec"]
+    sleep = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    t0 = time.monotonic()
+    kubectl("-n", NAMESPACE, "delete", "pod", pod["metadata"]["name"], "--wait=true", timeout=120)
+    took = time.monotonic() - t0
+    print(f"predictor pod deleted in {took:.1f} s (preStop sleep {sleep} s, grace period "
+          f"{spec['terminationGracePeriodSeconds']} s)")
+    assert took < sleep + 12 < spec["terminationGracePeriodSeconds"], took
+    kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", f"inferenceservice/{isvc_name(model)}",
+            "--timeout=300s", timeout=320)
+
+
 def _rollout_timeline(errors: list[tuple[float, str, str]]) -> str:
     """The streams' transport errors among the namespace's pod events (scheduled, started, readiness failures,
     killed), in time order: whether an error came from a pod that had left the Service or from a new one."""
