@@ -60,6 +60,21 @@ def isvc_name(model: str) -> str:
     return f"{RELEASE}-{model.replace('_', '-')}"
 
 
+def delete_predictor_pod(model: str) -> tuple[float, int, int]:
+    """Delete the model's predictor pod as a rollout or scale-in does (graceful) and wait until it is gone:
+    (seconds it took, its preStop sleep, its grace period). The InferenceService is Ready again on return."""
+    pods = kube_json("-n", NAMESPACE, "get", "pods", "-l", f"serving.kserve.io/inferenceservice={isvc_name(model)}")
+    (pod,) = [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+    spec = pod["spec"]
+    sleep = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    t0 = time.monotonic()
+    kubectl("-n", NAMESPACE, "delete", "pod", pod["metadata"]["name"], "--wait=true", timeout=120)
+    took = time.monotonic() - t0
+    kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", f"inferenceservice/{isvc_name(model)}",
+            "--timeout=300s", timeout=320)
+    return took, sleep, spec["terminationGracePeriodSeconds"]
+
+
 def restart_counts(namespace: str = NAMESPACE) -> dict[str, int]:
     pods = kube_json("-n", namespace, "get", "pods")["items"]
     return {p["metadata"]["name"]: sum(c.get("restartCount", 0) for c in p["status"].get("containerStatuses", []))

@@ -32,6 +32,7 @@ from cluster.tests.conftest import (
     ROOT,
     bridge_deployment,
     cluster_pin,
+    delete_predictor_pod,
     http_client,
     isvc_name,
     kube_json,
@@ -422,18 +423,9 @@ def test_a_deleted_predictor_pod_stops_after_its_prestop_sleep_not_its_deadline(
     """The kubelet's SIGTERM must reach TorchServe (docker/torchserve_init.py): a predictor pod then stops a few
     seconds after its preStop sleep. (`torchserve` as the container's PID 1 ignored it: every terminating pod
     was SIGKILLed at the end of its grace period, mid-request.)"""
-    model = "resnet50"
-    (pod,) = kube_json("-n", NAMESPACE, "get", "pods", "-l", f"app=isvc.{isvc_name(model)}-predictor")["items"]
-    spec = pod["spec"]
-    sleep = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
-    t0 = time.monotonic()
-    kubectl("-n", NAMESPACE, "delete", "pod", pod["metadata"]["name"], "--wait=true", timeout=120)
-    took = time.monotonic() - t0
-    print(f"predictor pod deleted in {took:.1f} s (preStop sleep {sleep} s, grace period "
-          f"{spec['terminationGracePeriodSeconds']} s)")
-    assert took < sleep + 12 < spec["terminationGracePeriodSeconds"], took
-    kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", f"inferenceservice/{isvc_name(model)}",
-            "--timeout=300s", timeout=320)
+    took, sleep, grace = delete_predictor_pod("resnet50")
+    print(f"TorchServe predictor pod deleted in {took:.1f} s (preStop sleep {sleep} s, grace period {grace} s)")
+    assert took < sleep + 12 < grace, took
 
 
 def _rollout_timeline(errors: list[tuple[float, str, str]]) -> str:

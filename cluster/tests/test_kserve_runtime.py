@@ -12,7 +12,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.tests.conftest import MODELS, NAMESPACE, http_client, isvc_name, kube_json, kubectl, wait_until
+from cluster.tests.conftest import (
+    MODELS,
+    NAMESPACE,
+    delete_predictor_pod,
+    http_client,
+    isvc_name,
+    kube_json,
+    kubectl,
+    wait_until,
+)
 from demo.samples import skimage_photos
 from handlers.envelopes import predictions_from, v2_request
 
@@ -77,3 +86,11 @@ def test_predictions_health_metadata_and_errors_served_natively(model: str, pred
         assert explain.status_code == 501 and explain.json()["reason"] == "explain_unavailable"
         metrics = {f.name for f in text_string_to_metric_families(remote.get("/metrics").text)}
         assert {"ts_inference_requests_total", "moderation_predictions", "moderation_inference_seconds"} <= metrics
+
+
+def test_a_deleted_predictor_pod_stops_after_its_prestop_sleep_not_its_deadline() -> None:
+    """KServe's ModelServer is the container's PID 1 and handles SIGTERM itself. Last: the session's
+    port-forwards end with the pod."""
+    took, sleep, grace = delete_predictor_pod("resnet50")
+    print(f"KServe runtime predictor pod deleted in {took:.1f} s (preStop sleep {sleep} s, grace period {grace} s)")
+    assert took < sleep + 12 < grace, took
