@@ -31,7 +31,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def test_every_scenario_file_is_a_variant() -> None:
+def test_scenario_files_say_which_setup_they_are() -> None:
     """The tested setups are files a user can read and install, each saying which setup it is."""
     assert {"knative", "cluster-runtime", "keda-sasl-mtls", "local-cluster", "external-inference"} <= set(VARIANTS)
     for path in SCENARIOS:

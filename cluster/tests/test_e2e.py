@@ -1,7 +1,7 @@
 """`make e2e`: the chart as installed by helm on the local cluster answers like the local stack.
 
-Order matters and is kept by the file: read-only checks first, then `helm upgrade` under load, then
-`helm uninstall` and the kustomize overlay last.
+Order matters and is kept by the file: read-only checks first, then `helm upgrade` under load and a deleted
+predictor pod, then `helm uninstall` and the kustomize overlay last.
 """
 
 from __future__ import annotations
