@@ -12,6 +12,7 @@ from typing import Any
 
 from handlers.env import env as _env
 from handlers.env import optional_env as _optional_env
+from handlers.env import reader
 from handlers.fetch import FETCH_DEFAULTS, FetchSettings
 from handlers.stack import stack
 
@@ -131,7 +132,7 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
-        e = lambda name: env(name, environ)  # noqa: E731
+        e = reader(environ, DEFAULTS)
         s = stack()
         protocol = e("INFERENCE_PROTOCOL").lower()
         if protocol not in ("v1", "v2"):
@@ -224,7 +225,7 @@ def dlq_limit(input_limit: int) -> int:
 
 def security_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
     """KAFKA_SECURITY_PROTOCOL / SASL / SSL variables -> librdkafka settings (only those that are set)."""
-    e = lambda name: env(name, environ)  # noqa: E731
+    e = reader(environ, DEFAULTS)
     out: dict[str, str] = {"security.protocol": e("KAFKA_SECURITY_PROTOCOL").upper()}
     mapping = {
         "KAFKA_SASL_MECHANISM": "sasl.mechanism",

@@ -17,6 +17,7 @@ import json
 import logging
 import tomllib
 from collections.abc import Awaitable, Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,6 @@ from handlers.stack import stack, url
 log = logging.getLogger("gateway")
 PLATFORM = "pytorch_torchserve"
 SERVER_NAME = "image-moderation"
-# The project's own version (`/v2` server metadata); the gateway runs from the repository, beside pyproject.toml.
-with (Path(__file__).resolve().parents[1] / "pyproject.toml").open("rb") as _f:
-    SERVER_VERSION: str = tomllib.load(_f)["project"]["version"]
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -202,8 +200,15 @@ async def server_ready(request: web.Request) -> web.Response:
     return _json(ServerReadyResponse(ready=ready), 200 if ready else 503)
 
 
+@cache
+def server_version() -> str:
+    """The project's own version, from pyproject.toml (the gateway runs from the repository)."""
+    with (Path(__file__).resolve().parents[1] / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
 async def server_metadata(_: web.Request) -> web.Response:
-    return _json(ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[]))
+    return _json(ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=[]))
 
 
 async def model_ready(request: web.Request) -> web.Response:

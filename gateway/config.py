@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from handlers.env import env
+from handlers.env import reader
 
 # name -> (default, description)
 DEFAULTS: dict[str, tuple[str, str]] = {
@@ -31,8 +31,6 @@ class GatewayConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-        def e(name: str) -> str:
-            return env(name, environ, DEFAULTS)
-
+        e = reader(environ, DEFAULTS)
         return cls(timeout_s=float(e("GATEWAY_TIMEOUT_S")), max_connections=int(e("GATEWAY_MAX_CONNECTIONS")),
                    max_body_bytes=int(e("GATEWAY_MAX_BODY_BYTES")), log_level=e("LOG_LEVEL"))

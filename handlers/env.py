@@ -8,7 +8,7 @@ Kubernetes secret mounts work for any setting.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 Defaults = Mapping[str, tuple[str, str]]
@@ -33,3 +33,8 @@ def optional_env(name: str, environ: Mapping[str, str] | None, defaults: Default
     if environ.get(f"{name}_FILE") or name not in environ:
         return env(name, environ, defaults)
     return environ[name].strip()
+
+
+def reader(environ: Mapping[str, str] | None, defaults: Defaults) -> Callable[[str], str]:
+    """`e = reader(environ, DEFAULTS)`, then `e(name)`: a scope's `from_env` reads every setting the same way."""
+    return lambda name: env(name, environ, defaults)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from handlers.env import env
+from handlers.env import reader
 from handlers.stack import stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +41,7 @@ class RuntimeConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
-        def e(name: str) -> str:
-            return env(name, environ, DEFAULTS)
-
+        e = reader(environ, DEFAULTS)
         s = stack()
         return cls(
             host=e("KSERVE_HOST") or s["STACK_HOST"],

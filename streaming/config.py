@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bridge.config import Config
 from handlers.env import env as _env
+from handlers.env import reader
 from handlers.stack import stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +77,7 @@ class StreamingSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StreamingSettings:
-        e = lambda name: env(name, environ)  # noqa: E731
+        e = reader(environ, DEFAULTS)
         s = stack()
         mode = e("STREAMING_INFERENCE").lower()
         if mode not in MODES:
