@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.env import env as _env
 from handlers.env import optional_env as _optional_env
 from handlers.env import reader
 from handlers.fetch import FETCH_DEFAULTS, FetchSettings
@@ -80,13 +79,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
 }
 
 
-def env(name: str, environ: Mapping[str, str] | None = None) -> str:
-    """The bridge's setting `name` (handlers.env.env against DEFAULTS)."""
-    return _env(name, environ, DEFAULTS)
-
-
 def optional_env(name: str, environ: Mapping[str, str] | None = None) -> str:
-    """Like `env`, but a variable set to "" stays "" (switches off a feature with a non-empty default)."""
+    """A bridge setting whose variable set to "" stays "" (switches off a feature with a non-empty default)."""
     return _optional_env(name, environ, DEFAULTS)
 
 

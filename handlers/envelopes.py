@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
-import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from handlers.env import Defaults, env
 from handlers.errors import ModerationError
 from handlers.outputs import CATEGORIES
 
@@ -31,7 +32,14 @@ V2_OUTPUTS: dict[str, str] = {"label": "BYTES", "harmful_score": "FP32", "thresh
                               "review_threshold": "FP32"}
 # FP32 [n, len(CATEGORIES)], row-major; its `parameters.categories` names the columns (comma-separated)
 V2_CATEGORIES_OUTPUT = "categories"
-MAX_IMAGES_PER_REQUEST = int(os.environ.get("MODERATION_MAX_IMAGES_PER_REQUEST", "64"))
+REQUEST_DEFAULTS: Defaults = {"MODERATION_MAX_IMAGES_PER_REQUEST": ("64", "images per v1/v2 request")}
+
+
+@functools.cache
+def max_images_per_request() -> int:
+    """The per-request image cap, read on the first request rather than at import (the process's environment is
+    complete by then; tests that change it call `max_images_per_request.cache_clear()`)."""
+    return int(env("MODERATION_MAX_IMAGES_PER_REQUEST", None, REQUEST_DEFAULTS))
 
 
 @dataclass(frozen=True)
@@ -74,10 +82,8 @@ def _b64(value: Any, index: int) -> bytes:
 def _check_count(n: int) -> None:
     if n == 0:
         raise ModerationError("malformed_request", "request contains no images")
-    if n > MAX_IMAGES_PER_REQUEST:
-        raise ModerationError(
-            "malformed_request", f"{n} images in one request, over the cap of {MAX_IMAGES_PER_REQUEST}"
-        )
+    if n > (cap := max_images_per_request()):
+        raise ModerationError("malformed_request", f"{n} images in one request, over the cap of {cap}")
 
 
 def _parse_v1(body: dict[str, Any]) -> ParsedRequest:

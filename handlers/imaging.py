@@ -6,36 +6,41 @@ Every failure is a `ModerationError` naming the problem, so one bad upload fails
 from __future__ import annotations
 
 import io
-import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from handlers.env import Defaults, reader
 from handlers.errors import ModerationError
 from handlers.model_io import IMAGE_SIZE
 
 # We enforce our own pixel cap before decoding; Pillow's bomb check would only warn or raise later.
 Image.MAX_IMAGE_PIXELS = None
 
+# The per-image caps every serving process enforces (README "Per-model settings"), read like every scope's table.
+LIMIT_DEFAULTS: Defaults = {
+    "MODERATION_MAX_IMAGE_BYTES": (str(20 * 1024 * 1024), "per-image byte cap (20 MB)"),
+    "MODERATION_MAX_PIXELS": ("40000000", "per-image pixel cap (40 MP), checked before the pixels are decoded"),
+}
 
 
 @dataclass(frozen=True)
 class DecodeLimits:
     """Per-image caps (env: MODERATION_MAX_IMAGE_BYTES, MODERATION_MAX_PIXELS)."""
 
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_bytes: int = int(LIMIT_DEFAULTS["MODERATION_MAX_IMAGE_BYTES"][0])
+    max_pixels: int = int(LIMIT_DEFAULTS["MODERATION_MAX_PIXELS"][0])
     fast_jpeg: bool = True  # decode JPEGs at reduced size with libjpeg's DCT scaler
 
     @classmethod
-    def from_env(cls, fast_jpeg: bool = True) -> DecodeLimits:
-        return cls(
-            max_bytes=int(os.environ.get("MODERATION_MAX_IMAGE_BYTES", cls.max_bytes)),
-            max_pixels=int(os.environ.get("MODERATION_MAX_PIXELS", cls.max_pixels)),
-            fast_jpeg=fast_jpeg,
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None, fast_jpeg: bool = True) -> DecodeLimits:
+        """The caps from `environ` (default os.environ): the same mapping a scorer's settings were read from."""
+        e = reader(environ, LIMIT_DEFAULTS)
+        return cls(max_bytes=int(e("MODERATION_MAX_IMAGE_BYTES")), max_pixels=int(e("MODERATION_MAX_PIXELS")),
+                   fast_jpeg=fast_jpeg)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -19,7 +19,7 @@ import numpy as np
 
 from handlers.envelopes import Prediction
 from handlers.errors import ModerationError
-from handlers.imaging import decode_image
+from handlers.imaging import DecodeLimits, decode_image
 from handlers.model_io import CATEGORIES, HARMFUL_INDEX, LABELS, category_count, decision, input_array, probabilities
 from handlers.provenance import Provenance
 from handlers.settings import HandlerSettings, graph_file
@@ -55,7 +55,7 @@ class Scorer:
         self.model_name = model_name
         self.version = version
         self.settings = HandlerSettings.load(model_name, config, env)
-        self.limits = self.settings.decode_limits()
+        self.limits = DecodeLimits.from_env(env, fast_jpeg=self.settings.fast_jpeg)  # the settings' environment
         self.architecture = str((config or {}).get("architecture", model_name))
         self.provenance = Provenance.read(model_dir, model_name)
         graph = graph_file(self.settings.backend)
@@ -87,7 +87,8 @@ class Scorer:
     def describe(self) -> str:
         threads = self.settings.torch_threads
         return (f"{self.model_name} ({self.architecture}, version {self.version}, backend {self.settings.backend}, "
-                f"threshold {self.settings.threshold:.4f}, threads {threads or 'default'}, "
+                f"threshold {self.settings.threshold:.4f} / review {self.settings.review_threshold:.4f} "
+                f"({self.settings.operating_point}), threads {threads or 'default'}, "
                 f"weights: {self.provenance.weights})")
 
     def pixels(self, images: Sequence[bytes], seconds: Counter[str]) -> list[Pixels]:

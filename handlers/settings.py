@@ -8,11 +8,9 @@ deployment without rebuilding the archive, through `MODERATION_<KEY>_<MODEL>` or
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
-
-from handlers.imaging import DecodeLimits
+from typing import Any, get_type_hints
 
 BACKENDS: tuple[str, ...] = ("eager", "onnx", "onnx_int8")
 ONNX_FILE = "model.onnx"  # packed into the .mar next to model.pt when the config asks for an ONNX backend
@@ -22,6 +20,18 @@ INT8_ONNX_FILE = "model.int8.onnx"  # calibrated by `make quantize` (models/<mod
 INT8_THRESHOLD_KEY = "threshold_int8"
 REVIEW_THRESHOLD_KEY = "review_threshold"
 INT8_REVIEW_THRESHOLD_KEY = "review_threshold_int8"
+# Where a model's thresholds were picked, i.e. which photos their recall promise is about. "validation": the
+# validation split, photos of the sources the model was trained on (the unprefixed keys above). "out_of_source":
+# the source folds' predictions, photos of sources the model never saw (`make train` writes the same four keys
+# prefixed `out_of_source_`); it keeps its recall on new sources at the price of many more benign photos flagged.
+OPERATING_POINTS: tuple[str, ...] = ("validation", "out_of_source")
+
+
+def threshold_keys(operating_point: str, backend: str) -> tuple[str, str]:
+    """The model-config keys of the decision and review thresholds served at an operating point and backend."""
+    prefix = "" if operating_point == "validation" else f"{operating_point}_"
+    suffix = "_int8" if backend == "onnx_int8" else ""
+    return f"{prefix}threshold{suffix}", f"{prefix}{REVIEW_THRESHOLD_KEY}{suffix}"
 
 
 def graph_file(backend: str) -> str | None:
@@ -58,6 +68,9 @@ class HandlerSettings:
     # ~3x eager PyTorch for MobileNetV2 on CPU, same scores within 1e-3) or "onnx_int8" (the static int8
     # graph of `make quantize`, with its own threshold `threshold_int8`).
     backend: str = "eager"
+    # Which of the archive's threshold pairs is served (OPERATING_POINTS): "validation" (the promise holds on photos
+    # like the training sources') or "out_of_source" (it holds on photos of unseen sources; many more flagged).
+    operating_point: str = "validation"
     # Images per forward call; a server-side batch with more is run in chunks (0 = all at once). On CPU,
     # per-image throughput falls for large batches (cache-bound; MobileNetV2/ONNX numbers in loadtest/README.md),
     # and a bridge request alone carries up to 8 images.
@@ -72,30 +85,30 @@ class HandlerSettings:
     ) -> HandlerSettings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        parse: dict[Any, Callable[[Any], Any]] = {bool: _as_bool, int: int, str: lambda v: str(v).strip().lower()}
+        hints = get_type_hints(cls)  # the fields' real types (annotations are strings under `from __future__`)
         for f in fields(cls):
             raw = _env(f.name, model, env)
             if raw is None and config is not None:
                 raw = config.get(f.name)
             if raw is None:
                 continue
-            if f.type in ("bool", bool):
-                values[f.name] = _as_bool(raw)
-            elif f.type in ("int", int):
-                values[f.name] = int(raw)
-            elif f.type in ("str", str):
-                values[f.name] = str(raw).strip().lower()
-            else:
-                values[f.name] = float(raw)
+            values[f.name] = parse.get(hints[f.name], float)(raw)  # float and `float | None` thresholds
         settings = cls(**values)
-        if settings.backend == "onnx_int8" and _env("threshold", model, env) is None:
-            int8 = (config or {}).get(INT8_THRESHOLD_KEY)
-            if int8 is None:
-                raise ValueError(f"backend onnx_int8 for {model} needs handler.{INT8_THRESHOLD_KEY} "
-                                 "(written by `make quantize`)")
-            settings = replace(settings, threshold=float(int8))
-        if settings.backend == "onnx_int8" and _env("review_threshold", model, env) is None:
-            int8 = (config or {}).get(INT8_REVIEW_THRESHOLD_KEY)
-            settings = replace(settings, review_threshold=None if int8 is None else float(int8))
+        settings = replace(settings, operating_point=settings.operating_point.replace("-", "_"))
+        if settings.operating_point not in OPERATING_POINTS:
+            raise ValueError(f"operating_point for {model} must be one of {', '.join(OPERATING_POINTS)}, "
+                             f"got {settings.operating_point!r}")
+        decision_key, review_key = threshold_keys(settings.operating_point, settings.backend)
+        if decision_key != "threshold" and _env("threshold", model, env) is None:
+            picked = (config or {}).get(decision_key)
+            if picked is None:
+                raise ValueError(f"backend {settings.backend} at operating point {settings.operating_point} for "
+                                 f"{model} needs handler.{decision_key} (written by `make train` / `make quantize`)")
+            settings = replace(settings, threshold=float(picked))
+        if review_key != REVIEW_THRESHOLD_KEY and _env("review_threshold", model, env) is None:
+            picked = (config or {}).get(review_key)
+            settings = replace(settings, review_threshold=None if picked is None else float(picked))
         if settings.review_threshold is None:
             settings = replace(settings, review_threshold=settings.threshold)
         elif _env("threshold", model, env) is not None and _env("review_threshold", model, env) is None:
@@ -113,6 +126,3 @@ class HandlerSettings:
         if settings.backend not in BACKENDS:
             raise ValueError(f"backend for {model} must be one of {', '.join(BACKENDS)}, got {settings.backend!r}")
         return settings
-
-    def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits.from_env(fast_jpeg=self.fast_jpeg)

@@ -11,15 +11,19 @@ import logging
 import tempfile
 from pathlib import Path
 
+from kserve_runtime import LOGGER_NAME
 from kserve_runtime.archives import archives_in
 from kserve_runtime.config import RuntimeConfig
 
-log = logging.getLogger("kserve_runtime")
+log = logging.getLogger(LOGGER_NAME)
 
 
 def main() -> None:
     cfg = RuntimeConfig.from_env()
-    from kserve.model_server import app  # kserve configures its logging on import
+    from kserve.logging import configure_logging
+    from kserve.model_server import app
+
+    configure_logging()  # before the models load, as KServe asks, so their "loaded ..." lines are printed
 
     from kserve_runtime.metrics import install_frontend_counters
     from kserve_runtime.model import ModerationModel

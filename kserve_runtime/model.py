@@ -31,11 +31,12 @@ from handlers.envelopes import (
 from handlers.errors import ModerationError
 from handlers.model_io import CATEGORIES
 from handlers.scorer import Pixels, Scorer
+from kserve_runtime import LOGGER_NAME
 from kserve_runtime.archives import Archive
 from kserve_runtime.batching import AdaptiveBatcher
 from kserve_runtime.metrics import FRONTEND, PrometheusModerationMetrics
 
-log = logging.getLogger("kserve_runtime")
+log = logging.getLogger(LOGGER_NAME)
 
 # Explanations run captum on torch tensors: present in the dev venv, left out of the torch-free image.
 EXPLAIN_AVAILABLE = all(importlib.util.find_spec(m) is not None for m in ("captum", "torch"))

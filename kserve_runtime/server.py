@@ -24,10 +24,11 @@ from kserve.protocol.rest.server import metrics_handler
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 
+from kserve_runtime import LOGGER_NAME
 from kserve_runtime.config import RuntimeConfig
 from kserve_runtime.model import ModerationModel
 
-log = logging.getLogger("kserve_runtime")
+log = logging.getLogger(LOGGER_NAME)
 # KServe's own errors on its routes (health, readiness, metadata of v1): its handlers, as RESTServer registers them.
 KSERVE_ERROR_HANDLERS = {
     errors.InvalidInput: errors.invalid_input_handler,

@@ -19,16 +19,17 @@ train: $(SETUP_STAMP) ## Fine-tune MODEL=mobilenet_v2|resnet50 on DATA=DIR; writ
 		$(if $(filter 1 yes true,$(RANDOM_INIT)),--random-init) $(if $(TRAIN_OUT),--out "$(TRAIN_OUT)") $(TRAIN_ARGS)
 
 .PHONY: evaluate
-evaluate: $(SETUP_STAMP) ## Evaluate MODEL on DATA=DIR into OUT=DIR (metrics.json, plots); CHECKPOINT=path or MAR=path, SPLIT=test
+evaluate: $(SETUP_STAMP) ## Evaluate MODEL on DATA=DIR into OUT=DIR (metrics.json, plots); CHECKPOINT=path or MAR=path (OPERATING_POINT=out_of_source), SPLIT=test
 	$(PY) -m training.evaluate --model $(MODEL) --data "$(DATA)" --out "$(OUT)" \
-		$(if $(MAR),--mar "$(MAR)") $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(SPLIT),--split $(SPLIT))
+		$(if $(MAR),--mar "$(MAR)") $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(SPLIT),--split $(SPLIT)) \
+		$(if $(OPERATING_POINT),--operating-point $(OPERATING_POINT))
 
 .PHONY: quantize-eval
 quantize-eval: $(SETUP_STAMP) ## Measure static int8 ONNX quantization of MODEL vs fp32 on DATA (accuracy, recall, speed) into OUT
 	$(PY) -m training.quantize --model $(MODEL) --data "$(DATA)" --out "$(or $(QUANT_OUT),$(ROOT)/.run/quantize/$(MODEL))"
 
 .PHONY: quantize
-quantize: $(SETUP_STAMP) ## Adopt int8 for MODEL: as quantize-eval, then graph + report into models/MODEL, threshold_int8 into its config
+quantize: $(SETUP_STAMP) ## Adopt int8 for MODEL: as quantize-eval, then graph + report into models/MODEL, int8 thresholds (both operating points) into its config
 	$(PY) -m training.quantize --model $(MODEL) --data "$(DATA)" --out "$(or $(QUANT_OUT),$(ROOT)/.run/quantize/$(MODEL))" --install
 
 .PHONY: data-openimages

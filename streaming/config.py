@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.config import Config
-from handlers.env import env as _env
 from handlers.env import reader
 from handlers.stack import stack
 
@@ -42,10 +41,6 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "STREAMING_UI_HOST": ("", "address of the Spark UI and driver (default: $STACK_HOST; 0.0.0.0 in a pod)"),
     "STREAMING_UI_PORT": ("", "Spark UI port (default: $SPARK_UI_PORT from stack.env)"),
 }
-
-
-def env(name: str, environ: Mapping[str, str] | None = None) -> str:
-    return _env(name, environ, DEFAULTS)
 
 
 def _path(value: str) -> str:

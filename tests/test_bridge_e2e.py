@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,24 +21,23 @@ from confluent_kafka.admin import AdminClient
 from handlers.envelopes import predictions_from, v2_request
 from handlers.model_io import DECISIONS
 from handlers.stack import url
-from tests.conftest import DEFAULT_RUNTIME, ROOT, StackControl
+from tests.conftest import DEFAULT_RUNTIME, StackControl
 from tests.image_factory import jpeg, png, refused_variants
 from tests.kafka_support import (
     KAFKA_SH,
-    LOG_DIR,
     MAX_BYTES,
     BridgeProcess,
     Topics,
     check_prediction,
     collect,
     committed_total,
-    free_port,
     kafka,  # noqa: F401  (fixture)
     produce,
     raw_record,
     topics,  # noqa: F401  (fixture)
     wait_for,
 )
+from tests.runtime_support import kserve_runtime
 
 pytestmark = pytest.mark.usefixtures("serving")
 
@@ -277,35 +275,11 @@ def review_band(stack_control: StackControl, tmp_path_factory: pytest.TempPathFa
     assert res.status_code == 200, res.text
     review_threshold, threshold = _cuts([p.harmful_score for p in predictions_from(res.json())])
     upper = REVIEW_MODEL.upper()
-    http, grpc = free_port(), free_port()
-    work = tmp_path_factory.mktemp("review-runtime")
-    env = {**os.environ, "KSERVE_HOST": "127.0.0.1", "KSERVE_HTTP_PORT": str(http), "KSERVE_GRPC_PORT": str(grpc),
-           "KSERVE_MODELS": REVIEW_MODEL, "KSERVE_WORKDIR": str(work / "unpacked"),
-           f"MODERATION_THRESHOLD_{upper}": repr(threshold),
+    env = {f"MODERATION_THRESHOLD_{upper}": repr(threshold),
            f"MODERATION_REVIEW_THRESHOLD_{upper}": repr(review_threshold)}
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log = (LOG_DIR / "test-review-runtime.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "kserve_runtime"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url_ = f"http://127.0.0.1:{http}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, f"kserve runtime exited {proc.returncode}: see {LOG_DIR}/test-review-runtime.log"
-        try:
-            return httpx.get(f"{url_}/v2/models/{REVIEW_MODEL}/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(ready, 240, "the review-band runtime")
+    with kserve_runtime(REVIEW_MODEL, tmp_path_factory.mktemp("review-runtime") / "unpacked",
+                        "test-review-runtime.log", **env) as url_:
         yield ReviewBand(url_, threshold, review_threshold, images)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _review_bridge(where: Topics, bootstrap: str, band: ReviewBand) -> BridgeProcess:

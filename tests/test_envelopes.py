@@ -92,10 +92,22 @@ def test_unsupported_content_type_is_415() -> None:
     assert (info.value.reason, info.value.status) == ("unsupported_content_type", 415)
 
 
-def test_too_many_images_in_one_request() -> None:
-    from handlers.envelopes import MAX_IMAGES_PER_REQUEST
+def test_too_many_images_in_one_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented default (64), and MODERATION_MAX_IMAGES_PER_REQUEST read when requests come, not at import."""
+    from handlers.envelopes import max_images_per_request
 
-    assert reason_of(v2_request([IMG_A] * (MAX_IMAGES_PER_REQUEST + 1)), "application/json") == "malformed_request"
+    max_images_per_request.cache_clear()
+    monkeypatch.delenv("MODERATION_MAX_IMAGES_PER_REQUEST", raising=False)
+    assert max_images_per_request() == 64
+    assert reason_of(v2_request([IMG_A] * 65), "application/json") == "malformed_request"
+    assert len(parse_request(v2_request([IMG_A] * 64), "application/json").images) == 64
+    max_images_per_request.cache_clear()
+    monkeypatch.setenv("MODERATION_MAX_IMAGES_PER_REQUEST", "2")
+    try:
+        assert reason_of(v2_request([IMG_A] * 3), "application/json") == "malformed_request"
+        assert len(parse_request(v1_request([IMG_A] * 2), "application/json").images) == 2
+    finally:
+        max_images_per_request.cache_clear()
 
 
 def test_bad_base64_names_its_index() -> None:

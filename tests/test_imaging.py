@@ -101,3 +101,15 @@ def test_large_jpeg_is_decoded_at_reduced_size_but_keeps_aspect() -> None:
     assert full.size == (2400, 1800)
     assert min(fast.size) >= 224 and fast.size[0] * 3 == fast.size[1] * 4
     assert fast.size[0] < 2400
+
+
+def test_limits_come_from_the_environment_they_are_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mapping passed (a scorer's settings environment) decides, not os.environ; unset or empty keeps the
+    documented default."""
+    monkeypatch.setenv("MODERATION_MAX_PIXELS", "5")
+    given = DecodeLimits.from_env({"MODERATION_MAX_IMAGE_BYTES": "1000", "MODERATION_MAX_PIXELS": ""}, fast_jpeg=False)
+    assert given == DecodeLimits(max_bytes=1000, max_pixels=DecodeLimits.max_pixels, fast_jpeg=False)
+    assert DecodeLimits.from_env().max_pixels == 5  # no mapping: the process environment
+    with pytest.raises(ModerationError) as info:
+        decode_image(jpeg(64, 48), DecodeLimits.from_env({"MODERATION_MAX_PIXELS": str(64 * 48 - 1)}))
+    assert info.value.reason == "too_many_pixels"

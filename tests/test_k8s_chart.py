@@ -215,6 +215,23 @@ def test_backend_override_reaches_the_handler_variable(default_docs: list[dict[s
     assert set(allowed) == {"", *BACKENDS}  # the chart offers exactly what the handler accepts
 
 
+def test_operating_point_reaches_the_handler_variable(default_docs: list[dict[str, Any]]) -> None:
+    """Empty keeps the archive's operating point (no variable); a value becomes MODERATION_OPERATING_POINT_<MODEL>,
+    and the schema offers exactly the points the handler accepts."""
+    from handlers.settings import OPERATING_POINTS
+
+    (isvc,) = k.find(default_docs, "InferenceService", "image-moderation-mobilenet-v2")
+    assert not any(e["name"].startswith("MODERATION_OPERATING_POINT")
+                   for e in isvc["spec"]["predictor"]["model"]["env"])
+    docs = k.load_docs(k.helm_template([], ["models.mobilenet_v2.operatingPoint=out_of_source"]))
+    (isvc,) = k.find(docs, "InferenceService", "image-moderation-mobilenet-v2")
+    env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["model"]["env"]}
+    assert env["MODERATION_OPERATING_POINT_MOBILENET_V2"] == "out_of_source"
+    schema = json.loads((k.CHART / "values.schema.json").read_text())
+    allowed = schema["properties"]["models"]["additionalProperties"]["properties"]["operatingPoint"]["enum"]
+    assert set(allowed) == {"", *OPERATING_POINTS}
+
+
 def test_review_band_values_reach_the_predictors_and_the_bridge(default_docs: list[dict[str, Any]]) -> None:
     """models.<m>.reviewThreshold -> MODERATION_REVIEW_THRESHOLD_<MODEL> (0 is a threshold, not "unset"; empty sets
     nothing, so the trained one serves); bridge.kafka.reviewTopic -> KAFKA_REVIEW_TOPIC, kept when empty, which is

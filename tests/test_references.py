@@ -36,7 +36,6 @@ from tests.kafka_support import (
     kafka,  # noqa: F401  (fixture)
     produce,
     topics,  # noqa: F401  (fixture)
-    wait_for,
 )
 from tests.s3_support import s3  # noqa: F401  (fixture)
 from tests.spark_support import SparkProcess
@@ -293,35 +292,11 @@ def test_references_through_kafka(consumer: str, kafka: str, topics: Topics, ser
 @pytest.fixture(scope="module")
 def kserve_runtime(s3: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
     """`python -m kserve_runtime` on free ports, with the fetcher settings the chart would give its predictor."""
-    import os
-    import subprocess
-    import sys
+    from tests.runtime_support import kserve_runtime as runtime
 
-    from tests.kafka_support import LOG_DIR, ROOT, free_port
-
-    port, grpc = free_port(), free_port()
-    log = (LOG_DIR / "test-kserve-references.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "kserve_runtime"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **s3, "FETCH_PRIVATE_NETWORKS": "127.0.0.1/32",
-                                 "KSERVE_HTTP_PORT": str(port), "KSERVE_GRPC_PORT": str(grpc),
-                                 "KSERVE_MODELS": "mobilenet_v2",
-                                 "KSERVE_WORKDIR": str(tmp_path_factory.mktemp("kserve"))},
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, (LOG_DIR / "test-kserve-references.log").read_text()[-3000:]
-        try:
-            return httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(ready, 180, "the KServe runtime's readiness", 0.5)  # fails the test's setup when never ready
+    with runtime("mobilenet_v2", tmp_path_factory.mktemp("kserve"), "test-kserve-references.log",
+                 **s3, FETCH_PRIVATE_NETWORKS="127.0.0.1/32") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_kserve_runtime_fetches_references_before_its_batcher(kserve_runtime: str, origin: str,

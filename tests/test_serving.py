@@ -430,3 +430,30 @@ def test_kserve_rest_client_gets_correct_answers(client: httpx.Client) -> None:
     outputs = {o.name: o.data for o in response.outputs}
     assert outputs["harmful_score"] == pytest.approx([expected, expected], abs=1e-4)
     assert outputs["label"][0] in LABELS
+
+
+def test_out_of_source_operating_point_is_served_when_a_deployment_asks(tmp_path: Path) -> None:
+    """MODERATION_OPERATING_POINT_<MODEL> (the chart's models.<m>.operatingPoint) makes a real serving process
+    answer at the archive's other pair of thresholds, on every protocol, with decisions that follow them."""
+    from tests.kafka_support import LOG_DIR
+    from tests.runtime_support import kserve_runtime
+
+    model = "mobilenet_v2"
+    env = {f"MODERATION_OPERATING_POINT_{model.upper()}": "out_of_source"}
+    config = yaml.safe_load((ROOT / "model-archive" / "config" / f"{model}.yaml").read_text())["handler"]
+    wanted = HandlerSettings.load(model, config, env=env)
+    default = served_settings(model)
+    assert wanted.threshold < default.threshold and wanted.review_threshold < default.review_threshold
+    images = [jpeg(320, 240, seed=s) for s in range(4)]
+    with kserve_runtime(model, tmp_path / "unpacked", "test-operating-point.log", **env) as base:
+        v1 = httpx.post(f"{base}/v1/models/{model}:predict", json=v1_request(images), timeout=120)
+        v2 = httpx.post(f"{base}/v2/models/{model}/infer", json=v2_request(images), timeout=120)
+    for response in (v1, v2):
+        assert response.status_code == 200, response.text
+        for p in predictions_from(response.json()):
+            assert (p.threshold, p.review_threshold) == pytest.approx((wanted.threshold, wanted.review_threshold))
+            assert p.decision == decision(p.harmful_score, p.threshold, p.review_threshold)
+    # and an operator can see it: the runtime logs what it loaded, thresholds and operating point included
+    loaded = [line for line in (LOG_DIR / "test-operating-point.log").read_text().splitlines()
+              if f"loaded {model}" in line]
+    assert loaded and f"threshold {wanted.threshold:.4f}" in loaded[-1] and "(out_of_source)" in loaded[-1]

@@ -63,3 +63,45 @@ def test_review_threshold_defaults_to_no_band_and_follows_the_backend() -> None:
 def test_review_threshold_above_the_threshold_is_refused() -> None:
     with pytest.raises(ValueError, match="review_threshold"):
         HandlerSettings.load("mobilenet_v2", {"threshold": 0.5, "review_threshold": 0.7}, env={})
+
+
+def test_operating_point_serves_its_own_pair_for_each_backend() -> None:
+    config = {"backend": "onnx_int8", "threshold": 0.6, "review_threshold": 0.4, "threshold_int8": 0.58,
+              "review_threshold_int8": 0.38, "out_of_source_threshold": 0.38, "out_of_source_review_threshold": 0.18,
+              "out_of_source_threshold_int8": 0.36, "out_of_source_review_threshold_int8": 0.17}
+    served = HandlerSettings.load("mobilenet_v2", config, env={})
+    assert (served.operating_point, served.threshold, served.review_threshold) == ("validation", 0.58, 0.38)
+    env = {"MODERATION_OPERATING_POINT_MOBILENET_V2": "out-of-source"}  # the make flag's spelling is accepted
+    oos = HandlerSettings.load("mobilenet_v2", config, env=env)
+    assert (oos.operating_point, oos.threshold, oos.review_threshold) == ("out_of_source", 0.36, 0.17)
+    fp32 = HandlerSettings.load("mobilenet_v2", config, env=env | {"MODERATION_BACKEND": "onnx"})
+    assert (fp32.threshold, fp32.review_threshold) == (0.38, 0.18)
+    # an operator's threshold still wins over the pair; the band below it stays the point's
+    moved = HandlerSettings.load("mobilenet_v2", config, env=env | {"MODERATION_THRESHOLD": "0.5"})
+    assert (moved.threshold, moved.review_threshold) == (0.5, 0.17)
+
+
+def test_operating_point_without_its_thresholds_or_unknown_is_refused() -> None:
+    env = {"MODERATION_OPERATING_POINT": "out_of_source"}
+    with pytest.raises(ValueError, match="out_of_source_threshold"):  # e.g. ResNet50: trained without folds
+        HandlerSettings.load("resnet50", {"threshold": 0.3}, env=env)
+    with pytest.raises(ValueError, match="operating_point .* must be one of validation, out_of_source"):
+        HandlerSettings.load("mobilenet_v2", {"threshold": 0.3, "operating_point": "test"}, env={})
+
+
+def test_shipped_config_carries_both_operating_points() -> None:
+    """Every pair `make train` / `make quantize` write is in the archive's config, each inside [0, 1], the
+    review threshold at most its decision threshold, for every backend and operating point."""
+    from pathlib import Path
+
+    import yaml
+
+    from handlers.settings import BACKENDS, OPERATING_POINTS
+
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "model-archive" / "config"
+                             / "mobilenet_v2.yaml").read_text())["handler"]
+    for point in OPERATING_POINTS:
+        for backend in BACKENDS:
+            env = {"MODERATION_OPERATING_POINT": point, "MODERATION_BACKEND": backend}
+            s = HandlerSettings.load("mobilenet_v2", config, env=env)
+            assert 0 < s.review_threshold < s.threshold < 1, (point, backend)

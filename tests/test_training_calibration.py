@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from training.calibration import (
+    at_pair,
     calibrated,
     expected_calibration_error,
     fit_temperature,
     fold_temperature_into_head,
+    load_predictions,
+    nested_check,
     out_of_source,
+    pooled,
     recall_at_precision,
+    save_predictions,
     source_auc,
     source_folds,
 )
@@ -100,3 +107,37 @@ def test_category_targets_from_subclasses() -> None:
     assert category_targets(sample(1, "smoke_plume")) == ([0.0, 0.0, 0.0, 1.0], True)
     assert category_targets(sample(0, "weapon_lookalike")) == ([0.0] * 4, True)  # benign: none of them
     assert category_targets(sample(1, "something_new"))[1] is False  # unknown: left out of the category loss
+
+
+def test_nested_check_judges_each_fold_by_a_threshold_picked_on_the_others() -> None:
+    """Two folds of the same kind keep the promise on each other; a fold whose harmful photos score lower (a kind
+    the other folds lack) gets less recall at the threshold picked without it, which a pooled pick would hide."""
+    rng = np.random.default_rng(3)
+    margins = [rng.normal(2.0, 1.0, 2000), rng.normal(2.0, 1.0, 2000), rng.normal(0.0, 1.0, 2000)]
+    logits = _logits(np.concatenate(margins))
+    y = np.ones(6000, dtype=int)
+    y[::2] = 0  # benign photos: low margins in every fold
+    logits[y == 0, 1] = rng.normal(-2.0, 1.0, 3000)
+    fold_of = np.repeat([0, 1, 2], 2000)
+    rows = nested_check(logits, y, fold_of, 0.90)
+    assert [r["fold"] for r in rows] == [0, 1, 2] and all(r["n_harmful"] == 1000 for r in rows)
+    assert rows[2]["recall"] < 0.6 < 0.85 < rows[0]["recall"]
+    total = pooled(rows)
+    assert total["recall"] == pytest.approx(np.mean([r["recall"] for r in rows]))  # equal folds: plain mean
+    assert 0 <= total["benign_flagged"] <= 1
+
+
+def test_saved_predictions_round_trip_and_give_both_operating_points(tmp_path: Path) -> None:
+    logits, y = _overconfident(3000, 2.0, seed=2)
+    sources = np.array(["a", "b", "c"] * 1000)
+    folds = {"a": 0, "b": 1, "c": 1}
+    save_predictions(tmp_path / "oos.npz", logits, y, sources, folds)
+    back = load_predictions(tmp_path / "oos.npz")
+    assert np.array_equal(back[0], logits) and np.array_equal(back[1], y)
+    assert np.array_equal(back[2], sources) and back[3] == folds
+    report = out_of_source(*back, 0.90, 0.98)
+    strict = at_pair(back[0], back[1], report.temperature, (0.99, 0.98))  # far above the out-of-source pick
+    nested = {name: pooled(rows) for name, rows in report.nested.items()}
+    assert strict["threshold"]["recall"] < nested["threshold"]["recall"]  # less recall, fewer flags
+    assert strict["threshold"]["benign_flagged"] < nested["threshold"]["benign_flagged"]
+    assert nested["review_threshold"]["recall"] >= 0.95

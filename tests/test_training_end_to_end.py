@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.training_support import make_dataset
 from training import evaluate, train
+from training.calibration import load_predictions
 from training.evaluation import METRIC_KEYS
 from training.thresholds import read_threshold
 
@@ -37,6 +39,10 @@ def test_one_training_run_then_evaluate_end_to_end(tmp_path: Path, capsys: pytes
     assert meta["weights"].startswith("random initialisation") and "BatchNorm statistics" in meta["weights"]
     assert {"model", "version", "threshold", "labels", "weights"} <= set(meta)
     assert read_threshold(config) == pytest.approx(meta["threshold"], abs=1e-6)
+    # no manifest, no source folds: the shipped config's out-of-source pair (another checkpoint's) is removed
+    handler = yaml.safe_load(config.read_text())["handler"]
+    assert meta["out_of_source"] is None and not any(k.startswith("out_of_source_") for k in handler)
+    assert not (out / "out_of_source.npz").exists() and handler["operating_point"] == "validation"
     card = (out / "MODEL_CARD.md").read_text()
     assert card.count("RANDOM") == 1 and "Linear probe" in card and "interpolation" in card
     assert 0.0 <= meta["wise_alpha"] <= 1.0 and meta["best_epoch"] in (1, 2)
@@ -80,8 +86,17 @@ def test_thresholds_and_calibration_come_from_held_out_sources(tmp_path: Path) -
     assert read_threshold(config) == pytest.approx(meta["threshold"], abs=1e-6)
     assert read_threshold(config, "review_threshold") == pytest.approx(meta["review_threshold"], abs=1e-6)
     assert meta["review_threshold"] <= meta["threshold"]
+    # the other operating point: written into the config, its predictions kept, its nested check recorded
+    assert read_threshold(config, "out_of_source_threshold") == pytest.approx(oos["threshold"], abs=1e-6)
+    assert read_threshold(config, "out_of_source_review_threshold") == pytest.approx(oos["review_threshold"],
+                                                                                      abs=1e-6)
+    logits, y, sources, folds = load_predictions(out / "out_of_source.npz")
+    assert folds == oos["folds"] and len(y) == len(logits) == len(sources) == oos["n_images"]
+    # a fold is checked when the other folds hold harmful photos to pick a threshold on
+    assert oos["nested"]["threshold"] and {r["fold"] for r in oos["nested"]["threshold"]} <= {0, 1}
     card = (out / "MODEL_CARD.md").read_text()
     assert "A threshold that keeps its promise" in card and "Harmful categories" in card
+    assert "## Operating points" in card and "| `out_of_source` |" in card
     assert "Out-of-source calibration" in card and "### Per source (test split)" in card
     categories = json.loads((out / "categories.json").read_text())
     assert list(categories) == ["firearm", "blade", "violence", "fire_smoke"]

@@ -85,6 +85,13 @@ def test_int8_graph_is_quantized_scored_and_reported(tmp_path: Path) -> None:
     assert HandlerSettings.load("mobilenet_v2", {**handler, "backend": "onnx_int8"}, env={}).threshold == written
     fp32 = HandlerSettings.load("mobilenet_v2", {**handler, "backend": "onnx"}, env={})
     assert fp32.threshold == handler["threshold"]
+    # the out-of-source operating point gets its int8 pair the same way: the fp32 pair's val recall, re-picked
+    oos = report["out_of_source"]
+    assert oos["fp32_threshold"] == read_threshold(CONFIG, "out_of_source_threshold")
+    assert read_threshold(config, "out_of_source_threshold_int8") == pytest.approx(oos["threshold_int8"], abs=1e-6)
+    assert oos["review_threshold_int8"] <= oos["threshold_int8"] and 0 <= oos["val_recall"] <= oos["val_review_recall"]
+    served_oos = HandlerSettings.load("mobilenet_v2", handler, env={"MODERATION_OPERATING_POINT": "out_of_source"})
+    assert served_oos.threshold == pytest.approx(oos["threshold_int8"], abs=1e-6)
 
     # make models packs the graph only for the checkpoint it was calibrated from
     builder = _build_archives()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 from handlers.registry import HARMFUL_INDEX, LABELS
 
 N_CLASSES = len(LABELS)
+OUT_OF_SOURCE_FILE = "out_of_source.npz"  # the folds' predictions, beside model.pt (`save_predictions`)
 
 
 def source_folds(sources: Sequence[str], k: int) -> dict[str, int]:
@@ -120,7 +122,10 @@ class OutOfSource:
     recall_at_90_precision: float
     n_images: int
     per_source_recall: dict[str, float] = field(default_factory=dict)
-    # the same predictions at the thresholds actually shipped (picked here, or on validation: `thresholds_on`)
+    # does a threshold picked out of source keep its promise on sources it was not picked on? (`nested_check`)
+    nested: dict[str, list[dict]] = field(default_factory=dict)
+    # the same predictions at the pair served by default (`at_shipped`; checkpoints before 1.3.0's operating
+    # points could ship the out-of-source pick as their only pair: `thresholds_on` says which)
     thresholds_on: str = "out-of-source"
     shipped: dict[str, float] = field(default_factory=dict)
 
@@ -133,7 +138,10 @@ class OutOfSource:
         self.shipped = {"threshold": threshold, "review_threshold": review_threshold,
                         "recall": recall_at(y, p, threshold) or 0.0,
                         "precision": float((y[flagged] == 1).mean()) if flagged.any() else 0.0,
-                        "review_recall": recall_at(y, p, review_threshold) or 0.0}
+                        "review_recall": recall_at(y, p, review_threshold) or 0.0,
+                        "benign_flagged": float((p[y == 0] >= threshold).mean()) if (y == 0).any() else 0.0,
+                        "review_benign_flagged": (float((p[y == 0] >= review_threshold).mean())
+                                                  if (y == 0).any() else 0.0)}
         self.per_source_recall = {s: r for s in sorted(set(sources.tolist()))
                                   if (r := recall_at(y[sources == s], p[sources == s], threshold)) is not None}
 
@@ -152,11 +160,60 @@ def recall_at_precision(y: np.ndarray, p: np.ndarray, precision: float) -> float
     return float(tp[ok].max() / max((y == 1).sum(), 1)) if ok.any() else 0.0
 
 
+def nested_check(logits: np.ndarray, y: np.ndarray, fold_of: np.ndarray, target_recall: float) -> list[dict]:
+    """Per fold: temperature and threshold fitted on the *other* folds' out-of-source predictions, then what the
+    held-out fold's photos get at it (harmful recall, share of benign photos flagged). The pooled pick is made
+    on every fold at once, so only this says whether an out-of-source promise holds on sources it never saw."""
+    from training.thresholds import threshold_for_recall
+
+    rows = []
+    for k in sorted(set(fold_of.tolist())):
+        rest, held = fold_of != k, fold_of == k
+        if not (y[rest] == 1).any():
+            continue
+        temperature = fit_temperature(logits[rest], y[rest])
+        p = calibrated(logits, temperature)
+        threshold = threshold_for_recall(y[rest], p[rest], target_recall)
+        benign = held & (y == 0)
+        rows.append({"fold": int(k), "threshold": threshold, "n_harmful": int((held & (y == 1)).sum()),
+                     "n_benign": int(benign.sum()), "recall": recall_at(y[held], p[held], threshold),
+                     "benign_flagged": float((p[benign] >= threshold).mean()) if benign.any() else None})
+    return rows
+
+
+def pooled(rows: list[dict]) -> dict[str, float]:
+    """A nested check's folds taken together: held-out harmful recall and benign share flagged, photo-weighted."""
+    harmful = sum(r["n_harmful"] for r in rows if r["recall"] is not None)
+    benign = sum(r["n_benign"] for r in rows if r["benign_flagged"] is not None)
+    return {"recall": sum(r["recall"] * r["n_harmful"] for r in rows if r["recall"] is not None) / max(harmful, 1),
+            "benign_flagged": sum(r["benign_flagged"] * r["n_benign"] for r in rows
+                                  if r["benign_flagged"] is not None) / max(benign, 1)}
+
+
+def save_predictions(path: Path, logits: np.ndarray, y: np.ndarray, sources: np.ndarray,
+                     folds: dict[str, int]) -> None:
+    """The folds' out-of-source logits, kept beside the checkpoint: thresholds and the nested check can then be
+    re-derived (`python -m training.calibration`) without the hour of fold training that made them."""
+    names = sorted(set(sources.tolist()))
+    np.savez_compressed(path, logits=logits.astype(np.float32), y=y.astype(np.int8),
+                        source=np.searchsorted(names, sources).astype(np.int16), names=np.array(names),
+                        fold=np.array([folds[n] for n in names], dtype=np.int8))
+
+
+def load_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """What `save_predictions` wrote: logits, labels, per-photo source names and the source -> fold map."""
+    with np.load(path) as blob:
+        names = [str(n) for n in blob["names"]]
+        return (blob["logits"], blob["y"].astype(int), np.array(names)[blob["source"]],
+                dict(zip(names, (int(f) for f in blob["fold"]), strict=True)))
+
+
 def out_of_source(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, folds: dict[str, int],
                   target_recall: float, review_recall: float) -> OutOfSource:
     """Temperature, thresholds and the per-source report from the folds' out-of-source logits."""
     from training.thresholds import threshold_for_recall
 
+    fold_of = np.array([folds[s] for s in sources.tolist()])
     temperature = fit_temperature(logits, y)
     p_raw = calibrated(logits, 1.0)
     p = calibrated(logits, temperature)
@@ -172,4 +229,53 @@ def out_of_source(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, folds:
         recall_at_90_precision=recall_at_precision(y, p, 0.90), n_images=int(len(y)),
         per_source_recall={s: r for s in sorted(set(sources.tolist()))
                            if (r := recall_at(y[sources == s], p[sources == s], threshold)) is not None},
+        nested={name: nested_check(logits, y, fold_of, recall)
+                for name, recall in (("threshold", target_recall), ("review_threshold", review_recall))},
     )
+
+
+def at_pair(logits: np.ndarray, y: np.ndarray, temperature: float, pair: tuple[float, float]) -> dict[str, dict]:
+    """Harmful recall and the share of benign photos flagged at a (decision, review) pair that was *not* picked on
+    these predictions (the validation pair), so the numbers are an honest out-of-source estimate; the
+    out-of-source pair's own estimate is the nested check (`OutOfSource.nested`, `pooled`)."""
+    p = calibrated(logits, temperature)
+    return {name: {"recall": recall_at(y, p, threshold) or 0.0,
+                   "benign_flagged": float((p[y == 0] >= threshold).mean()) if (y == 0).any() else 0.0}
+            for name, threshold in zip(("threshold", "review_threshold"), pair, strict=True)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Re-derive the out-of-source operating point and its nested check from saved fold predictions."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("predictions", type=Path, help="out_of_source.npz beside a checkpoint (written by make train)")
+    p.add_argument("--target-recall", type=float, default=0.90)
+    p.add_argument("--review-recall", type=float, default=0.98)
+    p.add_argument("--validation", type=float, nargs=2, metavar=("THRESHOLD", "REVIEW"),
+                   help="also show what unseen sources get at this pair (the validation operating point)")
+    args = p.parse_args(argv)
+    logits, y, sources, folds = load_predictions(args.predictions)
+    oos = out_of_source(logits, y, sources, folds, args.target_recall, args.review_recall)
+    if args.validation:
+        got = at_pair(logits, y, oos.temperature, tuple(args.validation))
+        print(f"at the validation pair {args.validation[0]:.4f} / {args.validation[1]:.4f}: harmful recall "
+              f"{got['threshold']['recall']:.3f}, benign flagged {got['threshold']['benign_flagged']:.3f} "
+              f"(decision); {got['review_threshold']['recall']:.3f}, "
+              f"{got['review_threshold']['benign_flagged']:.3f} (review)")
+    print(f"{len(y)} out-of-source photos in {len(set(folds.values()))} folds: temperature {oos.temperature:.4f}, "
+          f"AUC {oos.auc:.4f}; threshold {oos.threshold:.4f} (recall {args.target_recall}), review threshold "
+          f"{oos.review_threshold:.4f} (recall {args.review_recall})")
+    for name, rows in oos.nested.items():
+        print(f"nested check of the {name.replace('_', ' ')} (picked on the other folds, applied to the held-out one):")
+        for r in rows:
+            benign = "-" if r["benign_flagged"] is None else f"{r['benign_flagged']:.3f}"
+            recall = "-" if r["recall"] is None else f"{r['recall']:.3f}"
+            print(f"  fold {r['fold']}: threshold {r['threshold']:.4f}, harmful recall {recall} of "
+                  f"{r['n_harmful']}, benign flagged {benign} of {r['n_benign']}")
+        total = pooled(rows)
+        print(f"  all folds: harmful recall {total['recall']:.3f}, benign flagged {total['benign_flagged']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from tqdm import tqdm
 from handlers.model_io import probabilities
 from handlers.registry import CATEGORIES, LABELS, MODEL_NAMES, build_model, eval_transform, load_checkpoint
 from handlers.scorer import Scorer as ServedScorer
+from handlers.settings import OPERATING_POINTS
 from training.calibration import recall_at_precision
 from training.data import SUBCLASS_CATEGORIES, ClassMap, Sample, load_dataset, subclass_group
 from training.evaluation import (
@@ -70,14 +71,16 @@ def eager(model: torch.nn.Module, threshold: float) -> Scorer:
     return Scorer(eval_transform(), forward, threshold, "eager")
 
 
-def served(name: str, archive: Path, workdir: Path) -> Scorer:
+def served(name: str, archive: Path, workdir: Path, operating_point: str | None = None) -> Scorer:
     """A .mar scored by the server's own scorer (handlers.scorer): its backend, thresholds, threads, pixels and
-    forward, so `--mar` measures exactly what the handler would answer."""
+    forward, so `--mar` measures exactly what the handler would answer (at `operating_point` when given, as
+    MODERATION_OPERATING_POINT would set it on the server)."""
     with zipfile.ZipFile(archive) as z:
         z.extractall(workdir)
     config = yaml.safe_load((workdir / f"{name}.yaml").read_text())
     version = json.loads((workdir / "MAR-INF" / "MANIFEST.json").read_text())["model"].get("modelVersion", "1.0")
-    scorer = ServedScorer(name, workdir, config.get("handler") or {}, str(version), env={})
+    env = {"MODERATION_OPERATING_POINT": operating_point} if operating_point else {}
+    scorer = ServedScorer(name, workdir, config.get("handler") or {}, str(version), env=env)
 
     def transform(image: Image.Image) -> torch.Tensor:
         pixels = scorer.to_pixels(image)  # uint8: HWC numpy for the ONNX graphs, CHW tensor for eager weights
@@ -89,11 +92,12 @@ def served(name: str, archive: Path, workdir: Path) -> Scorer:
     return Scorer(transform, forward, scorer.settings.threshold, scorer.settings.backend)
 
 
-def load_scorer(name: str, checkpoint: Path | None, mar: Path | None, workdir: Path) -> Scorer:
+def load_scorer(name: str, checkpoint: Path | None, mar: Path | None, workdir: Path,
+                operating_point: str | None = None) -> Scorer:
     """What is served: a .mar through the server's scorer, else the checkpoint (eager) with the threshold from
     its meta or the model config."""
     if mar is not None:
-        return served(name, mar, workdir)
+        return served(name, mar, workdir, operating_point)
     model = build_model(name)
     path = checkpoint or ROOT / "models" / name / "model.pt"
     meta = load_checkpoint(model, str(path))
@@ -137,18 +141,22 @@ def main(argv: list[str] | None = None) -> dict:
     src.add_argument("--mar", type=Path)
     p.add_argument("--split", choices=("train", "val", "test"), help="only this split (manifest or split folders)")
     p.add_argument("--threshold", type=float, help="override the served threshold")
+    p.add_argument("--operating-point", choices=OPERATING_POINTS,
+                   help="with --mar: serve this pair of the archive's thresholds (default: the archive's own)")
     p.add_argument("--harmful-classes", default="harmful")
     p.add_argument("--benign-classes", default="benign")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0, help="split seed for class folders without manifest/split folders")
     args = p.parse_args(argv)
+    if args.operating_point and not args.mar:
+        p.error("--operating-point needs --mar (the pairs live in the archive's model config)")
 
     classes = ClassMap(tuple(args.harmful_classes.split(",")), tuple(args.benign_classes.split(",")))
     samples = load_dataset(args.data, classes, seed=args.seed)
     if args.split:
         samples = [s for s in samples if s.split == args.split]
     with tempfile.TemporaryDirectory() as tmp:
-        scorer = load_scorer(args.model, args.checkpoint, args.mar, Path(tmp))
+        scorer = load_scorer(args.model, args.checkpoint, args.mar, Path(tmp), args.operating_point)
         name = f"{args.model} {scorer.backend} ({args.data.name}{'/' + args.split if args.split else ''})"
         result = evaluate(scorer, args.model, samples, args.out, name, args.batch_size, args.threshold)
     return result.metrics
@@ -165,6 +173,9 @@ class Evaluation:
     sources: dict
     categories: dict
     recall_at_90_precision: float | None = None
+    # per readable photo: label and P(harmful), so a card can show other thresholds (the operating points)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def evaluate(scorer: Scorer, model_name: str, samples: list[Sample], out: Path, name: str, batch_size: int = 32,
@@ -215,7 +226,7 @@ def evaluate(scorer: Scorer, model_name: str, samples: list[Sample], out: Path, 
     r90 = recall_at_precision(y, s, 0.90) if len(set(y.tolist())) == 2 else None
     if r90 is not None:
         print(f"harmful recall at 90 % precision (best threshold on this set): {r90:.3f}")
-    return Evaluation(metrics, groups, fine, sources, categories, r90)
+    return Evaluation(metrics, groups, fine, sources, categories, r90, y, s)
 
 if __name__ == "__main__":
     main()

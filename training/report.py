@@ -22,8 +22,9 @@ def write_metrics(out: Path, metrics: dict, groups: dict, fine: dict | None = No
 
 
 def _threshold_lines(name: str, meta: dict) -> str:
-    """How the served thresholds were picked (calibrated validation scores, or out of source with
-    `--thresholds-on out-of-source`) and what they keep out of source; older runs without folds: validation only."""
+    """How the default thresholds were picked (calibrated validation scores; checkpoints from before the operating
+    points could ship the out-of-source pick instead) and what they keep out of source; runs without folds:
+    validation only."""
     oos = meta.get("out_of_source")
     env = f"MODERATION_THRESHOLD_{name.upper()}"
     review = meta.get("review_threshold")
@@ -81,12 +82,67 @@ model never saw (the folds): **{shipped.get('recall', float('nan')):.3f}** (prec
 {shipped.get('precision', float('nan')):.3f}), per source in the table. Out of source: ROC-AUC {oos['auc']:.4f},
 leave-sources-out mean AUC {oos['source_auc_mean']:.4f}, worst source {oos['worst_source']}
 {oos['source_auc_worst']:.4f}, recall at 90 % precision {oos['recall_at_90_precision']:.3f}; the threshold that
-would promise {oos['target_recall']:.2f} there is {oos['threshold']:.4f} (`--thresholds-on out-of-source`). Most
+would promise {oos['target_recall']:.2f} there is {oos['threshold']:.4f} (`operating_point: out_of_source`). Most
 folds hold out a whole kind of photo (all handguns, all everyday-people photos), which is harsher than a new
 source of a kind the model knows; the test split shares its sources with training. A source's AUC compares its
 photos with the other class's out-of-source photos (most sources hold one class).
 
 {chr(10).join(rows)}
+"""
+
+
+def _operating_points_section(out: Path, name: str, meta: dict, result: Evaluation) -> str:
+    """Both threshold pairs side by side: what each promises, and where it keeps the promise (needs the folds'
+    predictions, `out_of_source.npz`, which `make train` saves beside the checkpoint)."""
+    from training.calibration import OUT_OF_SOURCE_FILE, at_pair, load_predictions, out_of_source, pooled
+    from training.evaluation import compute_metrics
+
+    oos, path = meta.get("out_of_source"), out / OUT_OF_SOURCE_FILE
+    if not oos or not path.exists() or not len(result.labels):
+        return ""
+    logits, y, sources, folds = load_predictions(path)
+    pairs = {"validation": (meta["threshold"], meta["review_threshold"]),
+             "out_of_source": (oos["threshold"], oos["review_threshold"])}
+    # the nested check again from the saved predictions: checkpoints older than it have none in their meta
+    nested = out_of_source(logits, y, sources, folds, oos["target_recall"], oos["review_recall"]).nested
+    unseen = {"validation": at_pair(logits, y, oos["temperature"], pairs["validation"]),
+              "out_of_source": {name: pooled(rows) for name, rows in nested.items()}}
+    labels, scores = result.labels, result.scores
+    rows = ["| operating point | picked on | decision / review threshold | test split: recall, benign flagged "
+            "(decision); recall (review) | unseen sources: recall, benign flagged (decision); recall, benign "
+            "flagged (review) |", "|---|---|---|---|---|"]
+    where = {"validation": "calibrated validation split (served by default)",
+             "out_of_source": "the folds' out-of-source predictions"}
+    for point, (decision, review) in pairs.items():
+        test, test_review = compute_metrics(labels, scores, decision), compute_metrics(labels, scores, review)
+        cm = test["confusion_matrix"]
+        u, ur = unseen[point]["threshold"], unseen[point]["review_threshold"]
+        rows.append(f"| `{point}` | {where[point]} | {decision:.4f} / {review:.4f} | {test['recall']:.3f}, "
+                    f"{cm['fp'] / max(cm['fp'] + cm['tn'], 1):.3f}; {test_review['recall']:.3f} | "
+                    f"{u['recall']:.3f}, {u['benign_flagged']:.3f}; {ur['recall']:.3f}, "
+                    f"{ur['benign_flagged']:.3f} |")
+    return f"""
+## Operating points
+Both pairs of thresholds ship in `model-archive/config/{name}.yaml`; `operating_point` (env
+`MODERATION_OPERATING_POINT_{name.upper()}`, chart `models.{name}.operatingPoint`) says which one is served.
+Each promises harmful recall {oos['target_recall']:.2f} at the decision threshold and {oos['review_recall']:.2f}
+at the review threshold, on different photos: `validation` on photos like the training sources' (the test split
+keeps it), `out_of_source` on photos of sources the model never saw. Unseen sources are the
+{len(set(folds.values()))} source folds ({len(y)} photos), each photo scored by the fold model that never saw its
+source; `out_of_source` is checked nested (thresholds picked on the other folds, applied to the held-out one),
+so no photo judges a threshold picked on it. Fp32 weights here (the int8 graph's pair: the section of `make
+quantize`). Reproduce the unseen-source columns: `python -m training.calibration models/{name}/{OUT_OF_SOURCE_FILE}
+--validation {pairs['validation'][0]:.6f} {pairs['validation'][1]:.6f}`; the test columns: `python -m
+training.evaluate --model {name} --split test --checkpoint models/{name}/model.pt --out /tmp/{name}-op --threshold
+T`, T each threshold of the table.
+
+{chr(10).join(rows)}
+
+`out_of_source` keeps its promise where `validation` does not, and pays for it in benign photos flagged: the
+model separates photos of unseen sources far less well (ROC-AUC {oos['auc']:.3f} there), so recall that high
+there flags much of what resembles the held-out harmful kinds. `validation` is the default for that reason;
+`out_of_source` suits a deployment whose photos the training sources do not resemble, with reviewers for the
+extra flags.
 """
 
 
@@ -124,7 +180,7 @@ Plots: `roc_curve.png`, `precision_recall_curve.png`, `confusion_matrix.png` bes
 {markdown_table(rows)}
 
 Confusion matrix (test): {test['confusion_matrix']}
-{_out_of_source_section(meta, result)}{categories}
+{_out_of_source_section(meta, result)}{_operating_points_section(out, name, meta, result)}{categories}
 ### Per subclass (test split; `correct` is recall for harmful subclasses, 1 − false-alarm rate for benign ones)
 {subclass_table(result.groups)}
 

@@ -53,3 +53,13 @@ def read_threshold(config: Path, key: str = THRESHOLD_KEY) -> float:
     if match is None:
         raise ValueError(f"no `{key}:` line in {config}")
     return float(match.group(0)[len(match.group(1)):])
+
+
+def drop_threshold(config: Path, key: str) -> bool:
+    """Remove a `key:` line (a threshold the new checkpoint has no value for, e.g. an out-of-source pair after
+    a run without source folds), so no stale value of another checkpoint is ever served. True if one was there."""
+    text = config.read_text()
+    new, n = re.subn(rf"^\s*{re.escape(key)}:\s*[0-9.eE+-]+[^\n]*\n?", "", text, count=1, flags=re.M)
+    if n:
+        config.write_text(new)
+    return bool(n)

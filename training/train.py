@@ -28,8 +28,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from handlers.registry import CATEGORIES, LABELS, MODEL_NAMES, build_model, eval_transform, load_checkpoint
-from handlers.settings import REVIEW_THRESHOLD_KEY
-from training.calibration import fold_temperature_into_head, out_of_source, source_folds
+from handlers.settings import REVIEW_THRESHOLD_KEY, threshold_keys
+from training.calibration import (
+    OUT_OF_SOURCE_FILE,
+    fold_temperature_into_head,
+    out_of_source,
+    save_predictions,
+    source_folds,
+)
 from training.data import ClassMap, Sample, by_split, category_targets, load_dataset, subclass_group
 from training.evaluate import eager, evaluate
 from training.evaluation import compute_metrics
@@ -48,7 +54,7 @@ from training.finetune import (
     split_head,
 )
 from training.report import write_model_card
-from training.thresholds import threshold_for_recall, write_threshold
+from training.thresholds import drop_threshold, threshold_for_recall, write_threshold
 from training.unseen import photo_table, score_photos
 from training.weights import init_weights, recalibrate_batchnorm
 
@@ -109,8 +115,8 @@ def recipe(args: argparse.Namespace, tune_from: str, probe: ProbeResult, best: d
                  f"fold, steps 1-3 ({args.fold_epochs} fine-tuning epoch(s), clean views, the same alpha) on the "
                  "other folds, then the held-out fold's train and val photos scored; temperature scaling fitted on "
                  "those logits and folded into the class rows of the head; decision and review thresholds picked "
-                 + ("on the calibrated out-of-source scores." if args.thresholds_on == "out-of-source" else
-                    "on the calibrated validation scores (out-of-source recall at them reported)."))
+                 "twice: on the calibrated validation scores (served by default) and on the calibrated "
+                 "out-of-source scores (operating point out_of_source).")
     return text + f" Seed {args.seed}; deterministic algorithms on."
 
 
@@ -248,9 +254,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source-folds", type=int, default=5,
                    help="folds of training sources for out-of-source calibration and thresholds (<2: validation)")
     p.add_argument("--fold-epochs", type=int, default=1, help="fine-tuning epochs of each source fold's model")
-    p.add_argument("--thresholds-on", choices=("validation", "out-of-source"), default="validation",
-                   help="pick the decision and review thresholds on the (calibrated) validation split, or on the "
-                        "folds' out-of-source predictions (a promise for photos of kinds the model never saw)")
     p.add_argument("--category-weight", type=float, default=0.5, help="weight of the categories' loss")
     p.add_argument("--limit-train", type=int, default=0, help="use at most N training images (0 = all)")
     p.add_argument("--seed", type=int, default=0)
@@ -336,14 +339,11 @@ def main(argv: list[str] | None = None) -> None:
               f"{calibration.threshold:.4f} (recall {args.target_recall}), review {calibration.review_threshold:.4f} "
               f"(recall {args.review_recall})", flush=True)
     val_scores = scores(trunk, x_val).numpy()
-    if calibration is not None and args.thresholds_on == "out-of-source":
-        threshold, review_threshold = calibration.threshold, calibration.review_threshold
-        threshold_source = f"out-of-source predictions of {args.source_folds} source folds"
-    else:
-        threshold = threshold_for_recall(y_val, val_scores, args.target_recall)
-        review_threshold = min(threshold_for_recall(y_val, val_scores, args.review_recall), threshold)
+    # the validation pair; the out-of-source pair is calibration.threshold / review_threshold (written below)
+    threshold = threshold_for_recall(y_val, val_scores, args.target_recall)
+    review_threshold = min(threshold_for_recall(y_val, val_scores, args.review_recall), threshold)
     if calibration is not None:
-        calibration.at_shipped(oof, y_oof, src_oof, threshold, review_threshold, args.thresholds_on)
+        calibration.at_shipped(oof, y_oof, src_oof, threshold, review_threshold, "validation")
     val_metrics = compute_metrics(y_val, val_scores, threshold)
     wall = time.time() - started
 
@@ -378,6 +378,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.save({"state_dict": state, "meta": meta}, out / "model.pt")
     write_threshold(config, threshold)
     write_threshold(config, review_threshold, REVIEW_THRESHOLD_KEY)
+    if calibration is not None:  # the other operating point, served with operating_point: out_of_source
+        save_predictions(out / OUT_OF_SOURCE_FILE, oof, y_oof, src_oof, folds)
+        for key, value in zip(threshold_keys("out_of_source", "onnx"),
+                              (calibration.threshold, calibration.review_threshold), strict=True):
+            write_threshold(config, value, key)
+    else:  # no folds, no out-of-source pair: the previous checkpoint's must not stay servable
+        for key in (*threshold_keys("out_of_source", "onnx"), *threshold_keys("out_of_source", "onnx_int8")):
+            drop_threshold(config, key)
+        (out / OUT_OF_SOURCE_FILE).unlink(missing_ok=True)
     print(f"threshold {threshold:.4f} -> {config}; checkpoint {out / 'model.pt'}; "
           f"training wall time {wall / 60:.1f} min", flush=True)
 
