@@ -47,7 +47,7 @@ from bridge.contract import (
     prediction_headers,
     prediction_value,
 )
-from bridge.health import HealthServer
+from bridge.health import ClusterContact, HealthServer
 from bridge.inference import EndpointError, InferenceClient
 from bridge.kafka_poll import consume_available
 from bridge.lag import LagProbe
@@ -157,10 +157,7 @@ class Bridge:
         self.awaiting_fetch = 0
         self.stopping = False
         self.exit_code = 0
-        self.kafka_ok = False
-        self.kafka_down_since: float | None = time.monotonic()  # unreachable until the first answer
-        self.group_member: bool | None = None  # the broker's last word on the consumer's membership (None: none yet)
-        self.out_of_group_since: float | None = None  # the broker has not listed the consumer in its group since
+        self.contact = ClusterContact()
         self.heartbeat = time.monotonic()
         self._paused = False
         self._full_since: float | None = None
@@ -187,7 +184,7 @@ class Bridge:
     # ---- readiness -----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.kafka_ok and self._endpoint_ok.is_set() and not self.stopping and not self.stuck
+        return self.contact.reachable and self._endpoint_ok.is_set() and not self.stopping and not self.stuck
 
     @property
     def endpoint_ok(self) -> bool:
@@ -204,31 +201,14 @@ class Bridge:
         offsets of unfinished records were never committed)."""
         now = time.monotonic()
         limit = self.cfg.kafka_unreachable_restart_s
-        since = min((t for t in (self.kafka_down_since, self.out_of_group_since) if t is not None), default=None)
-        unreachable = limit > 0 and since is not None and now - since > limit
+        unreachable = limit > 0 and self.contact.lost_for(now) > limit
         return self.exit_code == 0 and now - self.heartbeat < self.cfg.liveness_timeout_s and not unreachable
 
-    def _set_group_member(self, member: bool | None) -> None:
-        """The broker's word on whether the consumer is in its group (None: no answer, nothing learnt). The
-        consumer's own errors cannot tell: the broker answers the bridge's other clients, and a consumer out of
-        its group consumes nothing while it polls without error."""
-        if member is None:
-            return
-        if member:
-            self.out_of_group_since = None
-        elif self.out_of_group_since is None:
-            self.out_of_group_since = time.monotonic()
-            if self.group_member:  # dropped out (not: still joining at start)
-                log.warning("the broker no longer lists the consumer in its group", extra={
-                    "group": self.cfg.group_id, "restart_after_s": self.cfg.kafka_unreachable_restart_s})
-        self.group_member = member
-
-    def _set_kafka_ok(self, ok: bool) -> None:
-        self.kafka_ok = ok
-        if ok:
-            self.kafka_down_since = None
-        elif self.kafka_down_since is None:
-            self.kafka_down_since = time.monotonic()
+    def _heard_from_cluster(self, ok: bool, member: bool | None = None) -> None:
+        self.contact.answered(ok)
+        if self.contact.listed(member):
+            log.warning("the broker no longer lists the consumer in its group", extra={
+                "group": self.cfg.group_id, "restart_after_s": self.cfg.kafka_unreachable_restart_s})
 
     def _update_ready(self) -> None:
         m.READY.set(1 if self.ready else 0)
@@ -279,7 +259,7 @@ class Bridge:
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._set_kafka_ok(False)
+            self._heard_from_cluster(False)
             self._update_ready()
         # Connection errors repeat every reconnect attempt and librdkafka logs them already.
         quiet = err.code() == KafkaError._TRANSPORT and not err.fatal()
@@ -813,8 +793,7 @@ class Bridge:
                 log.warning("lag measurement failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 await asyncio.sleep(self.cfg.lag_interval_s)
                 continue
-            self._set_kafka_ok(ok)
-            self._set_group_member(member)
+            self._heard_from_cluster(ok, member)
             for tp, end in high.items():
                 pos = self.tracker.position(tp)
                 pos = committed.get(tp) if pos is None else pos

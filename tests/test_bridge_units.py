@@ -446,20 +446,20 @@ def test_liveness_fails_when_kafka_stays_unreachable() -> None:
     replaces the process): seen in make e2e-chaos, a client that never rejoined after a broker restart."""
     async def check() -> None:
         bridge = Bridge(Config.from_env({"BRIDGE_KAFKA_UNREACHABLE_RESTART_S": "30"}))
-        assert bridge.live  # not reached yet, but not for long
-        bridge._set_kafka_ok(True)
-        bridge.kafka_down_since = None
-        assert bridge.live
-        bridge._set_kafka_ok(False)
-        first = bridge.kafka_down_since
-        bridge._set_kafka_ok(False)  # a repeated failure keeps the first moment
-        assert first is not None and bridge.kafka_down_since == first and bridge.live
-        bridge.kafka_down_since = first - 31
-        assert not bridge.live
-        bridge._set_kafka_ok(True)
-        assert bridge.live and bridge.kafka_down_since is None
+        contact = bridge.contact
+        assert bridge.live and not contact.reachable  # not reached yet, but not for long
+        contact.answered(True)
+        assert bridge.live and contact.unreachable_since is None
+        contact.answered(False)
+        first = contact.unreachable_since
+        contact.answered(False)  # a repeated failure keeps the first moment
+        assert first is not None and contact.unreachable_since == first and bridge.live
+        contact.unreachable_since = first - 31
+        assert not bridge.live and 31 <= contact.lost_for(time.monotonic()) < 40
+        contact.answered(True)
+        assert bridge.live and contact.unreachable_since is None and contact.lost_for(time.monotonic()) == 0
         never = Bridge(Config.from_env({"BRIDGE_KAFKA_UNREACHABLE_RESTART_S": "0"}))
-        never.kafka_down_since = time.monotonic() - 10_000
+        never.contact.unreachable_since = time.monotonic() - 10_000
         assert never.live
 
     asyncio.run(check())
@@ -471,19 +471,20 @@ def test_liveness_fails_when_the_broker_keeps_the_consumer_out_of_its_group() ->
     that does not answer the question teaches nothing."""
     async def check() -> None:
         bridge = Bridge(Config.from_env({"BRIDGE_KAFKA_UNREACHABLE_RESTART_S": "30"}))
-        bridge._set_kafka_ok(True)
-        bridge._set_group_member(False)  # still joining
-        first = bridge.out_of_group_since
+        contact = bridge.contact
+        bridge._heard_from_cluster(True, False)  # still joining
+        first = contact.out_of_group_since
         assert first is not None and bridge.live
-        bridge._set_group_member(None)
-        bridge._set_group_member(False)
-        assert bridge.out_of_group_since == first and bridge.live
-        bridge.out_of_group_since = first - 31
-        assert not bridge.live and bridge.kafka_ok  # reachable, and still not live
-        bridge._set_group_member(True)
-        assert bridge.live and bridge.out_of_group_since is None and bridge.group_member is True
-        bridge._set_group_member(None)  # no answer: the last word stands
-        assert bridge.group_member is True and bridge.out_of_group_since is None
+        assert not contact.listed(None) and not contact.listed(False)  # nothing learnt; still not in: no drop-out
+        assert contact.out_of_group_since == first and bridge.live
+        contact.out_of_group_since = first - 31
+        assert not bridge.live and contact.reachable  # reachable, and still not live
+        assert not contact.listed(True)
+        assert bridge.live and contact.out_of_group_since is None and contact.in_group is True
+        assert not contact.listed(None)  # no answer: the last word stands
+        assert contact.in_group is True and contact.out_of_group_since is None
+        assert contact.listed(False)  # in the group, then out of it: a drop-out (logged by the bridge)
+        assert contact.in_group is False and contact.out_of_group_since is not None
 
     asyncio.run(check())
 
