@@ -104,6 +104,12 @@ def recall_at(y: np.ndarray, p: np.ndarray, threshold: float) -> float | None:
     return float((p[harmful] >= threshold).mean()) if harmful.any() else None
 
 
+def benign_flagged(y: np.ndarray, p: np.ndarray, threshold: float) -> float | None:
+    """The share of benign photos at or above `threshold`: what a recall promise costs (None: no benign photo)."""
+    benign = y == 0
+    return float((p[benign] >= threshold).mean()) if benign.any() else None
+
+
 @dataclass
 class OutOfSource:
     """What the folds say about photos from unseen sources; goes into the checkpoint meta and the model card."""
@@ -139,9 +145,8 @@ class OutOfSource:
                         "recall": recall_at(y, p, threshold) or 0.0,
                         "precision": float((y[flagged] == 1).mean()) if flagged.any() else 0.0,
                         "review_recall": recall_at(y, p, review_threshold) or 0.0,
-                        "benign_flagged": float((p[y == 0] >= threshold).mean()) if (y == 0).any() else 0.0,
-                        "review_benign_flagged": (float((p[y == 0] >= review_threshold).mean())
-                                                  if (y == 0).any() else 0.0)}
+                        "benign_flagged": benign_flagged(y, p, threshold) or 0.0,
+                        "review_benign_flagged": benign_flagged(y, p, review_threshold) or 0.0}
         self.per_source_recall = {s: r for s in sorted(set(sources.tolist()))
                                   if (r := recall_at(y[sources == s], p[sources == s], threshold)) is not None}
 
@@ -174,10 +179,9 @@ def nested_check(logits: np.ndarray, y: np.ndarray, fold_of: np.ndarray, target_
         temperature = fit_temperature(logits[rest], y[rest])
         p = calibrated(logits, temperature)
         threshold = threshold_for_recall(y[rest], p[rest], target_recall)
-        benign = held & (y == 0)
         rows.append({"fold": int(k), "threshold": threshold, "n_harmful": int((held & (y == 1)).sum()),
-                     "n_benign": int(benign.sum()), "recall": recall_at(y[held], p[held], threshold),
-                     "benign_flagged": float((p[benign] >= threshold).mean()) if benign.any() else None})
+                     "n_benign": int((held & (y == 0)).sum()), "recall": recall_at(y[held], p[held], threshold),
+                     "benign_flagged": benign_flagged(y[held], p[held], threshold)})
     return rows
 
 
@@ -240,7 +244,7 @@ def at_pair(logits: np.ndarray, y: np.ndarray, temperature: float, pair: tuple[f
     out-of-source pair's own estimate is the nested check (`OutOfSource.nested`, `pooled`)."""
     p = calibrated(logits, temperature)
     return {name: {"recall": recall_at(y, p, threshold) or 0.0,
-                   "benign_flagged": float((p[y == 0] >= threshold).mean()) if (y == 0).any() else 0.0}
+                   "benign_flagged": benign_flagged(y, p, threshold) or 0.0}
             for name, threshold in zip(("threshold", "review_threshold"), pair, strict=True)}
 
 

@@ -119,9 +119,9 @@ def _subclass_aucs(y: np.ndarray, s: np.ndarray, subclasses: list[str]) -> dict[
 def out_of_source_pair(config: Path) -> tuple[float, float] | None:
     """The fp32 decision and review thresholds of the out-of-source operating point (`make train` writes them
     when it ran source folds); None for a config without them."""
+    decision, review = threshold_keys("out_of_source", "onnx")
     try:
-        return (read_threshold(config, threshold_keys("out_of_source", "onnx")[0]),
-                read_threshold(config, threshold_keys("out_of_source", "onnx")[1]))
+        return read_threshold(config, decision), read_threshold(config, review)
     except ValueError:
         return None
 

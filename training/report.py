@@ -103,8 +103,9 @@ def _operating_points_section(out: Path, name: str, meta: dict, result: Evaluati
     logits, y, sources, folds = load_predictions(path)
     pairs = {"validation": (meta["threshold"], meta["review_threshold"]),
              "out_of_source": (oos["threshold"], oos["review_threshold"])}
-    # the nested check again from the saved predictions: checkpoints older than it have none in their meta
-    nested = out_of_source(logits, y, sources, folds, oos["target_recall"], oos["review_recall"]).nested
+    # the checkpoint's own nested check; re-run from the saved predictions for checkpoints older than it (1.3.0)
+    nested = oos.get("nested") or out_of_source(logits, y, sources, folds, oos["target_recall"],
+                                                oos["review_recall"]).nested
     unseen = {"validation": at_pair(logits, y, oos["temperature"], pairs["validation"]),
               "out_of_source": {name: pooled(rows) for name, rows in nested.items()}}
     labels, scores = result.labels, result.scores
